@@ -1,0 +1,73 @@
+"""The on-disk runtime cache (`cache/` at the project root, or `$RHF_CACHE_DIR`) and atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+CACHE_VERSION = 1
+
+
+def cache_dir(*parts: str) -> Path:
+    """`$RHF_CACHE_DIR` or `<project>/cache`, joined with `parts` and created."""
+    root = Path(os.environ.get("RHF_CACHE_DIR") or Path(__file__).resolve().parents[1] / "cache")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_key(*parts) -> str:
+    """A short stable hash of JSON-able parts (model, inputs, parameters)."""
+    blob = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def file_fingerprint(paths) -> list:
+    """(path, size, mtime) of each file, so a cache entry goes stale when its inputs change."""
+    out = []
+    for p in sorted(str(p) for p in paths):
+        st = os.stat(p)
+        out.append([p, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename over it: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cached_frame(kind: str, key: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """Load the DataFrame cached under `cache/frames/{kind}-{key}.parquet`, or build and store it."""
+    path = cache_dir("frames") / f"{kind}-{key}.parquet"
+    if path.exists():
+        try:
+            return pd.read_parquet(path)
+        except Exception:  # a damaged cache entry is rebuilt, never fatal
+            path.unlink(missing_ok=True)
+    frame = build()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return frame

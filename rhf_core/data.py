@@ -1,0 +1,94 @@
+"""Open any rich-feedback source from one short spec string (the same in the UI, CLI and tests).
+
+    open_dataset("shapes", n=500, seed=0)                  # embedded ShapesWorld (also "shapes:n=500,seed=0")
+    open_dataset("richhf18k:/path/to/tfrecords", pickapic="/path/to/pickapic", split="test")
+    open_dataset("rapidata:/path/to/parquet/dir")           # or "rapidata:Rapidata/<dataset id>"
+    open_dataset("folder:/path/to/dir")                     # the project's own format
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record, SkippedRow
+from rhf_core.errors import DatasetNotFoundError, DatasetSpecError
+from rhf_core.sources.folder import export
+
+DEFAULT_SPEC = "shapes"
+SOURCES = ("shapes", "richhf18k", "rapidata", "folder")
+_ALIASES = {"richhf": "richhf18k", "richhf-18k": "richhf18k", "shapesworld": "shapes"}
+
+__all__ = ["open_dataset", "export", "parse_spec", "Dataset", "Record", "SkippedRow",
+           "SCORE_NAMES", "HEATMAP_NAMES", "DEFAULT_SPEC", "SOURCES"]
+
+
+def _parse_options(text: str) -> dict:
+    """'n=500,seed=0,raters=rapidata' → {'n': 500, 'seed': 0, 'raters': 'rapidata'}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise DatasetSpecError(f"shapes options are key=value pairs separated by commas, got {part!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        try:
+            out[k] = int(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'source:argument' → (source, argument); a bare existing path is recognised by its files."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DatasetSpecError("empty dataset spec; try 'shapes', 'richhf18k:/dir', 'rapidata:/dir' or 'folder:/dir'")
+    spec = spec.strip()
+    head, sep, rest = spec.partition(":")
+    head_l = _ALIASES.get(head.lower(), head.lower())
+    if head_l in SOURCES:
+        return head_l, rest.strip()
+    path = Path(spec).expanduser()
+    if path.exists():
+        if (path / "labels.jsonl").is_file():
+            return "folder", spec
+        if path.suffix == ".tfrecord" or any(path.glob("*.tfrecord")):
+            return "richhf18k", spec
+        if path.suffix == ".parquet" or any(path.rglob("*.parquet")):
+            return "rapidata", spec
+    raise DatasetSpecError(
+        f"unknown dataset spec {spec!r}: use shapes[:n=…,seed=…], richhf18k:PATH, rapidata:PATH_OR_HUB_ID or folder:PATH"
+    )
+
+
+def open_dataset(spec: str = DEFAULT_SPEC, split: str | None = None, progress=None, **options) -> Dataset:
+    """Open a dataset from a spec; `split` keeps one split; `progress(done, total)` reports building.
+
+    Source options: shapes — n, seed, size, raters ('richhf' | 'rapidata'); richhf18k — pickapic
+    (Pick-a-Pic parquet dir or image folder); rapidata — nothing extra (`split` picks the HF split)."""
+    source, arg = parse_spec(spec)
+    if source == "shapes":
+        from rhf_core.shapes.dataset import ShapesDataset
+
+        opts = _parse_options(arg) | options
+        unknown = set(opts) - {"n", "seed", "size", "raters", "cache"}
+        if unknown:
+            raise DatasetSpecError(f"shapes: unknown options {sorted(unknown)}; use n, seed, size, raters")
+        ds = ShapesDataset(progress=progress, **opts)
+        return ds.split(split) if split else ds
+    if not arg:
+        raise DatasetSpecError(f"{source}: give a path, e.g. '{source}:/path/to/data'")
+    if source == "richhf18k":
+        from rhf_core.sources.richhf import RichHFDataset
+
+        unknown = set(options) - {"pickapic", "cache"}
+        if unknown:
+            raise DatasetSpecError(f"richhf18k: unknown options {sorted(unknown)}; use pickapic")
+        return RichHFDataset(arg, split=split, progress=progress, **options)
+    if source == "rapidata":
+        from rhf_core.sources.rapidata import RapidataDataset
+
+        return RapidataDataset(arg, split=split or "train", progress=progress, **options)
+    if source == "folder":
+        from rhf_core.sources.folder import FolderDataset
+
+        ds = FolderDataset(arg, **options)
+        return ds.split(split) if split else ds
+    raise DatasetNotFoundError(spec)  # pragma: no cover - parse_spec covers every source

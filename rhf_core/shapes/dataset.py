@@ -1,0 +1,145 @@
+"""ShapesWorld as a dataset: record i is generated from (seed, i) alone, so any record can be rebuilt
+on demand; only the scalar frame is computed up front and cached under `cache/frames/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from rhf_core.cache import cache_key, cached_frame
+from rhf_core.dataset import Dataset, Record, frame_row
+from rhf_core.errors import DatasetSpecError
+from rhf_core.shapes.annotators import STYLES, Feedback, annotate
+from rhf_core.shapes.grammar import PromptSpec, sample_prompt
+from rhf_core.shapes.render import Defect, Scene, render, sample_scene
+
+# Bump when generation changes, so cached frames are rebuilt.
+WORLD_VERSION = 1
+
+# How many defects of each type an image gets (probabilities for 0, 1, 2, ...).
+IMPLAUSIBLE_COUNTS = (0.45, 0.35, 0.15, 0.05)
+MISALIGNED_COUNTS = (0.5, 0.38, 0.12)
+UNSEEN_SHARE = 0.15  # share of records drawn from unseen prompts (all in the test split)
+
+
+@dataclass
+class Sample:
+    """Everything about one ShapesWorld record, including the exact defect regions."""
+
+    index: int
+    spec: PromptSpec
+    split: str
+    scene: Scene
+    defects: list[Defect]
+    feedback: Feedback
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.text
+
+    def image(self) -> Image.Image:
+        return render(self.scene)
+
+    def region(self, defect_type: str) -> np.ndarray:
+        """Union of the regions of all defects of a type (bool H×W)."""
+        out = np.zeros((self.scene.size, self.scene.size), dtype=bool)
+        for d in self.defects:
+            if d.type == defect_type:
+                out |= d.region
+        return out
+
+
+def generate_sample(index: int, seed: int = 0, size: int = 64, raters: str = "richhf") -> Sample:
+    """Record `index` of the world with this seed: prompt, scene, defects, simulated feedback."""
+    rng = np.random.default_rng([WORLD_VERSION, seed, index])
+    unseen = rng.random() < UNSEEN_SHARE
+    spec = sample_prompt(rng, unseen=unseen)
+    if unseen:
+        split = "test"
+    else:
+        u = rng.random()
+        split = "train" if u < 0.8 else ("dev" if u < 0.9 else "test")
+    n_imp = int(rng.choice(len(IMPLAUSIBLE_COUNTS), p=IMPLAUSIBLE_COUNTS))
+    n_mis = int(rng.choice(len(MISALIGNED_COUNTS), p=MISALIGNED_COUNTS))
+    scene, defects = sample_scene(spec, rng, size=size, n_implausible=n_imp, n_misaligned=n_mis)
+    feedback = annotate(scene, defects, spec.text, STYLES[raters], rng)
+    return Sample(index, spec, split, scene, defects, feedback)
+
+
+class ShapesDataset(Dataset):
+    """`open_dataset("shapes", n=500, seed=0, size=64, raters="richhf"|"rapidata")`."""
+
+    name = "ShapesWorld"
+
+    def __init__(self, n: int = 2000, seed: int = 0, size: int = 64, raters: str = "richhf",
+                 progress: Callable[[int, int], None] | None = None, cache: bool = True):
+        super().__init__()
+        if n <= 0:
+            raise DatasetSpecError(f"shapes: n must be a positive number of records, got {n}")
+        if raters not in STYLES:
+            raise DatasetSpecError(f"shapes: raters must be one of {sorted(STYLES)}, got {raters!r}")
+        if not 16 <= size <= 1024:
+            raise DatasetSpecError(f"shapes: size must be between 16 and 1024 pixels, got {size}")
+        self.n, self.seed, self.size, self.raters = int(n), int(seed), int(size), raters
+        self.spec = f"shapes:n={n},seed={seed},size={size},raters={raters}"
+        build = lambda: self._build_frame(progress)  # noqa: E731
+        if cache:
+            key = cache_key("shapes", WORLD_VERSION, self.n, self.seed, self.size, raters)
+            self._frame = cached_frame("shapes", key, build)
+        else:
+            self._frame = build()
+
+    def _build_frame(self, progress) -> pd.DataFrame:
+        rows = []
+        for i in range(self.n):
+            s = self.sample(i)
+            fb = s.feedback
+            rows.append(frame_row(
+                self._id(i), s.prompt, s.split, fb.scores, fb.heatmaps, fb.words,
+                category=s.spec.category,
+                prompt_split="unseen" if s.spec.unseen else "seen",
+                background=s.scene.background,
+                n_objects=len(s.scene.objects),
+                n_implausibility_defects=sum(d.type == "implausibility" for d in s.defects),
+                n_misalignment_defects=sum(d.type == "misalignment" for d in s.defects),
+                defect_kinds=",".join(sorted(d.kind for d in s.defects)),
+                raters=fb.meta["raters"],
+            ))
+            if progress is not None and (i % 200 == 0 or i == self.n - 1):
+                progress(i + 1, self.n)
+        return pd.DataFrame(rows)
+
+    def _id(self, i: int) -> str:
+        return f"shapes-{self.seed}-{i:06d}"
+
+    def sample(self, pos: int) -> Sample:
+        """The full ground truth of record `pos`, with exact defect regions."""
+        return generate_sample(pos, self.seed, self.size, self.raters)
+
+    def _load(self, pos: int) -> Record:
+        s = self.sample(pos)
+        fb = s.feedback
+        meta = {
+            "source": "shapes",
+            "split": s.split,
+            "category": s.spec.category,
+            "prompt_split": "unseen" if s.spec.unseen else "seen",
+            "prompt_spec": s.spec.to_dict(),
+            "scene": s.scene.to_dict(),
+            "defects": [d.to_dict() for d in s.defects],
+            **fb.meta,
+        }
+        scene = s.scene
+        return Record(
+            id=self._id(pos),
+            prompt=s.prompt,
+            scores=dict(fb.scores),
+            heatmaps=dict(fb.heatmaps),
+            words=list(fb.words),
+            meta=meta,
+            load_image=lambda: render(scene),
+        )
