@@ -1,13 +1,23 @@
-"""Rich Human Feedback Studio: the Streamlit entry point (home page)."""
+"""Rich Human Feedback Studio: the Streamlit entry point.
+
+`st.navigation` over the files in app_pages/; the sidebar dataset settings are drawn here, before
+the page runs, so every page shares them (and the `?ds=` deep link).
+
+The page folder is not called `pages/` on purpose: Streamlit treats a `pages/` folder beside the
+entry script as its older multipage mode, and then the first request of a fresh server to a page
+URL (a deep link) runs that page alone, without this shell or `st.navigation`.
+"""
 
 import streamlit as st
 
-from rhf_core.data import DEFAULT_SPEC
+from ui.settings import dataset_settings
 
-st.set_page_config(page_title="Rich Human Feedback Studio", layout="wide")
-st.title("Rich Human Feedback Studio")
-st.write(
-    "A workbench for rich human feedback on text-to-image models: heatmaps of implausible and "
-    "misaligned regions, per-word misalignment and Likert scores."
-)
-st.caption(f"Default dataset: `{DEFAULT_SPEC}` (the embedded ShapesWorld; works offline).")
+st.set_page_config(page_title="Rich Human Feedback Studio", page_icon=":material/search_insights:", layout="wide")
+
+pages = [
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/explorer.py", title="Dataset explorer", icon=":material/photo_library:"),
+]
+page = st.navigation(pages)
+dataset_settings()
+page.run()

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pandas as pd
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when frame columns change
 
 
 def cache_dir(*parts: str) -> Path:

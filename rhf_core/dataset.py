@@ -72,7 +72,9 @@ def frame_row(rec_id: str, prompt: str, split: str, scores: dict, heatmaps: dict
         row[f"has_{name}"] = hm is not None
         row[f"{name}_mass"] = heatmap_mass(hm)
     row["n_words"] = len(words)
-    row["n_flagged_words"] = sum(1 for _, s in words if s >= FLAGGED_WORD_STRENGTH)
+    flagged = [t for t, s in words if s >= FLAGGED_WORD_STRENGTH]
+    row["n_flagged_words"] = len(flagged)
+    row["flagged_words"] = " ".join(flagged)  # for word statistics without opening records
     row["max_word_strength"] = max((s for _, s in words), default=np.nan)
     row.update(extra)
     return row

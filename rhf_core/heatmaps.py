@@ -136,17 +136,23 @@ def colorize_heatmap(heatmap: np.ndarray, cmap: str = "inferno") -> Image.Image:
 
 
 def overlay_heatmap(
-    image: Image.Image, heatmap: np.ndarray, opacity: float = 0.6, cmap: str = "inferno"
+    image: Image.Image, heatmap: np.ndarray, opacity: float = 0.6, cmap: str = "inferno", normalize: bool = True
 ) -> Image.Image:
-    """Blend a coloured heatmap over `image`; each pixel's alpha is `opacity` × its heat, so cold
-    regions leave the image untouched. The heatmap is resized to the image first."""
+    """Blend a coloured heatmap over `image` (the heatmap is resized to the image first).
+
+    With `normalize`, heat is divided by the map's peak, so a region one rater of three marked is as
+    visible as the strongest region of that map. Each pixel's alpha is `opacity` × √heat: cold
+    pixels leave the image untouched and faint marks stay visible."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     image = image.convert("RGB")
     heat = resize_heatmap(heatmap, image.size)
+    peak = float(heat.max()) if heat.size else 0.0
+    if normalize and peak > 0:
+        heat = heat / peak
     colors = np.asarray(colorize_heatmap(heat, cmap), dtype=np.float32)
     base = np.asarray(image, dtype=np.float32)
-    alpha = (opacity * heat)[..., None]
+    alpha = (opacity * np.sqrt(heat))[..., None]
     out = base * (1 - alpha) + colors * alpha
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
 

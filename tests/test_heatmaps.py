@@ -71,6 +71,17 @@ def test_overlay_leaves_cold_pixels_untouched_and_tints_hot_ones():
     assert np.abs(half - (np.array([10, 200, 30]) + top) / 2).max() <= 1
 
 
+def test_overlay_normalises_to_the_peak_unless_asked_not_to():
+    img = Image.new("RGB", (4, 4), (0, 0, 0))
+    hm = np.full((4, 4), 0.25, np.float32)
+    top = np.asarray(colorize_heatmap(np.ones((1, 1), np.float32), "viridis"))[0, 0]
+    norm = np.asarray(overlay_heatmap(img, hm, opacity=1.0, cmap="viridis"))[0, 0]
+    assert (norm == top).all()  # 0.25 is this map's peak: full colour, full alpha
+    raw = np.asarray(overlay_heatmap(img, hm, opacity=1.0, cmap="viridis", normalize=False))[0, 0].astype(float)
+    quarter = np.asarray(colorize_heatmap(np.full((1, 1), 0.25, np.float32), "viridis"))[0, 0]
+    np.testing.assert_allclose(raw, quarter * np.sqrt(0.25), atol=1)  # alpha = √0.25
+
+
 def test_overlay_resizes_heatmap_to_image_and_checks_args():
     img = Image.new("RGB", (32, 16))
     assert overlay_heatmap(img, np.ones((4, 4), np.float32)).size == (32, 16)

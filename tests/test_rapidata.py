@@ -1,71 +1,22 @@
 """Rapidata rich feedback: parquet shards written by `datasets` with the hub's schema."""
 
-import json
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datasets import Features, List, Value
-from datasets import Image as HFImage
+from datasets import Features
 from PIL import Image
 
 from rhf_core.data import open_dataset
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError
 from rhf_core.sources.rapidata import _TableRows, decode_heatmap, parse_word_scores
-
-FEATURES = Features({
-    "image": HFImage(),
-    "prompt": Value("string"),
-    "word_scores": Value("string"),
-    "alignment_score_norm": Value("float32"),
-    "coherence_score_norm": Value("float32"),
-    "style_score_norm": Value("float32"),
-    "alignment_heatmap": List(List(Value("float16"))),
-    "coherence_heatmap": List(List(Value("float16"))),
-    "alignment_score": Value("float32"),
-    "coherence_score": Value("float32"),
-    "style_score": Value("float32"),
-})
-
-
-def _heat(h, w, value, hole=None):
-    rows = [[value] * w for _ in range(h)]
-    if hole:
-        rows[hole[0]][hole[1]] = None  # a per-pixel null
-    return rows
-
-
-def _rows():
-    return {
-        "image": [Image.new("RGB", (12, 8), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)]],
-        "prompt": ["A red apple on a table.", "two dogs", "a blue car", "broken row"],
-        "word_scores": [
-            json.dumps([["[No_mistakes]", 6.0], ["A", 0.0], ["red", 3.0], ["apple", 1.5], ["on", 0.0], ["a", 0.0], ["table.", 0.0]]),
-            json.dumps([["two", 2.0], ["dogs", 0.0]]),  # no [No_mistakes] entry at all
-            "[['[No_mistakes]', 4.0], ['a', 0.0], ['blue', 0.0], ['car', 0.0]]",  # python-literal spelling
-            "[[\"two\", 2.0], [\"dogs\"",  # malformed: cut off
-        ],
-        "alignment_score_norm": [0.25, 0.5, 1.0, 0.5],
-        "coherence_score_norm": [0.75, 0.5, 0.9, 0.5],
-        "style_score_norm": [0.5, 0.5, 0.8, 0.5],
-        "alignment_heatmap": [_heat(6, 4, 0.5, hole=(2, 3)), None, None, None],
-        "coherence_heatmap": [_heat(6, 4, 0.25), _heat(3, 3, 0.0), None, None],
-        "alignment_score": [2.0, 3.0, 5.0, 3.0],
-        "coherence_score": [4.0, 3.0, 4.6, 3.0],
-        "style_score": [3.0, 3.0, 4.2, 3.0],
-    }
-
+from tests.builders import FEATURES, rapidata_rows, build_rapidata
 
 @pytest.fixture
 def rapidata_dir(tmp_path):
-    data = tmp_path / "rapidata" / "data"
-    data.mkdir(parents=True)
-    ds = datasets.Dataset.from_dict(_rows(), features=FEATURES)
-    ds.select(range(2)).to_parquet(str(data / "train-00000-of-00002.parquet"))
-    ds.select(range(2, 4)).to_parquet(str(data / "train-00001-of-00002.parquet"))
-    return tmp_path / "rapidata"
+    return build_rapidata(tmp_path)
 
 
 def test_every_field_reads_back(rapidata_dir):
@@ -101,7 +52,7 @@ def test_every_field_reads_back(rapidata_dir):
 
 
 def test_older_revision_without_norm_columns(tmp_path):
-    rows = _rows()
+    rows = rapidata_rows()
     for c in ("alignment_score_norm", "coherence_score_norm", "style_score_norm"):
         rows.pop(c)
     feats = Features({k: v for k, v in FEATURES.items() if not k.endswith("_norm")})
@@ -142,7 +93,7 @@ def test_word_scores_edge_cases():
 
 
 def test_random_access_across_row_groups(tmp_path):
-    rows = {k: v[:3] for k, v in _rows().items()}
+    rows = {k: v[:3] for k, v in rapidata_rows().items()}
     ds = datasets.Dataset.from_dict(rows, features=FEATURES)
     table = ds.data.table
     pq.write_table(table, tmp_path / "train-0.parquet", row_group_size=1)

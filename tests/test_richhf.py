@@ -1,18 +1,15 @@
 """RichHF-18K: real TFRecord framing and tf.train.Example encoding, joined with Pick-a-Pic parquet."""
 
-import io
 import struct
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from rhf_core.data import open_dataset
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, DatasetSpecError
 from rhf_core.sources.richhf import match_labels
-from rhf_core.sources.tfrecord import frame_record, make_example, parse_example, write_tfrecord
+from rhf_core.sources.tfrecord import frame_record, make_example, parse_example
+from tests.builders import richhf_example, build_richhf
 
 
 def crc32c_reference(data: bytes) -> int:
@@ -30,64 +27,9 @@ def masked_reference(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8), "L").save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _jpg(color, size=(40, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
-ARTIFACT = np.zeros((512, 512), np.uint8)
-ARTIFACT[100:140, 200:260] = 255
-ARTIFACT[300:310, 10:20] = 85
-MISALIGN = np.zeros((512, 512), np.uint8)
-
-
-def _example(filename, scores=(0.25, 0.5, 0.75, 1.0), labels="1 0 1 1 1 1 1", art=ARTIFACT, mis=MISALIGN):
-    feats = {
-        "filename": filename,
-        "aesthetics_score": scores[0],
-        "artifact_score": scores[1],
-        "misalignment_score": scores[2],
-        "overall_score": scores[3],
-        "prompt_misalignment_label": labels,
-    }
-    if art is not None:
-        feats["artifact_map"] = _png(art)
-    if mis is not None:
-        feats["misalignment_map"] = _png(mis)
-    return make_example(feats)
-
-
 @pytest.fixture
 def richhf(tmp_path):
-    tf = tmp_path / "richhf"
-    tf.mkdir()
-    write_tfrecord(tf / "train.tfrecord", [
-        _example("aaa.jpg"),
-        _example("bbb.jpg", labels="1 1"),  # fewer labels than tokens
-        _example("zzz.jpg", art=None),  # not in Pick-a-Pic, no artifact map
-    ])
-    write_tfrecord(tf / "dev.tfrecord", [_example("ddd.jpg", labels="0 1 1")])
-    write_tfrecord(tf / "test.tfrecord", [_example("ccc.jpg", labels="1 1 0")])
-    pick = tmp_path / "pickapic"
-    pick.mkdir()
-    table = pa.table({
-        "caption": ["A red cat, sitting on a mat.", "dog under the moon"],
-        "image_0_uid": ["aaa", "ccc"],
-        "image_1_uid": ["bbb", "ddd"],
-        "jpg_0": pa.array([_jpg((200, 20, 20)), None], pa.binary()),
-        "jpg_1": pa.array([_jpg((20, 20, 200)), None], pa.binary()),
-        "best_image_uid": ["aaa", "ccc"],
-    })
-    pq.write_table(table, pick / "train-00000.parquet", row_group_size=1)
-    Image.new("RGB", (16, 16), (0, 255, 0)).save(pick / "ddd.png")  # an image held as a file
-    return tf, pick
+    return build_richhf(tmp_path)
 
 
 def test_framing_matches_the_tfrecord_spec():
@@ -169,7 +111,7 @@ def test_split_and_labels_only_without_pickapic(richhf):
 
 
 def test_truncated_and_corrupt_records_are_skipped_and_counted(tmp_path):
-    payloads = [_example(f"u{i}.jpg") for i in range(3)]
+    payloads = [richhf_example(f"u{i}.jpg") for i in range(3)]
     blob = b"".join(frame_record(p) for p in payloads)
     (tmp_path / "train.tfrecord").write_bytes(blob[:-10])  # cut into the last record
     bad = bytearray(frame_record(payloads[0]))

@@ -3,6 +3,9 @@ on demand; only the scalar frame is computed up front and cached under `cache/fr
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable
 
@@ -70,6 +73,35 @@ def generate_sample(index: int, seed: int = 0, size: int = 64, raters: str = "ri
     return Sample(index, spec, split, scene, defects, feedback)
 
 
+FRAME_CHUNK = 1000  # records per unit of work when building the frame
+PARALLEL_ABOVE = 4000  # worlds at least this large are generated on several processes
+MAX_WORKERS = 8
+
+
+def record_id(seed: int, i: int) -> str:
+    return f"shapes-{seed}-{i:06d}"
+
+
+def frame_rows(seed: int, size: int, raters: str, start: int, stop: int) -> list[dict]:
+    """Frame rows of records start..stop-1 (a picklable unit of work for a process pool)."""
+    rows = []
+    for i in range(start, stop):
+        s = generate_sample(i, seed, size, raters)
+        fb = s.feedback
+        rows.append(frame_row(
+            record_id(seed, i), s.prompt, s.split, fb.scores, fb.heatmaps, fb.words,
+            category=s.spec.category,
+            prompt_split="unseen" if s.spec.unseen else "seen",
+            background=s.scene.background,
+            n_objects=len(s.scene.objects),
+            n_implausibility_defects=sum(d.type == "implausibility" for d in s.defects),
+            n_misalignment_defects=sum(d.type == "misalignment" for d in s.defects),
+            defect_kinds=",".join(sorted(d.kind for d in s.defects)),
+            raters=fb.meta["raters"],
+        ))
+    return rows
+
+
 class ShapesDataset(Dataset):
     """`open_dataset("shapes", n=500, seed=0, size=64, raters="richhf"|"rapidata")`."""
 
@@ -94,27 +126,33 @@ class ShapesDataset(Dataset):
             self._frame = build()
 
     def _build_frame(self, progress) -> pd.DataFrame:
-        rows = []
-        for i in range(self.n):
-            s = self.sample(i)
-            fb = s.feedback
-            rows.append(frame_row(
-                self._id(i), s.prompt, s.split, fb.scores, fb.heatmaps, fb.words,
-                category=s.spec.category,
-                prompt_split="unseen" if s.spec.unseen else "seen",
-                background=s.scene.background,
-                n_objects=len(s.scene.objects),
-                n_implausibility_defects=sum(d.type == "implausibility" for d in s.defects),
-                n_misalignment_defects=sum(d.type == "misalignment" for d in s.defects),
-                defect_kinds=",".join(sorted(d.kind for d in s.defects)),
-                raters=fb.meta["raters"],
-            ))
-            if progress is not None and (i % 200 == 0 or i == self.n - 1):
-                progress(i + 1, self.n)
-        return pd.DataFrame(rows)
+        """One row per record. Large worlds are generated in parallel chunks, one per CPU."""
+        chunks = [(start, min(start + FRAME_CHUNK, self.n)) for start in range(0, self.n, FRAME_CHUNK)]
+        workers = min(os.cpu_count() or 1, MAX_WORKERS, len(chunks))
+        args = (self.seed, self.size, self.raters)
+        parts: dict[int, list[dict]] = {}
+        done = 0
+        if workers <= 1 or self.n < PARALLEL_ABOVE:
+            for start, stop in chunks:
+                parts[start] = frame_rows(*args, start, stop)
+                done += stop - start
+                if progress is not None:
+                    progress(done, self.n)
+        else:
+            # forkserver: safe to start from a threaded process such as the Streamlit server.
+            ctx = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = {pool.submit(frame_rows, *args, start, stop): (start, stop) for start, stop in chunks}
+                for fut in as_completed(futures):
+                    start, stop = futures[fut]
+                    parts[start] = fut.result()
+                    done += stop - start
+                    if progress is not None:
+                        progress(done, self.n)
+        return pd.DataFrame([row for start in sorted(parts) for row in parts[start]])
 
     def _id(self, i: int) -> str:
-        return f"shapes-{self.seed}-{i:06d}"
+        return record_id(self.seed, i)
 
     def sample(self, pos: int) -> Sample:
         """The full ground truth of record `pos`, with exact defect regions."""

@@ -1,0 +1,294 @@
+"""Dataset explorer: filter, sort, browse, inspect and plot any rich-feedback dataset.
+
+Every filter, the view, the page and the open record are bound to the URL query string, so a
+shared link reopens the same view.
+"""
+
+import hashlib
+import io
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from rhf_core.data import export
+from rhf_core.errors import RHFError
+from rhf_core.explore import (
+    TRI_STATE,
+    ExplorerFilter,
+    apply_filter,
+    category_columns,
+    heatmap_columns,
+    most_flagged_words,
+    score_columns,
+    score_correlations,
+    sortable_columns,
+)
+from rhf_core.heatmaps import COLOR_MAPS, colorize_heatmap
+from ui.components import highlighted_prompt, record_view_image, score_line, upscale, word_strength_chart
+from ui.loaders import load_mean_heatmap
+from ui.settings import current_dataset, current_spec
+
+QP = "query-params"
+VIEWS = ["Gallery", "Record", "Plots", "Export"]
+MAX_DOWNLOAD = 2000
+
+st.title("Dataset explorer")
+ds = current_dataset()
+frame = ds.frame
+spec, pickapic = current_spec()
+
+
+# --- 1. Filters (sidebar) --------------------------------------------------------------------
+
+def initial(key: str, value):
+    """A widget's default only on its first run; afterwards its state (or the URL) rules."""
+    return None if key in st.session_state else value
+
+
+def filter_sidebar() -> ExplorerFilter:
+    f = ExplorerFilter()
+    with st.sidebar:
+        st.header("Filters")
+        f.text = st.text_input("Prompt contains", key="q", bind=QP, placeholder="e.g. red, circle or an id")
+        splits = sorted(frame["split"].dropna().astype(str).unique())
+        if len(splits) > 1:
+            f.splits = tuple(st.multiselect("Split", splits, key="split", bind=QP))
+        for name in score_columns(frame):
+            f.score_ranges[name] = st.slider(name.capitalize(), 0.0, 1.0, (0.0, 1.0), step=0.05,
+                                             key=f"s_{name}", bind=QP)
+        for name in heatmap_columns(frame):
+            f.heatmaps[name] = st.segmented_control(f"Has {name} heatmap", TRI_STATE, default=initial(f"h_{name}", "any"),
+                                                    key=f"h_{name}", bind=QP, required=True)
+        if "n_flagged_words" in frame and frame["n_flagged_words"].any():
+            f.flagged = st.segmented_control("Has flagged words", TRI_STATE, default=initial("fw", "any"), key="fw",
+                                             bind=QP, required=True)
+        for col, values in category_columns(frame).items():
+            label = col.replace("_", " ").capitalize()
+            f.categories[col] = tuple(st.multiselect(label, values, key=f"c_{col}", bind=QP))
+        st.header("Sort")
+        f.sort_by = st.selectbox("Sort by", [""] + sortable_columns(frame), key="sort", bind=QP,
+                                 format_func=lambda c: "dataset order" if c == "" else c.replace("_", " "))
+        f.descending = st.toggle("Descending", key="desc", bind=QP)
+    return f
+
+
+filters = filter_sidebar()
+t0 = time.perf_counter()
+positions = apply_filter(frame, filters)
+filter_ms = (time.perf_counter() - t0) * 1000
+filtered = frame.iloc[positions]
+
+summary = f"**{len(positions):,}** of {len(frame):,} records match"
+st.markdown(summary, help=f"{ds.spec}; filtering took {filter_ms:.0f} ms")
+if ds.n_skipped:
+    with st.expander(f"{ds.n_skipped} source rows were skipped while reading"):
+        st.dataframe(pd.DataFrame([s.__dict__ for s in ds.skipped]), hide_index=True)
+
+view = st.segmented_control("View", VIEWS, default=initial("view", "Gallery"), key="view", bind=QP, required=True)
+
+
+def open_record(rec_id: str) -> None:
+    st.session_state["id"] = rec_id
+    st.session_state["view"] = "Record"
+
+
+# --- 2. Gallery ------------------------------------------------------------------------------
+
+def gallery() -> None:
+    if len(positions) == 0:
+        st.info("No record matches these filters.")
+        return
+    c1, c2, c3 = st.columns([1, 1, 2])
+    per_page = c1.selectbox("Per page", [12, 24, 48, 96], index=1, key="per_page", bind=QP)
+    overlay = c2.selectbox("Thumbnail overlay", ["none"] + heatmap_columns(frame), key="thumb_overlay", bind=QP)
+    n_pages = max(1, int(np.ceil(len(positions) / per_page)))
+    if int(st.session_state.get("page", 1) or 1) > n_pages:
+        st.session_state["page"] = 1
+    with c3:
+        page = st.pagination(n_pages, key="page", bind=QP)
+    chunk = positions[(page - 1) * per_page: page * per_page]
+    cols_per_row = 6
+    for start in range(0, len(chunk), cols_per_row):
+        cols = st.columns(cols_per_row)
+        for col, pos in zip(cols, chunk[start:start + cols_per_row]):
+            rec = ds[int(pos)]
+            with col:
+                img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
+                st.image(img, width="stretch")
+                st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}")
+                st.button("Open", key=f"open_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
+    st.caption(f"Page {page} of {n_pages}")
+
+
+# --- 3. Record detail ------------------------------------------------------------------------
+
+def record_detail() -> None:
+    rec_id = str(st.session_state.get("id") or "")
+    if not rec_id and len(positions):
+        rec_id = str(frame["id"].iat[int(positions[0])])
+    if not rec_id:
+        st.info("No record matches these filters.")
+        return
+    try:
+        pos = ds.index_of(rec_id)
+    except RHFError as e:
+        st.error(str(e))
+        return
+    order = np.flatnonzero(positions == pos)
+    if len(order):
+        nav1, nav2, nav3 = st.columns([1, 1, 4], vertical_alignment="center")
+        k = int(order[0])
+        prev_id = str(frame["id"].iat[int(positions[k - 1])]) if k > 0 else None
+        next_id = str(frame["id"].iat[int(positions[k + 1])]) if k + 1 < len(positions) else None
+        nav1.button("◀ Previous", disabled=prev_id is None, on_click=open_record, args=(prev_id,), width="stretch")
+        nav2.button("Next ▶", disabled=next_id is None, on_click=open_record, args=(next_id,), width="stretch")
+        nav3.markdown(f"Record **{k + 1:,}** of {len(positions):,} · `{rec_id}`")
+    else:
+        st.caption(f"`{rec_id}` is outside the current filters; previous/next follow the filtered list.")
+    rec = ds[pos]
+
+    st.markdown(highlighted_prompt(rec), unsafe_allow_html=True)
+    available = [h for h in ("implausibility", "misalignment") if h in rec.heatmaps]
+    c1, c2, c3 = st.columns(3)
+    options = available + ["none"]
+    if st.session_state.get("overlay") not in options:
+        st.session_state["overlay"] = options[0]
+    heat = c1.segmented_control("Overlay", options, key="overlay", required=True)
+    opacity = c2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="opacity")
+    cmap = c3.selectbox("Colour map", COLOR_MAPS, key="cmap")
+    left, right = st.columns([3, 2])
+    try:
+        main = record_view_image(rec, None if heat == "none" else heat, opacity, cmap, 448)
+        side = [(h, record_view_image(rec, h, opacity, cmap, 220)) for h in ("implausibility", "misalignment")]
+    except RHFError as e:
+        st.error(str(e))
+        return
+    with left:
+        st.image(main, caption=f"{heat} overlay" if heat != "none" else "image", width="stretch")
+    with right:
+        for (h, img), col in zip(side, st.columns(2)):
+            present = h in rec.heatmaps
+            col.image(img, caption=h if present else f"{h}: not collected", width="stretch")
+        scores = [(n, rec.scores.get(n)) for n in ("plausibility", "alignment", "aesthetics", "overall")]
+        for (n, v), col in zip(scores, st.columns(4)):
+            col.metric(n.capitalize(), "—" if v is None else f"{v:.2f}")
+        masses = {h: float(rec.heatmaps[h].mean()) for h in rec.heatmaps}
+        st.caption("Heatmap mass: " + (", ".join(f"{h} {m:.4f}" for h, m in masses.items()) or "none collected"))
+    if rec.words:
+        st.plotly_chart(word_strength_chart(rec), key="word_chart")
+    with st.expander("Raw source fields"):
+        st.json(rec.meta, expanded=1)
+
+
+# --- 4. Dataset plots ------------------------------------------------------------------------
+
+def on_scatter_select() -> None:
+    event = st.session_state.get("scatter")
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if points and points[0].get("customdata"):
+        open_record(str(points[0]["customdata"][0]))
+
+
+def plots() -> None:
+    if len(filtered) == 0:
+        st.info("No record matches these filters.")
+        return
+    scores = score_columns(filtered)
+    heats = heatmap_columns(filtered)
+    if scores:
+        # Counts are binned here, so the browser gets 20 bars per score, not every record.
+        st.markdown("**Score histograms**")
+        edges = np.linspace(0, 1, 21)
+        for name, col in zip(scores, st.columns(len(scores))):
+            counts = np.histogram(filtered[name].dropna(), bins=edges)[0].astype(float)
+            fig = px.bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, labels={"x": name, "y": "records"})
+            fig.update_traces(width=0.045)
+            fig.update_xaxes(range=[0, 1])
+            fig.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10))
+            col.plotly_chart(fig, key=f"hist_{name}")
+    c1, c2 = st.columns(2)
+    with c1:
+        corr = score_correlations(filtered)
+        if len(corr.columns) > 1:
+            fig = px.imshow(corr, text_auto=".2f", zmin=-1, zmax=1, color_continuous_scale="RdBu",
+                            title="Spearman correlations")
+            fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10))
+            st.plotly_chart(fig, key="corr")
+    with c2:
+        words = most_flagged_words(filtered)
+        if len(words):
+            fig = px.bar(words.iloc[::-1], x="records", y="word", orientation="h",
+                         title="Most-flagged words (strength ≥ 0.5)", hover_data=["share"])
+            fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10))
+            st.plotly_chart(fig, key="words")
+        else:
+            st.info("No flagged words in the filtered set.")
+    if heats:
+        key = hashlib.sha1(positions.tobytes()).hexdigest()
+        cols = st.columns(len(heats))
+        for h, col in zip(heats, cols):
+            mean, used, total = load_mean_heatmap(spec, pickapic, key, positions, h)
+            if mean is not None:
+                peak = float(mean.max())
+                img = upscale(colorize_heatmap(mean / peak if peak > 0 else mean, "inferno"), 320)
+                col.markdown(f"**Mean {h} heatmap**")
+                col.image(img, width=320)
+                col.caption(f"Averaged over {used:,} of the {total:,} filtered records with this heatmap"
+                            + (" (a random sample)" if used < total else "")
+                            + f"; colours scaled to the peak, {peak:.4f} (black = 0).")
+        if scores:
+            c1, c2 = st.columns(2)
+            x = c1.selectbox("Score (x)", scores, key="sx")
+            y = c2.selectbox("Heatmap mass (y)", [f"{h}_mass" for h in heats], key="sy")
+            data = filtered[["id", "prompt", x, y]].dropna()
+            fig = px.scatter(data, x=x, y=y, custom_data=["id"], hover_data=["prompt"], opacity=0.5,
+                             render_mode="webgl", title=f"{y.replace('_', ' ')} vs {x} — click a point to open it")
+            fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10))
+            st.plotly_chart(fig, key="scatter", on_select=on_scatter_select, selection_mode="points")
+
+
+# --- 5. Export -------------------------------------------------------------------------------
+
+def export_view() -> None:
+    subset = ds.subset(positions)
+    st.write(f"Export the **{len(subset):,}** filtered records to the folder format "
+             "(`labels.jsonl` + images + heatmaps), readable with `folder:PATH`.")
+    path = st.text_input("Folder on the server", placeholder="/path/to/new/folder", key="export_path")
+    if st.button("Export to folder", disabled=not path or len(subset) == 0):
+        bar = st.progress(0.0, text="Exporting…")
+        try:
+            out = export(subset, Path(path), progress=lambda d, t: bar.progress(d / t, text=f"Exporting {d:,} / {t:,}"))
+        except (RHFError, OSError) as e:
+            st.error(f"Export failed: {e}")
+        else:
+            st.success(f"Wrote {len(subset):,} records to `{out}`; open it with `folder:{out}`.")
+    if len(subset) > MAX_DOWNLOAD:
+        st.caption(f"Download is offered for up to {MAX_DOWNLOAD:,} records; narrow the filters or export to a folder.")
+    elif len(subset) and st.button("Prepare a zip download"):
+        with st.spinner("Packing…"), tempfile.TemporaryDirectory() as tmp:
+            export(subset, Path(tmp) / "export")
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+                for p in sorted((Path(tmp) / "export").rglob("*")):
+                    if p.is_file():
+                        zf.write(p, p.relative_to(Path(tmp) / "export"))
+        st.download_button("Download zip", buf.getvalue(), file_name="rich-feedback-export.zip",
+                           mime="application/zip")
+
+
+# The record id is a bound text field, so /explorer?view=Record&id=… opens that record.
+if view == "Record":
+    st.text_input("Record id", key="id", bind=QP)
+    record_detail()
+elif view == "Plots":
+    plots()
+elif view == "Export":
+    export_view()
+else:
+    gallery()

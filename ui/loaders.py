@@ -1,0 +1,34 @@
+"""The one module of cached loaders every page uses, so each heavy object loads once per server."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from rhf_core.data import open_dataset
+from rhf_core.dataset import Dataset
+from rhf_core.explore import mean_heatmap
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_dataset(spec: str, pickapic: str | None = None) -> Dataset:
+    """Open a dataset by spec, with a progress bar while a large index is first built.
+
+    Errors propagate as `RHFError` for the page to show."""
+    options = {"pickapic": pickapic} if pickapic and spec.lower().startswith("richhf") else {}
+    bar = st.progress(0.0, text=f"Opening {spec}…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Building the index of {spec}: {done:,} / {total:,} records")
+
+    try:
+        return open_dataset(spec, progress=progress, **options)
+    finally:
+        bar.empty()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_mean_heatmap(spec: str, pickapic: str | None, positions_key: str, _positions: np.ndarray, name: str):
+    """Mean heatmap of a filtered set; `positions_key` (a hash of the positions) keys the cache."""
+    ds = load_dataset(spec, pickapic)
+    return mean_heatmap(ds, _positions, name)

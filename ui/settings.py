@@ -1,0 +1,45 @@
+"""Sidebar settings shared by every page (drawn by app.py before the page runs)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from rhf_core.data import DEFAULT_SPEC
+from rhf_core.dataset import Dataset
+from rhf_core.errors import RHFError
+from ui.loaders import load_dataset
+
+SPEC_HELP = (
+    "`shapes` (embedded ShapesWorld; options like `shapes:n=20000,seed=1,raters=rapidata`), "
+    "`richhf18k:/dir/with/tfrecords`, `rapidata:/parquet/dir` or `folder:/dir`."
+)
+
+
+def dataset_settings() -> None:
+    """The dataset spec (bound to `?ds=` in the URL) and, for RichHF-18K, the Pick-a-Pic path."""
+    with st.sidebar:
+        st.text_input("Dataset", value=DEFAULT_SPEC, key="ds", help=SPEC_HELP, bind="query-params")
+        if str(st.session_state.get("ds", "")).lower().startswith("richhf"):
+            st.text_input("Pick-a-Pic folder (prompts and images)", key="pickapic", bind="query-params",
+                          help="Parquet files with caption/image_*_uid/jpg_* columns, or {uid}.png files.")
+
+
+def current_spec() -> tuple[str, str | None]:
+    spec = str(st.session_state.get("ds") or DEFAULT_SPEC).strip()
+    pickapic = st.session_state.get("pickapic") or None
+    return spec, pickapic
+
+
+def current_dataset(stop_on_error: bool = True) -> Dataset | None:
+    """The dataset named in the sidebar, with a progress bar while a large one is first built.
+
+    A bad spec shows a readable error and stops the page (or returns None)."""
+    spec, pickapic = current_spec()
+    try:
+        ds = load_dataset(spec, pickapic)
+    except RHFError as e:
+        st.error(f"Could not open dataset `{spec}`: {e}")
+        if stop_on_error:
+            st.stop()
+        return None
+    return ds
