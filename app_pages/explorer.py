@@ -93,8 +93,15 @@ if ds.n_skipped:
 view = st.segmented_control("View", VIEWS, default=initial("view", "Gallery"), key="view", bind=QP, required=True)
 
 
+# The open record lives in `?id=`. It is kept by hand rather than bound to its text field, because
+# it is set from buttons while that field is not on the page, and a bound URL parameter only
+# follows changes made while its widget is drawn.
+if "rec_id" not in st.session_state:
+    st.session_state["rec_id"] = str(st.query_params.get("id", ""))
+
+
 def open_record(rec_id: str) -> None:
-    st.session_state["id"] = rec_id
+    st.session_state["rec_id"] = rec_id
     st.session_state["view"] = "Record"
 
 
@@ -120,7 +127,7 @@ def gallery() -> None:
             rec = ds[int(pos)]
             with col:
                 img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
-                st.image(img, width="stretch")
+                st.image(img, width="stretch", output_format="PNG")
                 st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}")
                 st.button("Open", key=f"open_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
     st.caption(f"Page {page} of {n_pages}")
@@ -129,7 +136,7 @@ def gallery() -> None:
 # --- 3. Record detail ------------------------------------------------------------------------
 
 def record_detail() -> None:
-    rec_id = str(st.session_state.get("id") or "")
+    rec_id = str(st.session_state.get("rec_id") or "")
     if not rec_id and len(positions):
         rec_id = str(frame["id"].iat[int(positions[0])])
     if not rec_id:
@@ -152,6 +159,7 @@ def record_detail() -> None:
     else:
         st.caption(f"`{rec_id}` is outside the current filters; previous/next follow the filtered list.")
     rec = ds[pos]
+    st.query_params["id"] = rec.id
 
     st.markdown(highlighted_prompt(rec), unsafe_allow_html=True)
     available = [h for h in ("implausibility", "misalignment") if h in rec.heatmaps]
@@ -170,18 +178,20 @@ def record_detail() -> None:
         st.error(str(e))
         return
     with left:
-        st.image(main, caption=f"{heat} overlay" if heat != "none" else "image", width="stretch")
+        st.image(main, caption=f"{heat} overlay" if heat != "none" else "image", width="stretch", output_format="PNG")
     with right:
         for (h, img), col in zip(side, st.columns(2)):
             present = h in rec.heatmaps
-            col.image(img, caption=h if present else f"{h}: not collected", width="stretch")
+            col.image(img, caption=h if present else f"{h}: not collected", width="stretch", output_format="PNG")
         scores = [(n, rec.scores.get(n)) for n in ("plausibility", "alignment", "aesthetics", "overall")]
         for (n, v), col in zip(scores, st.columns(4)):
             col.metric(n.capitalize(), "—" if v is None else f"{v:.2f}")
         masses = {h: float(rec.heatmaps[h].mean()) for h in rec.heatmaps}
         st.caption("Heatmap mass: " + (", ".join(f"{h} {m:.4f}" for h, m in masses.items()) or "none collected"))
-    if rec.words:
+    if any(strength > 0 for _, strength in rec.words):
         st.plotly_chart(word_strength_chart(rec), key="word_chart")
+    elif rec.words:
+        st.caption("No annotator flagged a word of this prompt.")
     with st.expander("Raw source fields"):
         st.json(rec.meta, expanded=1)
 
@@ -238,7 +248,7 @@ def plots() -> None:
                 peak = float(mean.max())
                 img = upscale(colorize_heatmap(mean / peak if peak > 0 else mean, "inferno"), 320)
                 col.markdown(f"**Mean {h} heatmap**")
-                col.image(img, width=320)
+                col.image(img, width=320, output_format="PNG")
                 col.caption(f"Averaged over {used:,} of the {total:,} filtered records with this heatmap"
                             + (" (a random sample)" if used < total else "")
                             + f"; colours scaled to the peak, {peak:.4f} (black = 0).")
@@ -257,6 +267,9 @@ def plots() -> None:
 
 def export_view() -> None:
     subset = ds.subset(positions)
+    if len(subset) == 0:
+        st.info("No record matches these filters: nothing to export.")
+        return
     st.write(f"Export the **{len(subset):,}** filtered records to the folder format "
              "(`labels.jsonl` + images + heatmaps), readable with `folder:PATH`.")
     path = st.text_input("Folder on the server", placeholder="/path/to/new/folder", key="export_path")
@@ -282,13 +295,14 @@ def export_view() -> None:
                            mime="application/zip")
 
 
-# The record id is a bound text field, so /explorer?view=Record&id=… opens that record.
 if view == "Record":
-    st.text_input("Record id", key="id", bind=QP)
-    record_detail()
-elif view == "Plots":
+    st.text_input("Record id", key="rec_id", help="Type an id to jump to it; the URL follows (?id=…).")
+    record_detail()  # puts the shown record in ?id=
+else:
+    st.query_params.pop("id", None)
+if view == "Plots":
     plots()
 elif view == "Export":
     export_view()
-else:
+elif view == "Gallery":
     gallery()

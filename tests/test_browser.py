@@ -1,0 +1,153 @@
+"""End to end in a real browser: `streamlit run app.py` on a free port, driven by Debian Chromium
+through Playwright. Screenshots go to tests/artifacts/ (git-ignored)."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a closed network: no background connections, no sandbox (CI runs as root).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SPEC = "shapes:n=300,seed=1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium at /usr/bin/chromium: install Debian's chromium (.ci/run does with apt)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = dict(os.environ, RHF_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), HF_HUB_OFFLINE="1")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"streamlit did not come up:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1500, "height": 1400})
+        pg.set_default_timeout(90_000)
+        yield pg
+        browser.close()
+
+
+def _settled(pg) -> None:
+    """Wait until the script run is over and nothing on the page is stale."""
+    pg.wait_for_selector("[data-testid='stApp']")
+    time.sleep(0.5)
+    pg.wait_for_selector("[data-testid='stStatusWidget']", state="detached")
+    pg.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length == 0")
+
+
+def _count(pg) -> tuple[int, int]:
+    text = pg.get_by_text(re.compile(r"records match")).first.inner_text()
+    m = re.search(r"([\d,]+) of ([\d,]+) records match", text)
+    return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+
+
+def test_explorer_filter_and_open_a_record(server, page):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(f"{server}/explorer?ds={SPEC}")
+    _settled(page)
+    expect(page.get_by_text("of 300 records match")).to_be_visible()
+    assert _count(page) == (300, 300)
+    expect(page.locator("[data-testid='stImage']").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "explorer-gallery.png"))
+
+    # Apply a filter: the count drops and the URL carries it.
+    box = page.get_by_label("Prompt contains")
+    box.fill("red")
+    box.press("Enter")
+    box.blur()
+    expect(page.get_by_text(re.compile(r"^\s*\d+ of 300 records match"))).not_to_have_text(re.compile("300 of 300"))
+    _settled(page)
+    n, _ = _count(page)
+    assert 0 < n < 300
+    assert "q=red" in page.url
+
+    # Open the first record: the detail view with its overlay and the prompt's words.
+    page.screenshot(path=str(ARTIFACTS / "explorer-filtered.png"))
+    page.locator("[class*='st-key-open_'] button").first.click()  # gallery buttons are keyed open_<id>
+    expect(page.get_by_text(re.compile(r"Record 1 of [\d,]+"))).to_be_visible()
+    _settled(page)
+    expect(page.get_by_text("overlay", exact=False).first).to_be_visible()
+    assert "view=Record" in page.url and "id=shapes-1-" in page.url
+    rec_id = re.search(r"id=(shapes-1-\d+)", page.url).group(1)
+    expect(page.get_by_label("Record id", exact=True)).to_have_value(rec_id)
+    assert page.locator("[data-testid='stImage'] img").count() == 3
+    expect(page.get_by_text("red", exact=True).first).to_be_visible()  # the prompt, word by word
+    page.screenshot(path=str(ARTIFACTS / "explorer-record.png"))
+
+    # The link alone reopens the same view in a fresh page.
+    link = page.url
+    page.goto("about:blank")
+    page.goto(link)
+    _settled(page)
+    expect(page.get_by_label("Record id", exact=True)).to_have_value(rec_id)
+    expect(page.get_by_text(re.compile(r"Record 1 of"))).to_be_visible()
+
+
+def test_plots_view_in_the_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/explorer?ds={SPEC}&view=Plots")
+    _settled(page)
+    expect(page.get_by_text("Score histograms")).to_be_visible()
+    expect(page.get_by_text("Most-flagged words (strength ≥ 0.5)")).to_be_visible()
+    assert page.locator(".js-plotly-plot").count() >= 7
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "explorer-plots.png"), full_page=True)
+
+
+def test_bad_spec_in_the_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/explorer?ds=folder:/no/such/dir")
+    _settled(page)
+    expect(page.get_by_text(re.compile("Could not open dataset"))).to_be_visible()
+    assert page.locator("[data-testid='stException']").count() == 0

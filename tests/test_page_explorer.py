@@ -1,0 +1,166 @@
+"""AppTest page tests for the app shell and the dataset explorer."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from rhf_core.data import open_dataset
+from rhf_core.explore import ExplorerFilter, apply_filter
+from tests.builders import build_rapidata, build_richhf
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+SMALL = "shapes:n=300,seed=1"
+
+
+def open_app(spec: str | None = SMALL, page: str | None = "app_pages/explorer.py", **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    if spec is not None:
+        at.query_params["ds"] = spec
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def match_count(at: AppTest) -> tuple[int, int]:
+    for md in at.markdown:
+        m = re.match(r"\*\*([\d,]+)\*\* of ([\d,]+) records match", md.value)
+        if m:
+            return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+    raise AssertionError("no match count on the page")
+
+
+def test_home_page_on_the_default_dataset():
+    at = open_app(spec=None, page=None)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Dataset"] == "ShapesWorld"
+    assert metrics["Records"] == f"{len(open_dataset('shapes')):,}"
+    assert metrics["Device"].startswith(("CPU", "CUDA"))
+
+
+def test_explorer_loads_on_the_default_dataset():
+    at = open_app(spec=None)
+    n, total = match_count(at)
+    assert n == total == len(open_dataset("shapes"))
+    assert len(at.image) >= 12  # a page of thumbnails
+
+
+def test_filters_change_the_count_to_what_the_frame_says():
+    at = open_app()
+    frame = open_dataset(SMALL).frame
+    assert match_count(at) == (300, 300)
+    at.text_input(key="q").input("red").run()
+    expected = len(apply_filter(frame, ExplorerFilter(text="red")))
+    assert match_count(at) == (expected, 300) and 0 < expected < 300
+    at.slider(key="s_plausibility").set_range(0.0, 0.5).run()
+    expected = len(apply_filter(frame, ExplorerFilter(text="red", score_ranges={"plausibility": (0.0, 0.5)})))
+    assert match_count(at)[0] == expected < len(apply_filter(frame, ExplorerFilter(text="red")))
+    at.text_input(key="q").input("").run()
+    at.slider(key="s_plausibility").set_range(0.0, 1.0).run()
+    at.segmented_control(key="h_misalignment").set_value("yes").run()
+    expected = int(frame["has_misalignment"].sum())
+    at.multiselect(key="c_category").select("count").run()
+    expected = len(apply_filter(frame, ExplorerFilter(heatmaps={"misalignment": "yes"}, categories={"category": ("count",)})))
+    assert match_count(at) == (expected, 300)
+    assert not at.exception
+
+
+def test_sorting_orders_the_gallery():
+    at = open_app(sort="plausibility")
+    captions = [c.value for c in at.caption if "Pl " in c.value]
+    values = [float(re.search(r"Pl (\d\.\d\d)", c).group(1)) for c in captions]
+    assert len(values) >= 12 and values == sorted(values)
+
+
+def test_open_a_record_renders_overlays_and_steps_through():
+    at = open_app(q="circle")
+    open_buttons = [b for b in at.button if b.key and b.key.startswith("open_")]
+    first_id = open_buttons[0].key.removeprefix("open_")
+    open_buttons[0].click().run()
+    assert not at.exception
+    assert at.session_state["view"] == "Record" and at.session_state["rec_id"] == first_id
+    captions = [c for img in at.image for c in img.captions]
+    assert len(at.image) == 3  # the main overlay and the two side-by-side heatmaps
+    assert captions[0] == f"{at.segmented_control(key='overlay').value} overlay"
+    assert set(captions[1:]) <= {"implausibility", "misalignment", "implausibility: not collected", "misalignment: not collected"}
+    assert any("Record **1**" in md.value for md in at.markdown)
+    at.button[[b.label for b in at.button].index("Next ▶")].click().run()
+    assert at.session_state["rec_id"] != first_id and any("Record **2**" in md.value for md in at.markdown)
+    at.segmented_control(key="overlay").set_value("misalignment").run()
+    at.slider(key="opacity").set_value(0.9).run()
+    assert not at.exception and at.image[0].captions == ["misalignment overlay"]
+
+
+def test_deep_link_opens_the_record():
+    ds = open_dataset(SMALL)
+    rec_id = ds[42].id
+    at = open_app(view="Record", id=rec_id)
+    assert at.text_input(key="rec_id").value == rec_id
+    html = " ".join(md.value for md in at.markdown)
+    assert all(tok in html for tok, _ in ds[42].words)
+    assert len(at.image) == 3
+
+
+def test_plots_view_renders_every_chart():
+    at = open_app(view="Plots")
+    assert not at.exception
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 4 + 2 + 1  # four histograms, correlations, words, scatter
+    assert any("Mean implausibility heatmap" in md.value for md in at.markdown)
+
+
+def test_export_view_writes_a_readable_folder(tmp_path):
+    at = open_app(q="triangle", view="Export")
+    at.text_input(key="export_path").input(str(tmp_path / "out")).run()
+    at.button[[b.label for b in at.button].index("Export to folder")].click().run()
+    assert not at.exception and at.success
+    back = open_dataset(f"folder:{tmp_path / 'out'}")
+    assert len(back) == match_count(at)[0] and all("triangle" in p for p in back.frame["prompt"])
+
+
+def test_bad_spec_shows_an_error_and_the_app_keeps_working(tmp_path):
+    at = open_app()
+    at.text_input(key="ds").input(f"folder:{tmp_path / 'missing'}").run()
+    assert not at.exception
+    assert at.error and "Could not open dataset" in at.error[0].value and "not a directory" in at.error[0].value
+    at.text_input(key="ds").input("imagenet:/x").run()
+    assert "unknown dataset spec" in at.error[0].value
+    at.text_input(key="ds").input(SMALL).run()
+    assert not at.error and match_count(at) == (300, 300)
+
+
+def test_explorer_on_richhf_files(tmp_path):
+    tf, pick = build_richhf(tmp_path)
+    at = open_app(spec=f"richhf18k:{tf}", pickapic=str(pick))
+    assert match_count(at) == (5, 5)
+    at.multiselect(key="split").select("train").run()
+    assert match_count(at) == (3, 5)
+    at.query_params["id"] = "train/zzz"
+    at.segmented_control(key="view").set_value("Record").run()
+    at.text_input(key="rec_id").input("train/zzz").run()  # labels-only record: no image, no prompt
+    assert not at.exception and len(at.image) == 3
+
+
+def test_explorer_on_rapidata_files(tmp_path):
+    at = open_app(spec=f"rapidata:{build_rapidata(tmp_path)}")
+    assert match_count(at) == (3, 3)
+    assert any("skipped" in e.label for e in at.expander)
+    at.segmented_control(key="h_misalignment").set_value("yes").run()
+    assert match_count(at) == (1, 3)
+    at.segmented_control(key="view").set_value("Plots").run()
+    assert not at.exception
+
+
+@pytest.mark.parametrize("view", ["Gallery", "Record", "Plots", "Export"])
+def test_every_view_survives_an_empty_filter(view):
+    at = open_app(q="no prompt contains this", view=view)
+    assert match_count(at)[0] == 0
+    assert at.info or at.caption  # a message, not an exception
+    assert not at.exception
+    np.testing.assert_equal(len(at.error), 0)
