@@ -1,0 +1,87 @@
+"""Explorer responsiveness on 20,000 ShapesWorld records, printed as JSON (and saved to
+benchmarks/results/explorer.json).
+
+Times full script reruns of the explorer page through Streamlit's AppTest (server-side work: the
+filter, the gallery's 24 thumbnails, or a record with its overlays), after one warm-up run:
+- changing the prompt filter and re-rendering the gallery,
+- moving a score slider,
+- opening a record (detail view with three overlays and the word chart),
+- stepping to the next record.
+
+    python benchmarks/bench_explorer.py [--n 20000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from streamlit.testing.v1 import AppTest
+
+    from rhf_core.data import open_dataset
+
+    spec = f"shapes:n={args.n},seed=0"
+    t = time.perf_counter()
+    open_dataset(spec)  # builds (or reads) the cached frame, as the first visitor would
+    build_s = time.perf_counter() - t
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    at.query_params["ds"] = spec
+    at.run()
+    at.switch_page("app_pages/explorer.py").run()
+    assert not at.exception, at.exception
+
+    words = ["red", "circle", "two", "sky", "star", "blue", "grass", "three"]
+    filter_s, slider_s, open_s, next_s = [], [], [], []
+    for i in range(args.repeat):
+        at.segmented_control(key="view").set_value("Gallery").run()
+        filter_s.append(timed(lambda: at.text_input(key="q").input(words[i % len(words)]).run()))
+        slider_s.append(timed(lambda: at.slider(key="s_plausibility").set_range(0.0, 0.5 + 0.05 * i).run()))
+        button = next(b for b in at.button if b.key and b.key.startswith("open_"))
+        open_s.append(timed(lambda: button.click().run()))
+        nxt = next(b for b in at.button if b.label == "Next ▶")
+        next_s.append(timed(lambda: nxt.click().run()))
+        assert not at.exception, at.exception
+
+    def summary(xs):
+        return {"median_s": round(statistics.median(xs), 3), "max_s": round(max(xs), 3)}
+
+    result = {
+        "records": args.n,
+        "first_open_s (frame built or read from cache)": round(build_s, 2),
+        "filter_text_and_rerender_gallery": summary(filter_s),
+        "move_score_slider_and_rerender_gallery": summary(slider_s),
+        "open_record_with_overlays": summary(open_s),
+        "next_record": summary(next_s),
+        "note": "server-side script time per rerun (AppTest); the browser adds its own paint time",
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "explorer.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
