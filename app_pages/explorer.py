@@ -235,6 +235,7 @@ def plots() -> None:
         if len(words):
             fig = px.bar(words.iloc[::-1], x="records", y="word", orientation="h",
                          title="Most-flagged words (strength ≥ 0.5)", hover_data=["share"])
+            fig.update_yaxes(tickmode="array", tickvals=words["word"], title=None)  # label every bar
             fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10))
             st.plotly_chart(fig, key="words")
         else:
@@ -258,7 +259,7 @@ def plots() -> None:
             y = c2.selectbox("Heatmap mass (y)", [f"{h}_mass" for h in heats], key="sy")
             data = filtered[["id", "prompt", x, y]].dropna()
             fig = px.scatter(data, x=x, y=y, custom_data=["id"], hover_data=["prompt"], opacity=0.5,
-                             render_mode="webgl", title=f"{y.replace('_', ' ')} vs {x} — click a point to open it")
+                             render_mode="svg" if len(data) <= 5000 else "webgl", title=f"{y.replace('_', ' ')} vs {x} — click a point to open it")
             fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10))
             st.plotly_chart(fig, key="scatter", on_select=on_scatter_select, selection_mode="points")
 

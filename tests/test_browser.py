@@ -143,6 +143,15 @@ def test_plots_view_in_the_browser(server, page):
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(ARTIFACTS / "explorer-plots.png"), full_page=True)
 
+    # Clicking a point of the mass-vs-score scatter opens that record.
+    point = page.locator(".js-plotly-plot path.point").first
+    point.wait_for()
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.get_by_text(re.compile(r"Record \d+ of 300"))).to_be_visible()
+    assert "view=Record" in page.url and re.search(r"id=shapes-1-\d+", page.url)
+
 
 def test_bad_spec_in_the_browser(server, page):
     from playwright.sync_api import expect
