@@ -83,6 +83,9 @@ t0 = time.perf_counter()
 positions = apply_filter(frame, filters)
 filter_ms = (time.perf_counter() - t0) * 1000
 filtered = frame.iloc[positions]
+# Other pages (Live RAHF's error analysis) work on the set filtered here.
+st.session_state["explorer_positions"] = positions
+st.session_state["explorer_spec"] = ds.spec
 
 summary = f"**{len(positions):,}** of {len(frame):,} records match"
 st.markdown(summary, help=f"{ds.spec}; filtering took {filter_ms:.0f} ms")

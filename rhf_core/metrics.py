@@ -66,6 +66,8 @@ def auc_judd(pred: np.ndarray, fixations: np.ndarray) -> float:
     """AUC-Judd: thresholds at the prediction's values on fixations; true positives are fixations
     above the threshold, false positives the other pixels above it (Judd et al. 2009)."""
     p = pred.astype(np.float64).ravel()
+    # As the MIT benchmark does, a tiny fixed jitter breaks ties, so a flat map scores 0.5.
+    p = p + np.random.default_rng(0).random(p.size) * 1e-7
     fix = fixations.astype(bool).ravel()
     n_fix, n_pix = int(fix.sum()), p.size
     if n_fix == 0 or n_fix == n_pix:

@@ -47,6 +47,7 @@ def test_auc_judd_by_hand_and_close_to_roc_auc():
     fix = rng.random((40, 40)) < pred * 0.2  # fixations where the prediction is high
     assert M.auc_judd(pred, fix) == pytest.approx(roc_auc_score(fix.ravel(), pred.ravel()), abs=0.01)
     assert np.isnan(M.auc_judd(pred, np.zeros_like(fix)))
+    assert M.auc_judd(np.full((40, 40), 0.3), fix) == pytest.approx(0.5, abs=0.05)  # ties broken: chance
 
 
 def test_heatmap_metrics_split_empty_and_nonempty():

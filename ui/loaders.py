@@ -32,3 +32,11 @@ def load_mean_heatmap(spec: str, pickapic: str | None, positions_key: str, _posi
     """Mean heatmap of a filtered set; `positions_key` (a hash of the positions) keys the cache."""
     ds = load_dataset(spec, pickapic)
     return mean_heatmap(ds, _positions, name)
+
+
+@st.cache_resource(show_spinner="Loading the RAHF predictor…", max_entries=2)
+def load_predictor(path: str = ""):
+    """The RAHF checkpoint at `path`, or the embedded one (errors propagate as `RHFError`)."""
+    from rhf_core.rahf import load_rahf
+
+    return load_rahf(path or None)

@@ -24,6 +24,28 @@ def dataset_settings() -> None:
                           help="Parquet files with caption/image_*_uid/jpg_* columns, or {uid}.png files.")
 
 
+def predictor_settings() -> None:
+    """The RAHF checkpoint (bound to `?rahf=`); empty = the embedded ShapesWorld checkpoint."""
+    with st.sidebar:
+        st.text_input("RAHF checkpoint", key="rahf", bind="query-params", placeholder="embedded (rahf-shapes)",
+                      help="A folder with config.json + model.safetensors, e.g. one written by "
+                           "`python -m rhf_core train-rahf`. Empty: the embedded ShapesWorld checkpoint.")
+
+
+def current_predictor(stop_on_error: bool = True):
+    """The RAHF predictor named in the sidebar; a bad path shows a readable error."""
+    from ui.loaders import load_predictor
+
+    path = str(st.session_state.get("rahf") or "").strip()
+    try:
+        return load_predictor(path)
+    except RHFError as e:
+        st.error(f"Could not load the RAHF checkpoint `{path or 'embedded'}`: {e}")
+        if stop_on_error:
+            st.stop()
+        return None
+
+
 def current_spec() -> tuple[str, str | None]:
     spec = str(st.session_state.get("ds") or DEFAULT_SPEC).strip()
     pickapic = st.session_state.get("pickapic") or None

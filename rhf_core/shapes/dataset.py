@@ -139,8 +139,10 @@ class ShapesDataset(Dataset):
                 if progress is not None:
                     progress(done, self.n)
         else:
-            # forkserver: safe to start from a threaded process such as the Streamlit server.
-            ctx = multiprocessing.get_context("forkserver")
+            # fork, not spawn/forkserver: those re-import the caller's __main__, which breaks any
+            # script without an `if __name__ == "__main__"` guard. The workers only run numpy and
+            # PIL code on modules already imported, so forking a threaded server is safe here.
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = {pool.submit(frame_rows, *args, start, stop): (start, stop) for start, stop in chunks}
                 for fut in as_completed(futures):

@@ -1,0 +1,91 @@
+"""Command line: `python -m rhf_core <command> …` (see `--help` of each command)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rhf_core.errors import RHFError
+
+
+def _train_rahf(args) -> None:
+    from rhf_core.rahf.config import RAHFConfig, TextConfig, VisionConfig
+    from rhf_core.rahf.train import TrainConfig, train_rahf
+
+    vision = VisionConfig(kind="hf", name_or_path=args.vision) if args.vision else VisionConfig(
+        patch_size=args.patch_size, dim=args.dim, layers=args.vision_layers)
+    text = TextConfig(kind="hf", name_or_path=args.text) if args.text else TextConfig(dim=args.dim)
+    model = RAHFConfig(image_size=args.image_size, vision=vision, text=text, fusion_dim=args.dim,
+                       fusion_layers=args.fusion_layers, variant=args.variant, dropout=args.dropout)
+    cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      augment=not args.no_augment, seed=args.seed, max_records=args.max_records, model=model,
+                      state_dir=args.state_dir)
+    train_rahf(cfg, resume=not args.no_resume)
+    print(f"saved the best epoch to {args.out}")
+
+
+def _eval_rahf(args) -> None:
+    from rhf_core.rahf.evaluate import evaluate_rahf, format_tables
+
+    result = evaluate_rahf(args.checkpoint, args.data, split=args.split, train_data=args.train_data,
+                           train_split=args.train_split, baseline_epochs=args.baseline_epochs,
+                           max_records=args.max_records, seed=args.seed)
+    print(format_tables(result))
+    if args.json:
+        from rhf_core.cache import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rhf_core", description="Rich Human Feedback Studio commands")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train-rahf", help="train a RAHF predictor on a dataset spec")
+    t.add_argument("--data", default="shapes:n=10000,seed=0", help="dataset spec (train and dev splits are used)")
+    t.add_argument("--out", default="cache/rahf-run", help="folder for the best checkpoint")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--variant", choices=["multihead", "augmented"], default="multihead")
+    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--patch-size", type=int, default=8)
+    t.add_argument("--dim", type=int, default=96)
+    t.add_argument("--vision-layers", type=int, default=2)
+    t.add_argument("--fusion-layers", type=int, default=3)
+    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--vision", default="", help="HF vision tower (hub id or local path); default: scratch ViT")
+    t.add_argument("--text", default="", help="HF text encoder (hub id or local path); default: scratch")
+    t.add_argument("--max-records", type=int, default=0, help="cap on training records (0 = all)")
+    t.add_argument("--state-dir", default="", help="resumable state (default: cache/rahf-train/<out name>)")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train_rahf)
+
+    e = sub.add_parser("eval-rahf", help="the paper's tables for a checkpoint and baselines trained in the same run")
+    e.add_argument("--checkpoint", default="", help="checkpoint folder (default: the embedded one)")
+    e.add_argument("--data", default="shapes:n=3000,seed=1", help="dataset spec to evaluate on")
+    e.add_argument("--split", default="test")
+    e.add_argument("--train-data", default="shapes:n=10000,seed=0", help="dataset the baselines are fitted on")
+    e.add_argument("--train-split", default="train")
+    e.add_argument("--baseline-epochs", type=int, default=8, help="epochs of the CNN baseline")
+    e.add_argument("--max-records", type=int, default=0, help="cap on evaluated and baseline-training records")
+    e.add_argument("--json", default="", help="write the results here")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_eval_rahf)
+
+    args = ap.parse_args(argv)
+    try:
+        args.func(args)
+    except RHFError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

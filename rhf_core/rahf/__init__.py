@@ -1,0 +1,6 @@
+"""RAHF, the rich automatic human feedback predictor (RichHF, Liang et al. 2024)."""
+
+from rhf_core.rahf.config import RAHFConfig, TextConfig, VisionConfig
+from rhf_core.rahf.predictor import RAHF, CheckpointError, Prediction, load_rahf, new_rahf
+
+__all__ = ["RAHF", "RAHFConfig", "VisionConfig", "TextConfig", "Prediction", "CheckpointError", "load_rahf", "new_rahf"]

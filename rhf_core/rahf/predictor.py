@@ -1,0 +1,184 @@
+"""Loading, saving and running a RAHF checkpoint: the public two-call API.
+
+    from rhf_core.rahf import load_rahf
+    model = load_rahf()                       # the embedded checkpoint in rhf_core/assets/rahf-shapes
+    preds = model.predict(images, prompts)    # PIL images or paths
+    preds[0].heatmaps["implausibility"]       # float32 H×W in [0, 1] at that image's own size
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from rhf_core.cache import atomic_write_text
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
+from rhf_core.errors import RHFError
+from rhf_core.heatmaps import resize_heatmap
+from rhf_core.images import load_image
+from rhf_core.rahf.config import RAHFConfig
+from rhf_core.rahf.model import RAHFModel
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "rahf-shapes"
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(RHFError):
+    """A path that is not a RAHF checkpoint, or weights that do not fit its config."""
+
+
+@dataclass
+class Prediction:
+    heatmaps: dict[str, np.ndarray]  # float32 H×W in [0, 1] at the input image's size
+    scores: dict[str, float]  # the four canonical scores in [0, 1]
+    words: list[tuple[str, float]]  # (prompt token, probability it is misaligned)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def misaligned_words(self) -> list[str]:
+        return [t for t, p in self.words if p >= 0.5]
+
+    def to_json(self) -> dict:
+        return {"scores": self.scores, "words": [[t, round(p, 4)] for t, p in self.words],
+                "heatmap_shape": {k: list(v.shape) for k, v in self.heatmaps.items()}, **self.meta}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """RGB images → (B, 3, size, size) float in [0, 1]."""
+    arrs = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+            for im in images]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+class RAHF:
+    """A RAHF network with its config, ready to predict."""
+
+    def __init__(self, model: RAHFModel, config: RAHFConfig, device: str | None = None, path: Path | None = None):
+        self.config = config
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.path = path
+        self.metrics = {}
+        if path is not None and (Path(path) / "metrics.json").is_file():
+            self.metrics = json.loads((Path(path) / "metrics.json").read_text())
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name if self.path else "untrained RAHF"
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """config.json + model.safetensors (+ HF backbone configs and tokenizer when used)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.save(out)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = out / f".{WEIGHTS}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "rhf": "rahf"})
+        tmp.replace(out / WEIGHTS)
+        if self.config.vision.kind == "hf":
+            self.model.vision.hf_config.save_pretrained(out / "vision")
+            _save_processor(self.config.vision.name_or_path, out / "vision")
+        if self.config.text.kind == "hf":
+            self.model.text.hf_config.save_pretrained(out / "text")
+            self.model.text.tokenizer.save_pretrained(out / "text")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> "RAHF":
+        path = Path(directory).expanduser()
+        if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
+            raise CheckpointError(f"{path} is not a RAHF checkpoint (needs config.json and {WEIGHTS})")
+        try:
+            config = RAHFConfig.load(path)
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}/config.json is not a RAHF config: {e}") from None
+        model = RAHFModel(config, backbone_dir=path, pretrained=False)
+        state = load_file(str(path / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not match the config — missing {sorted(missing)[:8]}"
+                f"{'…' if len(missing) > 8 else ''}, unexpected {sorted(unexpected)[:8]}"
+                f"{'…' if len(unexpected) > 8 else ''}"
+            )
+        return cls(model, config, device=device, path=path)
+
+    # --- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        images,
+        prompts: Sequence[str],
+        batch_size: int = 32,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Prediction]:
+        """Predict heatmaps, scores and misaligned words for each (image, prompt) pair."""
+        # 1. Check inputs
+        if isinstance(prompts, str) or isinstance(images, (str, Path, Image.Image)):
+            raise ValueError("pass lists: predict([image, …], [prompt, …])")
+        images = list(images)
+        prompts = list(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            # 2. Decode images and split prompts into RichHF tokens
+            batch = [im if isinstance(im, Image.Image) else load_image(im) for im in images[start:start + batch_size]]
+            batch = [im.convert("RGB") for im in batch]
+            words = [tokenize_prompt(str(p)) for p in prompts[start:start + batch_size]]
+            # 3. Run the network
+            pixels = images_to_tensor(batch, self.config.image_size).to(self.device)
+            logits = self.model(pixels, words)
+            heat = torch.sigmoid(logits["heatmaps"]).float().cpu().numpy()
+            scores = torch.sigmoid(logits["scores"]).float().cpu().numpy()
+            word_p = torch.sigmoid(logits["words"]).float().cpu().numpy()
+            # 4. Back to each image's own size and the prompt's own tokens
+            for i, im in enumerate(batch):
+                n = min(len(words[i]), self.config.max_words, word_p.shape[1])
+                probs = [float(word_p[i, j]) if j < n else 0.0 for j in range(len(words[i]))]
+                out.append(Prediction(
+                    heatmaps={h: resize_heatmap(heat[i, k], im.size) for k, h in enumerate(HEATMAP_NAMES)},
+                    scores={s: float(scores[i, k]) for k, s in enumerate(SCORE_NAMES)},
+                    words=list(zip(words[i], probs)),
+                ))
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
+        return out
+
+
+def _save_processor(source: str, out: Path) -> None:
+    try:
+        from transformers import AutoImageProcessor
+
+        AutoImageProcessor.from_pretrained(source).save_pretrained(out)
+    except Exception:  # no processor config at the source: the model's defaults apply
+        pass
+
+
+def load_rahf(path: str | Path | None = None, device: str | None = None) -> RAHF:
+    """The embedded ShapesWorld checkpoint, or a checkpoint folder (config.json + safetensors)."""
+    target = Path(path) if path else DEFAULT_CHECKPOINT
+    if not target.exists():
+        raise CheckpointError(f"no RAHF checkpoint at {target}")
+    return RAHF.load(target, device=device)
+
+
+def new_rahf(config: RAHFConfig, device: str | None = None, seed: int = 0) -> RAHF:
+    """A freshly initialised RAHF (HF backbones load their pretrained weights)."""
+    torch.manual_seed(seed)
+    return RAHF(RAHFModel(config), config, device=device)
