@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from rhf_core.cache import atomic_write_text
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
 from rhf_core.errors import RHFError
 from rhf_core.heatmaps import resize_heatmap
