@@ -5,7 +5,7 @@ import platform
 import streamlit as st
 import torch
 
-from ui.settings import current_dataset, current_spec
+from ui.settings import current_dataset, current_predictor, current_spec
 
 st.title("Rich Human Feedback Studio")
 st.write(
@@ -15,21 +15,24 @@ st.write(
     "overall quality."
 )
 st.page_link("app_pages/explorer.py", label="Dataset explorer: filter, browse and plot any rich-feedback dataset", icon=":material/photo_library:")
+st.page_link("app_pages/live_rahf.py", label="Live RAHF: predict heatmaps, scores and misaligned words for your images", icon=":material/center_focus_strong:")
 
 st.subheader("Loaded")
 spec, _ = current_spec()
 ds = current_dataset(stop_on_error=False)
 device = f"CUDA ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4, c5 = st.columns(5)
 if ds is not None:
     c1.metric("Dataset", ds.name, help=ds.spec)
     c2.metric("Records", f"{len(ds):,}", delta=f"{ds.n_skipped} rows skipped" if ds.n_skipped else None,
               delta_color="inverse")
 else:
     c1.metric("Dataset", "—", help=spec)
-c3.metric("Device", device)
-c4.metric("PyTorch", torch.__version__)
+rahf = current_predictor(stop_on_error=False)
+c3.metric("Predictor (RAHF)", rahf.name if rahf else "—", help=f"{rahf.config.variant}, {rahf.config.image_size} px" if rahf else None)
+c4.metric("Device", device)
+c5.metric("PyTorch", torch.__version__)
 st.caption(
-    f"Dataset spec: `{spec}`. Change it in the sidebar; it is part of the URL, so links you share "
-    "open the same dataset. Predictor (RAHF) and generator: none loaded yet."
+    f"Dataset spec: `{spec}`. Dataset and predictor are set in the sidebar and are part of the URL, "
+    "so links you share open the same ones. Text-to-image generator: none loaded yet."
 )

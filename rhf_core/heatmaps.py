@@ -141,8 +141,8 @@ def overlay_heatmap(
     """Blend a coloured heatmap over `image` (the heatmap is resized to the image first).
 
     With `normalize`, heat is divided by the map's peak, so a region one rater of three marked is as
-    visible as the strongest region of that map. Each pixel's alpha is `opacity` × √heat: cold
-    pixels leave the image untouched and faint marks stay visible."""
+    visible as the strongest region of that map. Each pixel's alpha is `opacity` × heat, so cold
+    pixels leave the image untouched."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     image = image.convert("RGB")
@@ -152,7 +152,7 @@ def overlay_heatmap(
         heat = heat / peak
     colors = np.asarray(colorize_heatmap(heat, cmap), dtype=np.float32)
     base = np.asarray(image, dtype=np.float32)
-    alpha = (opacity * np.sqrt(heat))[..., None]
+    alpha = (opacity * heat)[..., None]
     out = base * (1 - alpha) + colors * alpha
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
 

@@ -79,7 +79,7 @@ def test_overlay_normalises_to_the_peak_unless_asked_not_to():
     assert (norm == top).all()  # 0.25 is this map's peak: full colour, full alpha
     raw = np.asarray(overlay_heatmap(img, hm, opacity=1.0, cmap="viridis", normalize=False))[0, 0].astype(float)
     quarter = np.asarray(colorize_heatmap(np.full((1, 1), 0.25, np.float32), "viridis"))[0, 0]
-    np.testing.assert_allclose(raw, quarter * np.sqrt(0.25), atol=1)  # alpha = √0.25
+    np.testing.assert_allclose(raw, quarter * 0.25, atol=1)  # alpha = opacity × heat
 
 
 def test_overlay_resizes_heatmap_to_image_and_checks_args():
