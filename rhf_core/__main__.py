@@ -39,6 +39,17 @@ def _eval_rahf(args) -> None:
         print(f"wrote {args.json}")
 
 
+def _eval_judge(args) -> None:
+    from rhf_core.judge import evaluate_judge
+
+    result = {"renders": evaluate_judge(args.n, args.seed), "degraded": evaluate_judge(args.n, args.seed, degraded=True)}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        from rhf_core.cache import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rhf_core", description="Rich Human Feedback Studio commands")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -76,6 +87,12 @@ def main(argv=None) -> int:
     e.add_argument("--json", default="", help="write the results here")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_eval_rahf)
+
+    j = sub.add_parser("eval-judge", help="the ShapesWorld judge's accuracy per verdict, on renders and degraded renders")
+    j.add_argument("--n", type=int, default=1000)
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--json", default="")
+    j.set_defaults(func=_eval_judge)
 
     args = ap.parse_args(argv)
     try:

@@ -1,0 +1,244 @@
+"""The ShapesWorld judge: a classical-vision oracle that plays the human rater for images of this
+world, rendered or generated (DESIGN.md section 3).
+
+    v = judge(image, "two red circles on the grass")
+    v.aligned, v.misaligned_words, v.implausibility, v.scene
+
+1. Background and contrast: the border ring's median colour is matched against every background
+   colour under every contrast in the world's range (contrast pulls colours toward grey).
+2. Objects: pixels far from the background colour, cleaned by a morphological opening, split into
+   connected components; specks smaller than any object are ignored.
+3. Each object: its colour is the nearest palette colour (under the same contrast); its shape is
+   the clean template (the renderer's own outline, fitted to the object's centroid and area) that
+   overlaps it best. What the best template does not explain — extra blobs (appendages, fused
+   twins, smears) and missing parts (bites, melted edges) — is the implausible region.
+4. Against the prompt: count, colour, shape and background; each mismatch names its prompt words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from rhf_core.images import load_image
+from rhf_core.shapes.grammar import BACKGROUNDS, COLORS, PLURALS, SHAPES, PromptSpec, parse_prompt
+from rhf_core.shapes.render import shape_outline, _raster
+
+CONTRASTS = np.linspace(0.5, 1.0, 11)
+MIN_OBJECT_AREA = 14  # pixels at 64 px; the smallest rendered object is ~30
+# An object is implausible when its best clean template leaves this much unexplained.
+UNEXPLAINED_BLOB = 6  # pixels in one connected blob
+UNEXPLAINED_SHARE = 0.12  # of the object's area, all blobs together
+
+
+@dataclass
+class JudgedObject:
+    color: str
+    shape: str
+    x: float
+    y: float
+    area: int
+    fit: float  # IoU with the best clean template
+    implausible: bool
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Verdict:
+    aligned: bool
+    misaligned_words: list[str]
+    implausibility: np.ndarray  # float32 H×W, 1 on implausible regions
+    scene: dict
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def implausible(self) -> bool:
+        return bool(self.implausibility.any())
+
+
+def _palette(contrast: float, colors: dict) -> dict[str, np.ndarray]:
+    return {n: 128 + (np.array(c, np.float64) - 128) * contrast for n, c in colors.items()}
+
+
+def _background(img: np.ndarray) -> tuple[str, float, np.ndarray]:
+    """(background name, contrast, its colour) that best explain the border ring."""
+    ring = np.concatenate([img[:3].reshape(-1, 3), img[-3:].reshape(-1, 3), img[:, :3].reshape(-1, 3), img[:, -3:].reshape(-1, 3)])
+    observed = np.median(ring, axis=0)
+    best = None
+    for c in CONTRASTS:
+        for name, rgb in _palette(c, {b: d["rgb"] for b, d in BACKGROUNDS.items()}).items():
+            d = np.linalg.norm(observed - rgb)
+            if best is None or d < best[0]:
+                best = (d, name, float(c))
+    return best[1], best[2], observed
+
+
+def _template(shape: str, x: float, y: float, area: float, size: tuple[int, int]) -> np.ndarray:
+    """Clean shape mask with the given centroid and area (the renderer's outline)."""
+    unit = _raster([shape_outline(shape, 32, 32, 10)], 64) > 0.5
+    k = unit.sum() / 100.0  # area per r² of this shape
+    r = float(np.sqrt(area / k))
+    cy, cx = ndimage.center_of_mass(unit)
+    dx, dy = 32 - cx, 32 - cy  # outline centre minus mask centroid, at r = 10
+    scale = r / 10
+    side = max(size)
+    poly = shape_outline(shape, x + dx * scale, y + dy * scale, r)
+    return (_raster([poly], side) > 0.5)[: size[1], : size[0]]
+
+
+def _fits(mask: np.ndarray, x: float, y: float) -> dict[str, tuple[float, np.ndarray]]:
+    """Each clean shape's best overlap with an object mask: {shape: (IoU, template mask)},
+    searching a little in scale and ±1 pixel in position."""
+    area = float(mask.sum())
+    out = {}
+    for shape in SHAPES:
+        best = None
+        for s in (0.9, 1.0, 1.1):
+            base = _template(shape, x, y, area * s, (mask.shape[1], mask.shape[0]))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    t = np.roll(base, (dy, dx), axis=(0, 1))
+                    iou = (t & mask).sum() / max((t | mask).sum(), 1)
+                    if best is None or iou > best[0]:
+                        best = (float(iou), t)
+        out[shape] = best
+    return out
+
+
+# A prompt's shape is accepted when its template fits nearly as well as the best one: small shapes
+# at 64 px are ambiguous (a 6-px star is round), and a defect (a melted star) changes the outline.
+SHAPE_MARGIN = 0.06
+SHAPE_MARGIN_IMPLAUSIBLE = 0.08
+
+
+def _unexplained(mask: np.ndarray, tmpl: np.ndarray, area: int) -> tuple[bool, np.ndarray]:
+    """Is the object implausible under this template, and where (extra blobs, missing parts)?"""
+    extra = mask & ~ndimage.binary_dilation(tmpl, iterations=1)
+    missing = tmpl & ~ndimage.binary_dilation(mask, iterations=1)
+    unexplained = extra | missing
+    blobs, nb = ndimage.label(unexplained)
+    sizes = ndimage.sum(unexplained, blobs, range(1, nb + 1)) if nb else []
+    bad = (max(sizes, default=0) >= UNEXPLAINED_BLOB) or (unexplained.sum() >= UNEXPLAINED_SHARE * area)
+    if not bad:
+        return False, np.zeros_like(mask)
+    big = [i + 1 for i, sz in enumerate(sizes) if sz >= 3]
+    region = np.isin(blobs, big) if big else unexplained
+    return True, ndimage.binary_dilation(region, iterations=1)
+
+
+def parse_scene(image, expected_shape: str | None = None) -> tuple[dict, list[JudgedObject], np.ndarray]:
+    """Parse an image of ShapesWorld: (scene dict, objects, implausibility map).
+
+    With `expected_shape` (the prompt's), an object takes that shape when it fits nearly as well
+    as the best shape (see SHAPE_MARGIN)."""
+    img = load_image(image, max_side=None) if not isinstance(image, Image.Image) else image.convert("RGB")
+    if img.size != (64, 64):
+        img = img.resize((64, 64), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float64)
+    background, contrast, bg_rgb = _background(arr)
+    # Foreground: far from the background colour; the cut sits halfway to the nearest object colour.
+    palette = _palette(contrast, COLORS)
+    gap = min(np.linalg.norm(bg_rgb - rgb) for rgb in palette.values())
+    dist = np.linalg.norm(arr - bg_rgb, axis=-1)
+    fg = dist > max(0.45 * gap, 18.0)
+    fg = ndimage.binary_opening(fg, structure=np.ones((2, 2)))
+    labels, n = ndimage.label(fg)
+    objects: list[JudgedObject] = []
+    implausibility = np.zeros(arr.shape[:2], np.float32)
+    for k in range(1, n + 1):
+        mask = labels == k
+        area = int(mask.sum())
+        if area < MIN_OBJECT_AREA:
+            continue
+        y, x = ndimage.center_of_mass(mask)
+        core = ndimage.binary_erosion(mask, iterations=1)
+        pixels = arr[core if core.sum() >= 4 else mask]
+        median = np.median(pixels, axis=0)
+        color = min(palette, key=lambda c: np.linalg.norm(median - palette[c]))
+        fits = _fits(mask, x, y)
+        shape = max(fits, key=lambda sh: fits[sh][0])
+        bad, region = _unexplained(mask, fits[shape][1], area)
+        if expected_shape in fits and expected_shape != shape:
+            margin = SHAPE_MARGIN_IMPLAUSIBLE if bad else SHAPE_MARGIN
+            if fits[expected_shape][0] >= fits[shape][0] - margin:
+                shape = expected_shape
+                bad, region = _unexplained(mask, fits[shape][1], area)
+        implausibility[region] = 1.0
+        objects.append(JudgedObject(color, shape, float(x), float(y), area, fits[shape][0], bool(bad)))
+    scene = {"background": background, "contrast": round(contrast, 2), "objects": [o.to_dict() for o in objects]}
+    return scene, objects, implausibility
+
+
+def judge(image, prompt: str | PromptSpec) -> Verdict:
+    """Judge an image against a ShapesWorld prompt: alignment, misaligned words, implausible regions."""
+    spec = prompt if isinstance(prompt, PromptSpec) else parse_prompt(prompt)
+    if spec is None:
+        raise ValueError(f"not a ShapesWorld prompt: {prompt!r} (e.g. 'two red circles on the grass')")
+    scene, objects, implausibility = parse_scene(image, expected_shape=spec.shape)
+    words, reasons = [], []
+    noun = PLURALS[spec.shape] if spec.n_objects > 1 else spec.shape
+    if len(objects) != spec.n_objects:
+        words.append(spec.count_word)
+        reasons.append(f"{len(objects)} objects, the prompt asks for {spec.n_objects}")
+    if spec.color and any(o.color != spec.color for o in objects):
+        words.append(spec.color)
+        reasons.append(f"colours {sorted({o.color for o in objects})}, the prompt asks for {spec.color}")
+    if any(o.shape != spec.shape for o in objects):
+        words.append(noun)
+        reasons.append(f"shapes {sorted({o.shape for o in objects})}, the prompt asks for {spec.shape}")
+    if spec.background and scene["background"] != spec.background:
+        words += BACKGROUNDS[spec.background]["words"]
+        reasons.append(f"background {scene['background']}, the prompt asks for {spec.background}")
+    if not objects:
+        reasons.append("no object found")
+    return Verdict(aligned=not words, misaligned_words=words, implausibility=implausibility, scene=scene, reasons=reasons)
+
+
+# --- how far the judge can be trusted ----------------------------------------------------------
+
+def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Blur, noise and JPEG compression, like a diffusion model's output."""
+    import io
+
+    arr = np.asarray(image, dtype=np.float64)
+    arr = ndimage.gaussian_filter(arr, sigma=(rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0), 0))
+    arr = arr + rng.normal(0, rng.uniform(3, 8), size=arr.shape)
+    img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=int(rng.integers(40, 81)))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def evaluate_judge(n: int = 500, seed: int = 0, degraded: bool = False) -> dict:
+    """Accuracy of each verdict on rendered ShapesWorld records with known scenes and defects."""
+    from rhf_core.shapes.dataset import generate_sample
+
+    rng = np.random.default_rng([seed, 1])
+    hits = {"aligned": 0, "misaligned_words": 0, "implausible": 0, "count": 0, "background": 0}
+    by_kind: dict[str, list[int]] = {}
+    for i in range(n):
+        s = generate_sample(i, seed)
+        img = s.image()
+        if degraded:
+            img = degrade(img, rng)
+        v = judge(img, s.spec)
+        mis = [d for d in s.defects if d.type == "misalignment"]
+        gt_words = sorted({w for d in mis for w in d.words})
+        hits["aligned"] += v.aligned == (not mis)
+        hits["misaligned_words"] += sorted(set(v.misaligned_words)) == gt_words
+        hits["implausible"] += v.implausible == any(d.type == "implausibility" for d in s.defects)
+        hits["count"] += len(v.scene["objects"]) == len(s.scene.objects)
+        hits["background"] += v.scene["background"] == s.scene.background
+        kinds = [d.kind for d in s.defects] or ["clean"]
+        for k in kinds:
+            by_kind.setdefault(k, []).append(int(v.aligned == (not mis)))
+    return {
+        "records": n, "seed": seed, "degraded": degraded,
+        "accuracy": {k: round(v / n, 4) for k, v in hits.items()},
+        "aligned_accuracy_by_defect": {k: round(float(np.mean(v)), 4) for k, v in sorted(by_kind.items())},
+    }
