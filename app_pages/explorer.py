@@ -30,7 +30,7 @@ from rhf_core.explore import (
     sortable_columns,
 )
 from rhf_core.heatmaps import COLOR_MAPS, colorize_heatmap
-from ui.components import highlighted_prompt, record_view_image, score_line, upscale, word_strength_chart
+from ui.components import highlighted_prompt, placeholder, record_view_image, score_line, upscale, word_strength_chart
 from ui.loaders import load_mean_heatmap
 from ui.settings import current_dataset, current_spec
 
@@ -127,12 +127,17 @@ def gallery() -> None:
     for start in range(0, len(chunk), cols_per_row):
         cols = st.columns(cols_per_row)
         for col, pos in zip(cols, chunk[start:start + cols_per_row]):
-            rec = ds[int(pos)]
             with col:
-                img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
+                try:
+                    rec = ds[int(pos)]
+                    img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
+                except RHFError as e:
+                    st.image(placeholder(160, "unreadable"), width="stretch")
+                    st.caption(f"{frame['id'].iat[int(pos)]}: {e}")
+                    continue
                 st.image(img, width="stretch", output_format="PNG")
                 st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}")
-                st.button("Open", key=f"open_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
+                st.button("Open", key=f"open_{pos}_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
     st.caption(f"Page {page} of {n_pages}")
 
 
@@ -161,7 +166,11 @@ def record_detail() -> None:
         nav3.markdown(f"Record **{k + 1:,}** of {len(positions):,} · `{rec_id}`")
     else:
         st.caption(f"`{rec_id}` is outside the current filters; previous/next follow the filtered list.")
-    rec = ds[pos]
+    try:
+        rec = ds[pos]
+    except RHFError as e:
+        st.error(str(e))
+        return
     st.query_params["id"] = rec.id
 
     st.markdown(highlighted_prompt(rec), unsafe_allow_html=True)
@@ -289,7 +298,11 @@ def export_view() -> None:
         st.caption(f"Download is offered for up to {MAX_DOWNLOAD:,} records; narrow the filters or export to a folder.")
     elif len(subset) and st.button("Prepare a zip download"):
         with st.spinner("Packing…"), tempfile.TemporaryDirectory() as tmp:
-            export(subset, Path(tmp) / "export")
+            try:
+                export(subset, Path(tmp) / "export")
+            except RHFError as e:
+                st.error(f"Export failed: {e}")
+                return
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
                 for p in sorted((Path(tmp) / "export").rglob("*")):

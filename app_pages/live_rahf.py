@@ -56,8 +56,8 @@ def upload_mode() -> None:
         st.info("Upload one or more images, give each its prompt, then predict.")
         return
     ready, prompts = [], []
-    for f in files:
-        key = hashlib.sha1(f.getvalue()).hexdigest()[:12]
+    for n, f in enumerate(files):
+        key = f"{n}_{hashlib.sha1(f.getvalue()).hexdigest()[:12]}"
         try:
             img = load_image(f.getvalue(), name=f.name)
         except RHFError as e:
@@ -93,7 +93,12 @@ def upload_mode() -> None:
 # --- 2. A dataset record beside its labels ------------------------------------------------------
 
 def side_by_side(rec: Record) -> None:
-    if rec.image is None:
+    try:
+        image = rec.image
+    except RHFError as e:
+        st.error(str(e))
+        return
+    if image is None:
         st.warning(f"{rec.id} has no image to predict on (labels only).")
         return
     pred = rahf.predict([rec.image], [rec.prompt])[0]
@@ -157,9 +162,9 @@ def analysis_mode() -> None:
         bar = st.progress(0.0, text="Predicting…")
         table = analyse(rahf, ds, positions, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicted {d:,} / {t:,} new records"))
         bar.empty()
-        st.session_state["live_analysis"] = (ds.spec, table)
+        st.session_state["live_analysis"] = ((ds.spec, rahf.weights_key), table)
     stored = st.session_state.get("live_analysis")
-    if not stored or stored[0] != ds.spec:
+    if not stored or stored[0] != (ds.spec, rahf.weights_key):
         return
     table = stored[1]
     options = [c for c in DISAGREEMENT if c in table and table[c].notna().any()]
@@ -172,7 +177,8 @@ def analysis_mode() -> None:
     summary = {"records": len(table)}
     for s in SCORE_NAMES:
         if f"label_{s}" in table:
-            summary[f"{s} SRCC"] = round(M.srcc(table[f"pred_{s}"], table[f"label_{s}"]), 3)
+            both = table[[f"pred_{s}", f"label_{s}"]].dropna()
+            summary[f"{s} SRCC"] = round(M.srcc(both.iloc[:, 0], both.iloc[:, 1]), 3)
     st.caption(" · ".join(f"{k}: {v}" for k, v in summary.items()))
     event = st.dataframe(ranked[cols], hide_index=True, on_select="rerun", selection_mode="single-row",
                          key="live_table", width="stretch")

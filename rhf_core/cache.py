@@ -68,7 +68,14 @@ def cached_frame(kind: str, key: str, build: Callable[[], pd.DataFrame]) -> pd.D
         except Exception:  # a damaged cache entry is rebuilt, never fatal
             path.unlink(missing_ok=True)
     frame = build()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_parquet(frame, path)
     return frame
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Atomically write a DataFrame as parquet (safe with several sessions in one process)."""
+    import io
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())

@@ -80,6 +80,17 @@ def frame_row(rec_id: str, prompt: str, split: str, scores: dict, heatmaps: dict
     return row
 
 
+STANDARD_COLUMNS = list(frame_row("", "", "", {}, {}, []))
+
+
+def with_standard_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add any standard column a frame lacks (e.g. every row of a source failed to parse)."""
+    for col in STANDARD_COLUMNS:
+        if col not in frame:
+            frame[col] = pd.Series(dtype=object if col in ("id", "prompt", "split", "flagged_words") else float)
+    return frame
+
+
 class Dataset:
     """Base class: `len`, indexing by position, lookup by id, and `frame`.
 

@@ -101,7 +101,7 @@ def most_flagged_words(frame: pd.DataFrame, top: int = 20) -> pd.DataFrame:
     """Words flagged (strength ≥ 0.5) most often across the frame's records, lower-cased."""
     counts: Counter = Counter()
     for text in frame.get("flagged_words", pd.Series(dtype=str)).dropna():
-        counts.update(w.lower().strip(",.?!\":;") for w in str(text).split())
+        counts.update({w.lower().strip(",.?!\":;") for w in str(text).split()})  # once per record
     counts.pop("", None)
     rows = counts.most_common(top)
     out = pd.DataFrame(rows, columns=["word", "records"])

@@ -81,7 +81,7 @@ def test_sorting_orders_the_gallery():
 def test_open_a_record_renders_overlays_and_steps_through():
     at = open_app(q="circle")
     open_buttons = [b for b in at.button if b.key and b.key.startswith("open_")]
-    first_id = open_buttons[0].key.removeprefix("open_")
+    first_id = open_buttons[0].key.removeprefix("open_").split("_", 1)[1]  # key: open_<position>_<id>
     open_buttons[0].click().run()
     assert not at.exception
     assert at.session_state["view"] == "Record" and at.session_state["rec_id"] == first_id

@@ -15,8 +15,9 @@ import pandas as pd
 from PIL import Image
 
 from rhf_core import metrics as M
-from rhf_core.cache import cache_dir, cache_key
+from rhf_core.cache import cache_dir, cache_key, write_parquet
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record
+from rhf_core.errors import RHFError
 from rhf_core.rahf.predictor import RAHF, Prediction
 
 # Columns of the disagreement list, and how each is read.
@@ -60,10 +61,7 @@ def record_metrics(pred: Prediction, rec: Record) -> dict:
 
 def predictor_key(rahf: RAHF) -> str:
     """Identifies a checkpoint's weights (path and modification time), for the prediction cache."""
-    if rahf.path is None:
-        return cache_key("unsaved", id(rahf))
-    weights = Path(rahf.path) / "model.safetensors"
-    return cache_key(str(Path(rahf.path).resolve()), os.stat(weights).st_mtime_ns)
+    return rahf.weights_key
 
 
 def analyse(rahf: RAHF, ds: Dataset, positions, batch_size: int = 64,
@@ -73,14 +71,20 @@ def analyse(rahf: RAHF, ds: Dataset, positions, batch_size: int = 64,
     The cache is one parquet file per (checkpoint, dataset spec) under cache/predictions/."""
     positions = np.asarray(positions, dtype=np.int64)
     ids = ds.frame["id"].astype(str).to_numpy()[positions]
-    path = cache_dir("predictions") / f"{predictor_key(rahf)}-{cache_key(ds.spec)}.parquet"
+    path = cache_dir("predictions") / f"{cache_key(predictor_key(rahf))}-{cache_key(ds.spec, ds.frame['id'].tolist()[:50], len(ds))}.parquet"
     cached = pd.read_parquet(path) if use_cache and path.exists() else pd.DataFrame({"id": pd.Series(dtype=str)})
     have = set(cached["id"].astype(str))
     todo = [int(p) for p, i in zip(positions, ids) if i not in have]
     rows = []
     for start in range(0, len(todo), batch_size):
-        chunk = [ds[p] for p in todo[start:start + batch_size]]
-        chunk = [r for r in chunk if r.image is not None]
+        chunk = []
+        for p in todo[start:start + batch_size]:
+            try:
+                rec = ds[p]
+                if rec.image is not None:
+                    chunk.append(rec)
+            except RHFError:  # an unreadable image or heatmap: left out of the analysis
+                continue
         preds = rahf.predict([r.image for r in chunk], [r.prompt for r in chunk], batch_size=batch_size)
         rows += [{"id": r.id, "prompt": r.prompt, **record_metrics(p, r)} for p, r in zip(preds, chunk)]
         if progress is not None:
@@ -88,9 +92,7 @@ def analyse(rahf: RAHF, ds: Dataset, positions, batch_size: int = 64,
     if rows:
         cached = pd.concat([cached, pd.DataFrame(rows)], ignore_index=True)
         if use_cache:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            cached.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
+            write_parquet(cached, path)
     wanted = pd.DataFrame({"id": ids})
     return wanted.merge(cached, on="id", how="inner")
 

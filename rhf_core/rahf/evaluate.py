@@ -60,7 +60,8 @@ def heat_table(preds: list[dict], recs) -> dict:
 
 
 def word_table(preds: list[list[float]], recs) -> dict:
-    pairs = [(p, [s for _, s in r.words]) for p, r in zip(preds, recs) if r.words]
+    # Records whose labels do not line up with the prompt's tokens (RichHF label_mismatch) are left out.
+    pairs = [(p, [s for _, s in r.words]) for p, r in zip(preds, recs) if r.words and len(p) == len(r.words)]
     if not pairs:
         return {}
     a, b = zip(*pairs)

@@ -72,6 +72,10 @@ class RAHF:
         self.model = model.to(self.device).eval()
         self.path = path
         self.metrics = {}
+        # Identifies the weights as loaded (path + modification time), for prediction caches.
+        weights = Path(path) / WEIGHTS if path is not None else None
+        self.weights_key = (f"{Path(path).resolve()}@{weights.stat().st_mtime_ns}" if weights and weights.is_file()
+                            else f"unsaved-{id(self)}")
         if path is not None and (Path(path) / "metrics.json").is_file():
             self.metrics = json.loads((Path(path) / "metrics.json").read_text())
 

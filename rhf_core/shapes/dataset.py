@@ -110,6 +110,9 @@ class ShapesDataset(Dataset):
     def __init__(self, n: int = 2000, seed: int = 0, size: int = 64, raters: str = "richhf",
                  progress: Callable[[int, int], None] | None = None, cache: bool = True):
         super().__init__()
+        for name, value in (("n", n), ("seed", seed), ("size", size)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise DatasetSpecError(f"shapes: {name} must be a whole number, got {value!r}")
         if n <= 0:
             raise DatasetSpecError(f"shapes: n must be a positive number of records, got {n}")
         if raters not in STYLES:

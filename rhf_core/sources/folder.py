@@ -32,6 +32,14 @@ LABELS = "labels.jsonl"
 STANDARD_COLUMNS = set(frame_row("", "", "", {}, {}, []))
 
 
+def _inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing paths that leave the dataset folder."""
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise DatasetFormatError(f"{rel!r} points outside the dataset folder")
+    return path
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -148,6 +156,9 @@ class FolderDataset(Dataset):
         scores = entry.get("scores", {})
         if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) for v in scores.values()):
             raise DatasetFormatError("scores must map names to numbers")
+        for key in ("heatmaps", "meta", "columns"):
+            if not isinstance(entry.get(key) or {}, dict):
+                raise DatasetFormatError(f"{key} must be a JSON object")
         words = entry.get("words", [])
         if not isinstance(words, list) or not all(
             isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], (int, float)) for w in words
@@ -157,7 +168,7 @@ class FolderDataset(Dataset):
     def _heatmaps(self, entry) -> dict:
         out = {}
         for name, rel in (entry.get("heatmaps") or {}).items():
-            out[name] = _load_heatmap(self.root / rel)
+            out[name] = _load_heatmap(_inside(self.root, rel))
         return out
 
     def _build_frame(self) -> pd.DataFrame:
@@ -171,7 +182,8 @@ class FolderDataset(Dataset):
             split = meta.get("split", entry.get("split", ""))
             rows.append(frame_row(
                 str(entry["id"]), entry.get("prompt", ""), split or "", entry.get("scores", {}), heatmaps,
-                [tuple(w) for w in entry.get("words", [])], **(entry.get("columns") or {}),
+                [tuple(w) for w in entry.get("words", [])],
+                **{k: v for k, v in (entry.get("columns") or {}).items() if k not in STANDARD_COLUMNS},
             ))
         if not rows:
             return pd.DataFrame(columns=list(STANDARD_COLUMNS))
@@ -187,7 +199,7 @@ class FolderDataset(Dataset):
         scores = {k: float(v) for k, v in (entry.get("scores") or {}).items()}
         loader = None
         if entry.get("image"):
-            path = self.root / entry["image"]
+            path = _inside(self.root, entry["image"])
 
             def loader(path=path):
                 if not path.is_file():

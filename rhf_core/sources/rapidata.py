@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rhf_core.cache import cache_key, cached_frame, file_fingerprint
-from rhf_core.dataset import Dataset, Record, SkippedRow, frame_row
+from rhf_core.dataset import Dataset, Record, SkippedRow, frame_row, with_standard_columns
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, ImageLoadError
 from rhf_core.images import load_image
 
@@ -204,8 +204,10 @@ class RapidataDataset(Dataset):
             if not files:
                 raise DatasetNotFoundError(f"{local}: no .parquet files found")
             if split and local.is_dir():
-                named = [f for f in files if f.name.startswith(f"{split}-") or f.parent.name == split]
-                files = named or files
+                named = [f for f in files if f.name.startswith((f"{split}-", f"{split}.")) or f.parent.name == split]
+                if not named and split != "train":
+                    raise DatasetNotFoundError(f"rapidata: no parquet files for split {split!r} under {local}")
+                files = named or files  # an unnamed dump is the train split
             self._rows = _ParquetRows(files)
             key_src = file_fingerprint(files)
         elif str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
@@ -215,7 +217,7 @@ class RapidataDataset(Dataset):
             raise DatasetNotFoundError(f"rapidata: {path} does not exist")
         self.path = str(path)
         self.split_name = split or "train"
-        self.spec = f"rapidata:{path}"
+        self.spec = f"rapidata:{path}" + (f" (split={self.split_name})" if self.split_name != "train" else "")
         names = set(self._rows.names)
         self.prompt_col = "prompt" if "prompt" in names else ("sentence" if "sentence" in names else None)
         self.image_col = "image" if "image" in names else ("image_name" if "image_name" in names else None)
@@ -239,7 +241,7 @@ class RapidataDataset(Dataset):
                 self.skipped.append(SkippedRow(where, why))
         ok = frame["id"].notna().to_numpy()
         self._row_of = frame.pop("_row").to_numpy()[ok]
-        self._frame = frame[ok].reset_index(drop=True)
+        self._frame = with_standard_columns(frame[ok].reset_index(drop=True))
 
     # --- one row → record pieces ----------------------------------------------------------------
     def _scalar_columns(self) -> list[str]:

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from rhf_core.cache import cache_key, cached_frame, file_fingerprint
-from rhf_core.dataset import Dataset, Record, SkippedRow, frame_row, tokenize_prompt
+from rhf_core.dataset import Dataset, Record, SkippedRow, frame_row, tokenize_prompt, with_standard_columns
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, DatasetSpecError
 from rhf_core.images import load_image
 from rhf_core.sources.pickapic import PickAPic
@@ -107,7 +107,7 @@ class RichHFDataset(Dataset):
                 self.skipped.append(SkippedRow(where, why))
         ok = frame["id"].notna().to_numpy()
         self._keep = self._keep[ok]
-        self._frame = frame[ok].reset_index(drop=True)
+        self._frame = with_standard_columns(frame[ok].reset_index(drop=True))
 
     # --- reading ------------------------------------------------------------------------------
     def _parse(self, i: int) -> tuple[dict, dict]:
