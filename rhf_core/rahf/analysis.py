@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
