@@ -205,6 +205,8 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
             ratings = [r.meta["ratings"][s] for r in recs]
             if len({len(x) for x in ratings}) == 1:
                 result["noise_ceiling"][s] = M.rater_noise_ceiling(ratings)
+    if all(r.meta.get("source") == "shapes" for r in recs):
+        result["heatmap_noise_ceiling"] = heatmap_noise_ceiling(data, recs)
     if all("prompt_split" in r.meta for r in recs):
         result["by_prompt_split"] = {}
         for name in ("seen", "unseen"):
@@ -215,6 +217,22 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
                 result["by_prompt_split"][name] = {"records": len(idx), **tables(s, h, w, sub)}
     result["targets"] = check_targets(result)
     return result
+
+
+def heatmap_noise_ceiling(data: str, recs) -> dict:
+    """ShapesWorld only: the heatmap metrics of a second, independent panel of simulated raters
+    (same images and defects, new clicks) against the labels — what perfect prediction of the
+    annotation process, short of its noise, would reach."""
+    from rhf_core.shapes.annotators import STYLES, annotate
+
+    root = open_dataset(data)
+    second = []
+    for r in recs:
+        s = root.sample(root.index_of(r.id))
+        rng = np.random.default_rng([987654321, s.index])
+        fb = annotate(s.scene, s.defects, s.prompt, STYLES[root.raters], rng)
+        second.append(fb.heatmaps)
+    return heat_table(second, recs)
 
 
 def check_targets(result: dict) -> dict:
@@ -280,6 +298,9 @@ def format_tables(result: dict) -> str:
         r = models[m]["keywords"]
         if r:
             lines.append(f"  {m:<20}{r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:7.3f}")
+    for h, r in result.get("heatmap_noise_ceiling", {}).items():
+        lines.append(f"  {h} ceiling: a second rater panel scores CC {r['cc']:.3f}, NSS {r['nss']:.3f}, "
+                     f"AUC-Judd {r['auc_judd']:.3f} against the labels")
     for name, sub in result.get("by_prompt_split", {}).items():
         sc = sub["scores"]
         kw = sub["keywords"].get("f1", float("nan"))
