@@ -92,6 +92,7 @@ class RAHF:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tmp = out / f".{WEIGHTS}.tmp"
         save_file(state, str(tmp), metadata={"format": "pt", "rhf": "rahf"})
+        tmp.chmod(0o644)
         tmp.replace(out / WEIGHTS)
         if self.config.vision.kind == "hf":
             self.model.vision.hf_config.save_pretrained(out / "vision")
