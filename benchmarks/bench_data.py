@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rhf_core.data import open_dataset  # noqa: E402
 from rhf_core.sources.rapidata import decode_heatmap  # noqa: E402
@@ -89,6 +89,9 @@ def bench_heatmap_decode(side: int = 1024) -> dict:
     }
 
 
+from common import save_result  # noqa: E402
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
@@ -98,11 +101,7 @@ def main():
         "shapesworld": bench_shapes(args.n),
         "rapidata_heatmap_decode": bench_heatmap_decode(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "data.json").write_text(text + "\n")
+    save_result("data", result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ filter, the gallery's 24 thumbnails, or a record with its overlays), after one w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,12 +22,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+from common import save_result  # noqa: E402
 
 
 def main():
@@ -76,11 +79,7 @@ def main():
         "next_record": summary(next_s),
         "note": "server-side script time per rerun (AppTest); the browser adds its own paint time",
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "explorer.json").write_text(text + "\n")
+    save_result("explorer", result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ benchmarks/results/rahf.json): p50/p90 latency of one prediction, and batched th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,9 +18,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rhf_core.data import open_dataset  # noqa: E402
 from rhf_core.rahf import load_rahf  # noqa: E402
+
+
+from common import save_result  # noqa: E402
 
 
 def main():
@@ -54,11 +57,7 @@ def main():
         "single_image_latency_p90_ms": round(1000 * float(np.percentile(single, 90)), 2),
         **batched,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "rahf.json").write_text(text + "\n")
+    save_result("rahf", result)
 
 
 if __name__ == "__main__":
