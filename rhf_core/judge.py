@@ -10,7 +10,8 @@ world, rendered or generated (DESIGN.md section 3).
    connected components; specks smaller than any object are ignored.
 3. Each object: its colour is the nearest palette colour (under the same contrast); its shape is
    the clean template (the renderer's own outline, fitted to the object's centroid and area) that
-   overlaps it best. What the best template does not explain — extra blobs (appendages, fused
+   best matches its soft coverage (how far each pixel moved from the background toward the
+   object's colour, so anti-aliased and blurred edges count partially). What the best template does not explain — extra blobs (appendages, fused
    twins, smears) and missing parts (bites, melted edges) — is the implausible region.
 4. Against the prompt: count, colour, shape and background; each mismatch names its prompt words.
 """
@@ -78,34 +79,44 @@ def _background(img: np.ndarray) -> tuple[str, float, np.ndarray]:
     return best[1], best[2], observed
 
 
-def _template(shape: str, x: float, y: float, area: float, size: tuple[int, int]) -> np.ndarray:
-    """Clean shape mask with the given centroid and area (the renderer's outline)."""
-    unit = _raster([shape_outline(shape, 32, 32, 10)], 64) > 0.5
-    k = unit.sum() / 100.0  # area per r² of this shape
+_UNIT_CACHE: dict = {}
+
+
+def _unit(shape: str) -> tuple[float, float, float]:
+    """(area per r², centroid offset x, y per r) of a shape's outline, measured once."""
+    if shape not in _UNIT_CACHE:
+        cov = _raster([shape_outline(shape, 32, 32, 10)], 64)
+        cy, cx = ndimage.center_of_mass(cov)
+        _UNIT_CACHE[shape] = (cov.sum() / 100.0, (32 - cx) / 10, (32 - cy) / 10)
+    return _UNIT_CACHE[shape]
+
+
+def _soft_template(shape: str, x: float, y: float, area: float, side: int) -> np.ndarray:
+    """Anti-aliased coverage of a clean shape with the given centroid and area."""
+    k, ox, oy = _unit(shape)
     r = float(np.sqrt(area / k))
-    cy, cx = ndimage.center_of_mass(unit)
-    dx, dy = 32 - cx, 32 - cy  # outline centre minus mask centroid, at r = 10
-    scale = r / 10
-    side = max(size)
-    poly = shape_outline(shape, x + dx * scale, y + dy * scale, r)
-    return (_raster([poly], side) > 0.5)[: size[1], : size[0]]
+    return _raster([shape_outline(shape, x + ox * r, y + oy * r, r)], side)
 
 
-def _fits(mask: np.ndarray, x: float, y: float) -> dict[str, tuple[float, np.ndarray]]:
-    """Each clean shape's best overlap with an object mask: {shape: (IoU, template mask)},
-    searching a little in scale and ±1 pixel in position."""
-    area = float(mask.sum())
+def _soft_fits(alpha: np.ndarray, mask: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+    """Each clean shape's agreement with the object's soft coverage `alpha` (1 − normalised L1,
+    searching scale, sub-pixel position and a little blur), with its binary template."""
+    total = float(alpha.sum())
+    ys, xs = np.nonzero(alpha > 0.05)
+    cy = float((alpha[ys, xs] * ys).sum() / total) + 0.5
+    cx = float((alpha[ys, xs] * xs).sum() / total) + 0.5
     out = {}
     for shape in SHAPES:
         best = None
         for s in (0.9, 1.0, 1.1):
-            base = _template(shape, x, y, area * s, (mask.shape[1], mask.shape[0]))
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    t = np.roll(base, (dy, dx), axis=(0, 1))
-                    iou = (t & mask).sum() / max((t | mask).sum(), 1)
-                    if best is None or iou > best[0]:
-                        best = (float(iou), t)
+            for dy in (-0.5, 0.0, 0.5):
+                for dx in (-0.5, 0.0, 0.5):
+                    t = _soft_template(shape, cx + dx, cy + dy, total * s, alpha.shape[0])
+                    for sigma in (0.0, 0.8):
+                        tb = ndimage.gaussian_filter(t, sigma) if sigma else t
+                        score = 1.0 - np.abs(alpha - tb).sum() / max(alpha.sum() + tb.sum(), 1e-6)
+                        if best is None or score > best[0]:
+                            best = (float(score), t > 0.5)
         out[shape] = best
     return out
 
@@ -160,7 +171,12 @@ def parse_scene(image, expected_shape: str | None = None) -> tuple[dict, list[Ju
         pixels = arr[core if core.sum() >= 4 else mask]
         median = np.median(pixels, axis=0)
         color = min(palette, key=lambda c: np.linalg.norm(median - palette[c]))
-        fits = _fits(mask, x, y)
+        # Soft coverage of this object: how far each pixel moved from the background toward the
+        # object's colour (anti-aliasing and blur make edges partial), within the object's reach.
+        axis = median - bg_rgb
+        near = ndimage.binary_dilation(mask, iterations=2) & ((labels == 0) | mask)
+        alpha = np.clip(((arr - bg_rgb) @ axis) / max(float(axis @ axis), 1e-6), 0, 1) * near
+        fits = _soft_fits(alpha, mask)
         shape = max(fits, key=lambda sh: fits[sh][0])
         bad, region = _unexplained(mask, fits[shape][1], area)
         if expected_shape in fits and expected_shape != shape:

@@ -16,17 +16,17 @@ def scene(objects, background="grass"):
 
 
 def test_accuracy_on_a_fresh_rendered_sample():
-    result = evaluate_judge(n=150, seed=97531)
+    result = evaluate_judge(n=300, seed=97531)
     acc = result["accuracy"]
-    # Measured 0.93 on this seed; the target is 0.97 (not met yet: see the notes).
+    # Measured 0.94 on 300 records of this seed; the target is 0.97 (not met yet).
     assert acc["aligned"] >= 0.9 and acc["background"] >= 0.97 and acc["count"] >= 0.95
     assert acc["implausible"] >= 0.85
 
 
 def test_accuracy_after_blur_noise_and_jpeg():
-    acc = evaluate_judge(n=100, seed=86420, degraded=True)["accuracy"]
-    # Measured 0.80 on this seed; the target is 0.90 (not met yet).
-    assert acc["aligned"] >= 0.75 and acc["background"] >= 0.95
+    acc = evaluate_judge(n=150, seed=86420, degraded=True)["accuracy"]
+    # Measured 0.87 on 150 records of this seed; the target is 0.90 (not met yet).
+    assert acc["aligned"] >= 0.8 and acc["background"] >= 0.95
 
 
 def test_clean_scene_is_parsed_exactly():
