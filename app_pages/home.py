@@ -20,8 +20,12 @@ st.page_link("app_pages/live_rahf.py", label="Live RAHF: predict heatmaps, score
 st.subheader("Loaded")
 spec, _ = current_spec()
 ds = current_dataset(stop_on_error=False)
-device = f"CUDA ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-c1, c2, c3, c4, c5 = st.columns(5)
+if torch.cuda.is_available():
+    device, device_help = "CUDA", torch.cuda.get_device_name(0)
+else:
+    device, device_help = "CPU", f"{platform.machine()}, {torch.get_num_threads()} threads"
+c1, c2, c3 = st.columns(3)
+c4, c5, _ = st.columns(3)
 if ds is not None:
     c1.metric("Dataset", ds.name, help=ds.spec)
     c2.metric("Records", f"{len(ds):,}", delta=f"{ds.n_skipped} rows skipped" if ds.n_skipped else None,
@@ -30,7 +34,7 @@ else:
     c1.metric("Dataset", "—", help=spec)
 rahf = current_predictor(stop_on_error=False)
 c3.metric("Predictor (RAHF)", rahf.name if rahf else "—", help=f"{rahf.config.variant}, {rahf.config.image_size} px" if rahf else None)
-c4.metric("Device", device)
+c4.metric("Device", device, help=device_help)
 c5.metric("PyTorch", torch.__version__)
 st.caption(
     f"Dataset spec: `{spec}`. Dataset and predictor are set in the sidebar and are part of the URL, "

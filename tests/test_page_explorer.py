@@ -41,7 +41,8 @@ def test_home_page_on_the_default_dataset():
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Dataset"] == "ShapesWorld"
     assert metrics["Records"] == f"{len(open_dataset('shapes')):,}"
-    assert metrics["Device"].startswith(("CPU", "CUDA"))
+    assert metrics["Device"] in ("CPU", "CUDA")
+    assert metrics["Predictor (RAHF)"] == "rahf-shapes"
 
 
 def test_explorer_loads_on_the_default_dataset():
