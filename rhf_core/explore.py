@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, STANDARD_COLUMNS, Dataset
 from rhf_core.heatmaps import resize_heatmap
 
 # Frame columns every source has; anything else with few distinct values is a category filter.
-_STANDARD = {"id", "prompt", "split", "flagged_words", *SCORE_NAMES,
-             *(f"has_{h}" for h in HEATMAP_NAMES), *(f"{h}_mass" for h in HEATMAP_NAMES),
-             "n_words", "n_flagged_words", "max_word_strength"}
+_STANDARD = set(STANDARD_COLUMNS)
 MAX_CATEGORIES = 40
 TRI_STATE = ("any", "yes", "no")  # for has-heatmap and has-flagged-word filters
 

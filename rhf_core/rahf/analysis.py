@@ -16,6 +16,7 @@ from rhf_core import metrics as M
 from rhf_core.cache import cache_dir, cache_key, write_parquet
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record
 from rhf_core.errors import RHFError
+from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.predictor import RAHF, Prediction
 
 # Columns of the disagreement list, and how each is read.
@@ -39,8 +40,6 @@ def record_metrics(pred: Prediction, rec: Record) -> dict:
             gt = rec.heatmaps[h]
             p = pred.heatmaps[h]
             if p.shape != gt.shape:
-                from rhf_core.heatmaps import resize_heatmap
-
                 p = resize_heatmap(p, (gt.shape[1], gt.shape[0]))
             row[f"mse_{h}"] = float(np.mean((p - gt) ** 2))
             if gt.any():
@@ -57,11 +56,6 @@ def record_metrics(pred: Prediction, rec: Record) -> dict:
     return row
 
 
-def predictor_key(rahf: RAHF) -> str:
-    """Identifies a checkpoint's weights (path and modification time), for the prediction cache."""
-    return rahf.weights_key
-
-
 def analyse(rahf: RAHF, ds: Dataset, positions, batch_size: int = 64,
             progress: Callable[[int, int], None] | None = None, use_cache: bool = True) -> pd.DataFrame:
     """Per-record metrics for the records at `positions`, computing only those not cached yet.
@@ -69,7 +63,7 @@ def analyse(rahf: RAHF, ds: Dataset, positions, batch_size: int = 64,
     The cache is one parquet file per (checkpoint, dataset spec) under cache/predictions/."""
     positions = np.asarray(positions, dtype=np.int64)
     ids = ds.frame["id"].astype(str).to_numpy()[positions]
-    path = cache_dir("predictions") / f"{cache_key(predictor_key(rahf))}-{cache_key(ds.spec, ds.frame['id'].tolist()[:50], len(ds))}.parquet"
+    path = cache_dir("predictions") / f"{cache_key(rahf.weights_key)}-{cache_key(ds.spec, ds.frame['id'].tolist()[:50], len(ds))}.parquet"
     cached = pd.read_parquet(path) if use_cache and path.exists() else pd.DataFrame({"id": pd.Series(dtype=str)})
     have = set(cached["id"].astype(str))
     todo = [int(p) for p, i in zip(positions, ids) if i not in have]

@@ -24,14 +24,11 @@ import numpy as np
 import pandas as pd
 
 from rhf_core.cache import atomic_write_bytes, atomic_write_text, cache_key, cached_frame, file_fingerprint
-from rhf_core.dataset import HEATMAP_NAMES, Dataset, Record, SkippedRow, frame_row
+from rhf_core.dataset import STANDARD_COLUMNS, Dataset, Record, SkippedRow, frame_row, with_standard_columns
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, ImageLoadError, RHFError
 from rhf_core.images import encode_png, load_image
 
 LABELS = "labels.jsonl"
-STANDARD_COLUMNS = set(frame_row("", "", "", {}, {}, []))
-
-
 def _inside(root: Path, rel: str) -> Path:
     """`root / rel`, refusing paths that leave the dataset folder."""
     path = (root / rel).resolve()
@@ -186,7 +183,7 @@ class FolderDataset(Dataset):
                 **{k: v for k, v in (entry.get("columns") or {}).items() if k not in STANDARD_COLUMNS},
             ))
         if not rows:
-            return pd.DataFrame(columns=list(STANDARD_COLUMNS))
+            return with_standard_columns(pd.DataFrame())
         return pd.DataFrame(rows)
 
     def _load(self, pos: int) -> Record:
@@ -211,4 +208,4 @@ class FolderDataset(Dataset):
                       load_image=loader)
 
 
-__all__ = ["export", "FolderDataset", "HEATMAP_NAMES"]
+__all__ = ["export", "FolderDataset"]
