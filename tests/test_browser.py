@@ -64,8 +64,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Assertions wait for the app, which is slow on a loaded machine; 5 s (the default) is too little.
+    expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1500, "height": 1400})
@@ -74,12 +76,23 @@ def page(server):
         browser.close()
 
 
-def _settled(pg) -> None:
-    """Wait until the script run is over and nothing on the page is stale."""
+def _settled(pg, quiet: float = 1.5, timeout: float = 120) -> None:
+    """Wait until no script run is in progress and nothing on the page is stale, continuously for
+    `quiet` seconds: a run that starts late (a loaded CI machine) is not mistaken for a finished one."""
     pg.wait_for_selector("[data-testid='stApp']")
-    time.sleep(0.5)
-    pg.wait_for_selector("[data-testid='stStatusWidget']", state="detached")
-    pg.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length == 0")
+    busy = ("document.querySelector(\"[data-testid='stStatusWidget']\") !== null"
+            " || document.querySelectorAll('[data-stale=\"true\"]').length > 0")
+    deadline = time.time() + timeout
+    calm_since = None
+    while time.time() < deadline:
+        if pg.evaluate(busy):
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.time()
+        elif time.time() - calm_since >= quiet:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the page did not settle within {timeout} s")
 
 
 def _count(pg) -> tuple[int, int]:
