@@ -10,7 +10,7 @@ URL (a deep link) runs that page alone, without this shell or `st.navigation`.
 
 import streamlit as st
 
-from ui.settings import dataset_settings, predictor_settings
+from ui.settings import dataset_settings, generator_settings, predictor_settings
 
 st.set_page_config(page_title="Rich Human Feedback Studio", page_icon=":material/search_insights:", layout="wide")
 
@@ -18,8 +18,10 @@ pages = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/explorer.py", title="Dataset explorer", icon=":material/photo_library:"),
     st.Page("app_pages/live_rahf.py", title="Live RAHF", icon=":material/center_focus_strong:"),
+    st.Page("app_pages/repair.py", title="Inpainting repair", icon=":material/healing:"),
 ]
 page = st.navigation(pages)
 dataset_settings()
 predictor_settings()
+generator_settings()
 page.run()

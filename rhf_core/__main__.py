@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rhf_core.errors import RHFError
 
@@ -50,6 +51,34 @@ def _eval_judge(args) -> None:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
+def _train_t2i(args) -> None:
+    from rhf_core.t2i.build import TinyT2IConfig
+    from rhf_core.t2i.train import T2ITrainConfig, train_t2i
+
+    model = TinyT2IConfig(unet_channels=tuple(int(c) for c in args.unet_channels.split(",")),
+                          vae_channels=tuple(int(c) for c in args.vae_channels.split(",")))
+    cfg = T2ITrainConfig(out=args.out, n_images=args.n_images, seed=args.seed, vae_steps=args.vae_steps,
+                         unet_steps=args.unet_steps, unet_batch=args.batch_size, unet_lr=args.lr,
+                         state_dir=args.state_dir or None, model=model)
+    train_t2i(cfg, resume=not args.no_resume)
+    print(f"saved the pipeline to {args.out}")
+    if args.eval:
+        _eval_t2i(argparse.Namespace(checkpoint=args.out, per_prompt=args.per_prompt, seed=1,
+                                     json=str(Path(args.out) / "metrics.json")))
+
+
+def _eval_t2i(args) -> None:
+    from rhf_core.t2i.evaluate import evaluate_generator, format_table
+
+    result = evaluate_generator(args.checkpoint or None, per_prompt=args.per_prompt, seed=args.seed)
+    print(format_table(result))
+    if args.json:
+        from rhf_core.cache import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rhf_core", description="Rich Human Feedback Studio commands")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -93,6 +122,29 @@ def main(argv=None) -> int:
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--json", default="")
     j.set_defaults(func=_eval_judge)
+
+    g = sub.add_parser("train-t2i", help="train the embedded text-to-image pipeline on clean ShapesWorld renders")
+    g.add_argument("--out", default="cache/t2i-run", help="folder for the saved diffusers pipeline")
+    g.add_argument("--n-images", type=int, default=20000)
+    g.add_argument("--vae-steps", type=int, default=1200)
+    g.add_argument("--unet-steps", type=int, default=3000)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--unet-channels", default="32,64,64")
+    g.add_argument("--vae-channels", default="16,32,32")
+    g.add_argument("--state-dir", default="", help="resumable state (default: cache/t2i-train/<out name>)")
+    g.add_argument("--no-resume", action="store_true")
+    g.add_argument("--eval", action="store_true", help="then write metrics.json beside the pipeline")
+    g.add_argument("--per-prompt", type=int, default=4, help="images per evaluation prompt")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_train_t2i)
+
+    v = sub.add_parser("eval-t2i", help="judge alignment rate per prompt category, seen and unseen, of a generator")
+    v.add_argument("--checkpoint", default="", help="pipeline folder or hub id (default: the embedded one)")
+    v.add_argument("--per-prompt", type=int, default=4)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--json", default="")
+    v.set_defaults(func=_eval_t2i)
 
     args = ap.parse_args(argv)
     try:

@@ -40,3 +40,11 @@ def load_predictor(path: str = ""):
     from rhf_core.rahf import load_rahf
 
     return load_rahf(path or None)
+
+
+@st.cache_resource(show_spinner="Loading the text-to-image generator…", max_entries=2)
+def load_generator(name_or_path: str = ""):
+    """The diffusers pipeline at `name_or_path` (folder or hub id), or the embedded one."""
+    from rhf_core.t2i import load_generator as load
+
+    return load(name_or_path or None)

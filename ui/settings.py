@@ -32,6 +32,28 @@ def predictor_settings() -> None:
                            "`python -m rhf_core train-rahf`. Empty: the embedded ShapesWorld checkpoint.")
 
 
+def generator_settings() -> None:
+    """The text-to-image pipeline (bound to `?gen=`); empty = the embedded ShapesWorld generator."""
+    with st.sidebar:
+        st.text_input("Generator", key="gen", bind="query-params", placeholder="embedded (t2i-shapes)",
+                      help="A diffusers Stable-Diffusion-style pipeline: a local folder or a hub id you have "
+                           "downloaded. Empty: the embedded ShapesWorld generator.")
+
+
+def current_generator(stop_on_error: bool = True):
+    """The generator named in the sidebar; a bad path shows a readable error."""
+    from ui.loaders import load_generator
+
+    name = str(st.session_state.get("gen") or "").strip()
+    try:
+        return load_generator(name)
+    except RHFError as e:
+        st.error(f"Could not load the generator `{name or 'embedded'}`: {e}")
+        if stop_on_error:
+            st.stop()
+        return None
+
+
 def current_predictor(stop_on_error: bool = True):
     """The RAHF predictor named in the sidebar; a bad path shows a readable error."""
     from ui.loaders import load_predictor

@@ -1,0 +1,236 @@
+"""Inpainting repair: from a heatmap to a mask to repaired candidates, ranked by predicted plausibility."""
+
+import hashlib
+import io
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
+from rhf_core.errors import RHFError
+from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
+from rhf_core.images import load_image
+from rhf_core.repair import RepairError, repair, repair_mask
+from ui.components import upscale
+from ui.settings import current_dataset, current_generator, current_predictor
+
+SOURCES = ["Dataset record", "Generate", "Upload"]
+MASK_SOURCES = ["Predicted heatmap", "Ground-truth heatmap", "Upload a mask"]
+VIEW = 320  # pixels a side for images on this page
+
+st.title("Inpainting repair")
+st.caption("Predict where an image is wrong, cut the heatmap into a mask, inpaint candidates inside it, "
+           "and keep the one RAHF predicts most plausible (RichHF, sec. 5.3). Every pixel outside the mask "
+           "stays exactly as it was.")
+rahf = current_predictor()
+gen = current_generator()
+st.caption(f"Predictor `{rahf.name}` · generator {gen.describe()}")
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mask_overlay(img: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The image with the repaint area tinted and its outline drawn."""
+    from scipy import ndimage
+
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    tint = np.array([255, 40, 200], np.float32)
+    out = np.where(mask[..., None], arr * 0.45 + tint * 0.55, arr)
+    edge = mask & ~ndimage.binary_erosion(mask)
+    out[edge] = tint
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+# --- 1. The image and its prompt -----------------------------------------------------------------
+
+def choose_source():
+    """(image, prompt, ground-truth heatmaps, label) or None when nothing is chosen yet."""
+    source = st.segmented_control("Image", SOURCES, key="rep_source", required=True,
+                                  default=None if "rep_source" in st.session_state else SOURCES[0])
+    if source == "Upload":
+        f = st.file_uploader("An image (PNG, JPEG, WebP)", type=["png", "jpg", "jpeg", "webp"], key="rep_file")
+        prompt = st.text_input("Its prompt", key="rep_upload_prompt", placeholder="the prompt it was generated from")
+        if f is None:
+            st.info("Upload an image and give its prompt.")
+            return None
+        try:
+            img = load_image(f.getvalue(), name=f.name)
+        except RHFError as e:
+            st.error(f"{f.name}: {e}")
+            return None
+        return img, prompt.strip(), {}, f.name
+    if source == "Generate":
+        c1, c2 = st.columns([4, 1])
+        prompt = c1.text_input("Prompt", value="two red circles on the grass", key="rep_gen_prompt")
+        seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key="rep_gen_seed")
+        if not prompt.strip():
+            st.warning("Write a prompt to generate from.")
+            return None
+        key = (gen.name, gen.adapter, prompt.strip(), int(seed))
+        if st.session_state.get("rep_gen_key") != key:
+            with st.spinner("Generating…"):
+                try:
+                    st.session_state["rep_gen_image"] = gen.generate(prompt.strip(), n=1, seed=int(seed))[0][0]
+                except RHFError as e:
+                    st.error(str(e))
+                    return None
+            st.session_state["rep_gen_key"] = key
+        return st.session_state["rep_gen_image"], prompt.strip(), {}, f"generated (seed {seed})"
+    ds = current_dataset()
+    c1, c2 = st.columns([4, 1])
+    default = st.session_state.get("rep_record_id") or (ds.ids[0] if len(ds) else "")
+    pick = st.session_state.pop("rep_pick", None)
+    if pick:
+        st.session_state["rep_record_id"] = pick
+    rec_id = c1.text_input("Record id", value=default, key="rep_record_id")
+    if c2.button("Random record", key="rep_random"):
+        st.session_state["rep_pick"] = ds.ids[np.random.default_rng().integers(len(ds))]
+        st.rerun()
+    try:
+        rec = ds.get(rec_id)
+        img = rec.image
+    except RHFError as e:
+        st.error(str(e))
+        return None
+    if img is None:
+        st.warning(f"{rec.id} has no image (labels only): pick another record.")
+        return None
+    return img, rec.prompt, rec.heatmaps, rec.id
+
+
+chosen = choose_source()
+if chosen is None:
+    st.stop()
+image, prompt, truth, label = chosen
+if not prompt:
+    st.warning("Give the image's prompt: RAHF and the inpainting model both need it.")
+    st.stop()
+
+# --- 2. Heatmap → mask, previewed live ----------------------------------------------------------
+
+pred = rahf.predict([image], [prompt])[0]
+c1, c2, c3 = st.columns(3)
+heat_type = c1.segmented_control("Heatmap", list(HEATMAP_NAMES), key="rep_heat", required=True,
+                                 default=None if "rep_heat" in st.session_state else HEATMAP_NAMES[0])
+mask_options = [m for m in MASK_SOURCES if m != "Ground-truth heatmap" or heat_type in truth]
+if st.session_state.get("rep_mask_source") not in mask_options:
+    st.session_state.pop("rep_mask_source", None)
+mask_source = c2.radio("Mask from", mask_options, key="rep_mask_source")
+mode = c3.radio("Threshold", ["relative", "absolute"], key="rep_mode", horizontal=True,
+                help="relative: a share of the heatmap's own peak; absolute: a heat value in [0, 1]")
+s1, s2 = st.columns(2)
+threshold = s1.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="rep_threshold",
+                      disabled=mask_source == "Upload a mask")
+max_dilation = max(4, max(image.size) // 8)
+dilation = s2.slider("Dilation (pixels of the image)", 0, max_dilation, min(3, max_dilation), key="rep_dilation",
+                     disabled=mask_source == "Upload a mask")
+
+heatmap, user_mask = None, None
+if mask_source == "Upload a mask":
+    mf = st.file_uploader("Mask PNG (white = repaint, same size as the image)", type=["png"], key="rep_mask_file")
+    if mf is None:
+        st.info(f"Upload a grayscale PNG of {image.size[0]}×{image.size[1]} pixels.")
+        st.stop()
+    try:
+        user_mask = load_image(mf.getvalue(), name=mf.name).convert("L")  # white = repaint
+    except RHFError as e:
+        st.error(f"{mf.name}: {e}")
+        st.stop()
+elif mask_source == "Ground-truth heatmap":
+    heatmap = truth[heat_type]
+else:
+    heatmap = pred.heatmaps[heat_type]
+try:
+    mask = repair_mask(image.size, heatmap_array=heatmap, mask=user_mask, threshold=threshold,
+                       threshold_mode=mode, dilation=dilation)
+except RepairError as e:
+    st.error(str(e))
+    st.stop()
+
+p1, p2, p3 = st.columns(3)
+p1.image(upscale(image, VIEW), caption=f"{label}: {prompt}", width="stretch")
+if heatmap is not None:
+    hm = resize_heatmap(heatmap, image.size)
+    p2.image(upscale(overlay_heatmap(image, hm, opacity=0.7), VIEW), width="stretch",
+             caption=f"{mask_source.lower()}: {heat_type} (peak {hm.max():.2f})")
+else:
+    p2.image(upscale(colorize_heatmap(mask.astype(np.float32)), VIEW), width="stretch", caption="uploaded mask")
+p3.image(upscale(mask_overlay(image, mask), VIEW), width="stretch",
+         caption=f"mask: {mask.mean():.1%} of the image ({int(mask.sum()):,} pixels)")
+if not mask.any():
+    st.warning("The mask is empty: no pixel reaches the threshold. Lower it, switch to relative mode, or "
+               "upload a mask. Nothing to inpaint.")
+    st.stop()
+
+# --- 3. Inpaint candidates ----------------------------------------------------------------------
+
+r1, r2, r3 = st.columns(3)
+n = r1.number_input("Candidates", 1, 16, 4, key="rep_n")
+seed = r2.number_input("Seed", 0, 2**31 - 1, 0, key="rep_seed")
+steps = r3.number_input("Steps", 2, 100, 25, key="rep_steps")
+run_key = hashlib.sha1(b"".join([png_bytes(image), np.packbits(mask).tobytes(),
+                                 repr((prompt, int(n), int(seed), int(steps), gen.name, gen.adapter,
+                                       rahf.weights_key)).encode()])).hexdigest()
+if st.button("Repair", type="primary", key="rep_run"):
+    bar = st.progress(0.0, text="Predicting…")
+    try:
+        result = repair(image, prompt, n=int(n), seed=int(seed), steps=int(steps), predictor=rahf, generator=gen,
+                        mask=mask, progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}…"))
+    except RHFError as e:
+        bar.empty()
+        st.error(str(e))
+        st.stop()
+    bar.empty()
+    result.heatmap, result.heatmap_source = heatmap, mask_source
+    st.session_state["rep_result"] = (run_key, result)
+
+stored = st.session_state.get("rep_result")
+if not stored:
+    st.stop()
+if stored[0] != run_key:
+    st.info("The image, mask or settings changed since the last repair: press Repair to run again.")
+    st.stop()
+result = stored[1]
+
+
+def verdict_text(v) -> str:
+    if v is None:
+        return ""
+    bits = ["aligned" if v.aligned else f"misaligned ({', '.join(v.misaligned_words)})",
+            f"implausible area {v.implausibility.mean():.1%}" if v.implausible else "no implausible region"]
+    return "judge: " + "; ".join(bits)
+
+
+best = result.best
+st.subheader("Before and after")
+b1, b2, b3, b4 = st.columns(4)
+b1.image(upscale(overlay_heatmap(result.image, result.before.heatmaps[heat_type], opacity=0.6), VIEW),
+         caption=f"before: predicted {heat_type}", width="stretch")
+b2.image(upscale(overlay_heatmap(best.image, best.heatmaps[heat_type], opacity=0.6), VIEW), width="stretch",
+         caption=f"after (best candidate #{best.index}): predicted {heat_type}")
+b3.image(upscale(result.image, VIEW), caption="original", width="stretch")
+b4.image(upscale(best.image, VIEW), caption="repaired", width="stretch")
+cols = st.columns(len(SCORE_NAMES))
+for s, col in zip(SCORE_NAMES, cols):
+    col.metric(s.capitalize(), f"{best.scores[s]:.2f}", delta=f"{best.scores[s] - result.before.scores[s]:+.2f}")
+if result.before.judge is not None:
+    st.caption(f"Before — {verdict_text(result.before.judge)}  \nAfter — {verdict_text(best.judge)}")
+d1, d2 = st.columns(2)
+d1.download_button("Download the repaired image", png_bytes(best.image), file_name="repaired.png", mime="image/png")
+d2.download_button("Download the mask", png_bytes(result.mask_image), file_name="mask.png", mime="image/png")
+
+st.subheader("Candidates, most plausible first")
+per_row = 4
+for start in range(0, len(result.candidates), per_row):
+    for cand, col in zip(result.candidates[start:start + per_row], st.columns(per_row)):
+        col.image(upscale(cand.image, VIEW // 2), width="stretch",
+                  caption=f"#{cand.index} · plausibility {cand.plausibility:.2f}")
+        col.image(upscale(colorize_heatmap(cand.heatmaps[heat_type]), VIEW // 2), width="stretch",
+                  caption=f"predicted {heat_type}")
+        if cand.judge is not None:
+            col.caption(verdict_text(cand.judge))

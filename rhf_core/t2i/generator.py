@@ -1,0 +1,219 @@
+"""One generator API over any Stable-Diffusion-style diffusers pipeline: the embedded ShapesWorld
+model in `rhf_core/assets/t2i-shapes/`, a hub id, or a local folder.
+
+    gen = load_generator()
+    images = gen.generate(["two red circles"], n=4, seed=0)   # images[i][j]: sample j of prompt i
+    fixed = gen.inpaint(image, mask, prompt, n=4, seed=0)       # mask: white = repaint
+
+Sample j of a prompt with a seed is a pure function of (prompt, seed, j): the same whichever batch
+or position it is generated in, so arms of an experiment can share seeds exactly."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rhf_core.errors import RHFError
+from rhf_core.images import load_image
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_GENERATOR = ASSETS / "t2i-shapes"
+MAX_IMAGES_PER_CALL = 4096
+
+
+class GeneratorError(RHFError, ValueError):
+    """A generator that cannot be loaded, or a request it cannot serve (empty prompt, bad mask, ...)."""
+
+
+def sample_seed(seed: int, prompt: str, j: int) -> int:
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(prompt.encode()), int(j)]).generate_state(1)[0])
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise GeneratorError("no prompts given")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise GeneratorError("empty prompt: write what the image should show, e.g. 'two red circles'")
+    return prompts
+
+
+def _check_n(n: int) -> int:
+    if not isinstance(n, (int, np.integer)) or n <= 0:
+        raise GeneratorError(f"n must be a positive number of images, got {n!r}")
+    return int(n)
+
+
+def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
+    """A repaint mask as bool H×W (True = repaint) from a PIL 'L'/'1' image or a 2-D array."""
+    if isinstance(mask, Image.Image):
+        if mask.mode not in ("L", "1", "I", "F"):
+            raise GeneratorError(f"the mask must be a single-channel (grayscale) image, got mode {mask.mode}; "
+                                 "white = repaint, black = keep")
+        arr = np.asarray(mask.convert("L")) >= 128
+    else:
+        arr = np.asarray(mask)
+        if arr.ndim != 2:
+            raise GeneratorError(f"the mask must be 2-D (H×W), got shape {arr.shape}")
+        arr = arr > (127 if arr.dtype == np.uint8 else 0.5)
+    w, h = size
+    if arr.shape != (h, w):
+        raise GeneratorError(f"the mask is {arr.shape[1]}×{arr.shape[0]} but the image is {w}×{h}")
+    return arr
+
+
+class Generator:
+    def __init__(self, pipe, name: str = "", device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.pipe = pipe.to(self.device, self.dtype)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.name = name
+        self.adapter: str | None = None
+        self._inpaint = None
+
+    # --- facts ---------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        return int(self.pipe.unet.config.in_channels) == 9
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.pipe.unet.parameters())
+        extra = f", LoRA {Path(self.adapter).name}" if self.adapter else ""
+        return f"{self.name} ({n / 1e6:.1f}M-parameter UNet, {self.image_size} px{extra}) on {self.device.type}"
+
+    # --- LoRA ----------------------------------------------------------------------------
+    def load_lora(self, path: str | Path) -> "Generator":
+        """Load LoRA adapters (diffusers' `pytorch_lora_weights.safetensors`) into the UNet."""
+        path = Path(path)
+        if not (path / "pytorch_lora_weights.safetensors").is_file():
+            raise GeneratorError(f"{path} holds no pytorch_lora_weights.safetensors (a LoRA adapter folder)")
+        self.unload_lora()
+        self.pipe.load_lora_weights(str(path), adapter_name="reward")
+        self.pipe.to(self.device, self.dtype)
+        self.adapter = str(path)
+        return self
+
+    def unload_lora(self) -> None:
+        if self.adapter:
+            self.pipe.unload_lora_weights()
+            self.adapter = None
+
+    # --- sampling ------------------------------------------------------------------------
+    def _generators(self, prompt: str, seed: int, js) -> list[torch.Generator]:
+        gdev = self.device if self.device.type == "cuda" else "cpu"
+        return [torch.Generator(gdev).manual_seed(sample_seed(seed, prompt, j)) for j in js]
+
+    @torch.no_grad()
+    def generate(self, prompts: str | Sequence[str], n: int = 16, seed: int = 0, steps: int = 25,
+                 guidance: float = 7.5, batch_size: int = 64,
+                 progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
+        """n images for each prompt: a list (one per prompt) of n PIL images."""
+        prompts, n = _check_prompts(prompts), _check_n(n)
+        if len(prompts) * n > MAX_IMAGES_PER_CALL:
+            raise GeneratorError(f"{len(prompts) * n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
+        if self.is_inpainting_model:
+            raise GeneratorError("this is an inpainting checkpoint (9-channel UNet): it can only inpaint")
+        jobs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
+        out: list[list] = [[None] * n for _ in prompts]
+        total, done = len(jobs) * steps, 0
+        for s in range(0, len(jobs), batch_size):
+            chunk = jobs[s:s + batch_size]
+
+            def step_end(pipe, i, t, kw, _base=done):
+                if progress is not None:
+                    progress(_base + (i + 1) * len(chunk), total)
+                return kw
+
+            gens = [self._generators(p, seed, [j])[0] for _, p, j in chunk]
+            imgs = self.pipe([p for _, p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                             height=self.image_size, width=self.image_size, generator=gens,
+                             callback_on_step_end=step_end).images
+            for (i, _, j), img in zip(chunk, imgs):
+                out[i][j] = img
+            done += len(chunk) * steps
+        return out
+
+    def inpaint_pipeline(self):
+        if self._inpaint is None:
+            from diffusers import StableDiffusionInpaintPipeline
+
+            self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.pipe)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
+
+    @torch.no_grad()
+    def inpaint(self, image, mask, prompt: str, n: int = 4, seed: int = 0, steps: int = 25, guidance: float = 7.5,
+                strength: float = 1.0, progress: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+        """n candidates that repaint the white area of `mask`; every other pixel equals `image` exactly.
+
+        The image is resized to the model's resolution for diffusion and the result resized back; the
+        unmasked pixels are then copied from the original, so only the mask's inside ever changes."""
+        (prompt,), n = _check_prompts([prompt]), _check_n(n)
+        img = image if isinstance(image, Image.Image) else load_image(image)
+        img = img.convert("RGB")
+        keep = ~mask_array(mask, img.size)
+        if keep.all():
+            raise GeneratorError("the mask is empty: nothing to repaint")
+        side = self.image_size
+        small = img.resize((side, side), Image.BICUBIC)
+        small_mask = Image.fromarray((~keep * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
+
+        def step_end(pipe, i, t, kw):
+            if progress is not None:
+                progress((i + 1), steps)
+            return kw
+
+        pipe = self.inpaint_pipeline()
+        outs = pipe([prompt] * n, image=[small] * n, mask_image=[small_mask] * n, height=side, width=side,
+                    num_inference_steps=steps, guidance_scale=guidance, strength=strength,
+                    generator=self._generators(prompt, seed, range(n)), callback_on_step_end=step_end).images
+        orig = np.asarray(img)
+        result = []
+        for o in outs:
+            big = np.asarray(o.convert("RGB").resize(img.size, Image.BICUBIC))
+            result.append(Image.fromarray(np.where(keep[..., None], orig, big)))
+        return result
+
+
+def load_generator(name_or_path: str | Path | None = None, device: str | None = None) -> Generator:
+    """The embedded ShapesWorld pipeline, or any Stable-Diffusion-style diffusers pipeline by path or hub id."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    target = str(name_or_path) if name_or_path else str(DEFAULT_GENERATOR)
+    path = Path(target).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise GeneratorError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        name = path.name
+    elif not name_or_path:
+        raise GeneratorError(f"the embedded generator is missing at {path}: run `python -m rhf_core train-t2i "
+                             f"--out {path}`")
+    elif target.count("/") != 1 or target.startswith((".", "/", "~")):
+        raise GeneratorError(f"no such folder: {target} (and it is not a hub id like org/model)")
+    else:
+        name = target
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    try:
+        pipe = DiffusionPipeline.from_pretrained(target if not path.exists() else str(path), dtype=dtype,
+                                                 safety_checker=None, requires_safety_checker=False)
+    except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError, HF errors...
+        raise GeneratorError(f"could not load a diffusers pipeline from {target}: {err}") from err
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
+        raise GeneratorError(f"{target} is a {type(pipe).__name__}, not a Stable-Diffusion-style pipeline")
+    if not isinstance(pipe, StableDiffusionPipeline) and int(pipe.unet.config.in_channels) == 4:
+        pipe = StableDiffusionPipeline.from_pipe(pipe)
+    return Generator(pipe, name=name, device=str(dev))

@@ -1,0 +1,240 @@
+"""Train the embedded text-to-image generator on clean ShapesWorld renders (`python -m rhf_core train-t2i`).
+
+Two stages, both resumable from `cache/t2i-train/<out name>/`:
+1. the VAE (AutoencoderKL) learns to reconstruct renders (L1 + MSE + a small KL term);
+2. the UNet and the text encoder learn to denoise the VAE's latents given the prompt (epsilon
+   prediction; the prompt is dropped 10% of the time for classifier-free guidance).
+The result is a standard diffusers StableDiffusionPipeline saved with `save_pretrained`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rhf_core.cache import atomic_write_text, cache_dir
+from rhf_core.shapes.grammar import sample_prompt
+from rhf_core.shapes.render import render, sample_scene
+from rhf_core.t2i.build import TinyT2IConfig, build_components
+
+
+@dataclass
+class T2ITrainConfig:
+    out: str = "cache/t2i-run"
+    n_images: int = 20000
+    seed: int = 0
+    vae_steps: int = 1200
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 3000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    uncond_prob: float = 0.1
+    save_every: int = 200
+    state_dir: str | None = None
+    model: TinyT2IConfig = field(default_factory=TinyT2IConfig)
+
+
+def training_set(n: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
+    """n clean renders (no planted defects) of seen prompts: uint8 N×H×W×3 and their prompts."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    prompts = []
+    for i in tqdm(range(n), desc="rendering", leave=False):
+        spec = sample_prompt(rng, unseen=False)
+        scene, _ = sample_scene(spec, rng, size)
+        images[i] = np.asarray(render(scene))
+        prompts.append(spec.text)
+    return images, prompts
+
+
+def _pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _lr(step: int, total: int, warmup: int = 100) -> float:
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+def _save_state(path: Path, modules: dict, opt, step: int, log: list) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name, m in modules.items():
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path / f"{name}.safetensors.tmp"))
+        (path / f"{name}.safetensors.tmp").replace(path / f"{name}.safetensors")
+    torch.save({"optimizer": opt.state_dict(), "step": step, "log": json.dumps(log)}, path / "trainer.pt.tmp")
+    (path / "trainer.pt.tmp").replace(path / "trainer.pt")
+
+
+def _load_state(path: Path, modules: dict, opt) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    if not (path / "trainer.pt").is_file():
+        return 0, []
+    for name, m in modules.items():
+        m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+    state = torch.load(path / "trainer.pt", weights_only=True)  # our own trainer state, tensors only
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"]), json.loads(state["log"])
+
+
+def train_vae(vae, images: np.ndarray, cfg: T2ITrainConfig, state: Path, resume: bool,
+              should_stop: Callable[[], bool] | None = None) -> list:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start, log = _load_state(state, {"vae": vae}, opt) if resume else (0, [])
+    if start:
+        print(f"VAE: resumed at step {start}")
+    rng = np.random.default_rng(cfg.seed + 1 + start)
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    vae.train()
+    bar = tqdm(range(start, cfg.vae_steps), desc="VAE", initial=start, total=cfg.vae_steps)
+    t0, losses = time.time(), []
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr * _lr(step, cfg.vae_steps)
+        x = _pixels(images[rng.integers(len(images), size=cfg.vae_batch)])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.vae_steps:
+            log.append({"stage": "vae", "step": step + 1, "loss": float(np.mean(losses)),
+                        "seconds": round(time.time() - t0, 1)})
+            losses, t0 = [], time.time()
+            _save_state(state, {"vae": vae}, opt, step + 1, log)
+        if should_stop is not None and should_stop():
+            _save_state(state, {"vae": vae}, opt, step + 1, log)
+            raise KeyboardInterrupt("stopped")
+    vae.eval()
+    return log
+
+
+@torch.no_grad()
+def encode_all(vae, images: np.ndarray, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (sampled afresh at each UNet step)."""
+    means, stds = [], []
+    for s in tqdm(range(0, len(images), batch), desc="encoding", leave=False):
+        post = vae.encode(_pixels(images[s:s + batch])).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[], bool] | None = None):
+    """Train both stages and save the pipeline to `cfg.out`; returns the pipeline."""
+    from accelerate import Accelerator
+    from diffusers import StableDiffusionPipeline
+
+    accelerator = Accelerator()
+    out = Path(cfg.out)
+    root = Path(cfg.state_dir) if cfg.state_dir else cache_dir("t2i-train") / out.resolve().name
+    torch.manual_seed(cfg.seed)
+    comps = build_components(cfg.model, seed=cfg.seed)
+    vae, unet, te, tok, sched = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"))
+    images, prompts = training_set(cfg.n_images, cfg.seed, cfg.model.image_size)
+    accelerator.print(f"T2I training: {len(images)} clean renders; VAE {sum(p.numel() for p in vae.parameters()):,} "
+                      f"params, UNet {sum(p.numel() for p in unet.parameters()):,}, text encoder "
+                      f"{sum(p.numel() for p in te.parameters()):,}; device {accelerator.device}")
+
+    # 1. VAE (small: single process)
+    log = train_vae(vae, images, cfg, root / "vae", resume, should_stop)
+    vae.requires_grad_(False)
+    means, stds = encode_all(vae, images)
+    scale = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scale)
+    accelerator.print(f"latents {tuple(means.shape[1:])}, scaling factor {scale:.3f}")
+
+    # 2. UNet + text encoder on latents
+    ids = tok(prompts, padding="max_length", max_length=cfg.model.max_length, truncation=True,
+              return_tensors="pt").input_ids
+    empty = tok([""], padding="max_length", max_length=cfg.model.max_length, return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    start, log2 = _load_state(root / "unet", {"unet": unet, "text_encoder": te}, opt) if resume else (0, [])
+    if start:
+        accelerator.print(f"UNet: resumed at step {start}")
+    unet, te, opt = accelerator.prepare(unet, te, opt)
+    rng = np.random.default_rng(cfg.seed + 2 + start)
+    gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
+    unet.train()
+    te.train()
+    bar = tqdm(range(start, cfg.unet_steps), desc="UNet", initial=start, total=cfg.unet_steps,
+               disable=not accelerator.is_local_main_process)
+    t0, losses = time.time(), []
+    dev = accelerator.device
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.unet_lr * _lr(step, cfg.unet_steps, warmup=200)
+        idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
+        lat = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+        noise = torch.randn(lat.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = sched.add_noise(lat, noise, t)
+        tokens = ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < cfg.uncond_prob
+        tokens[drop] = empty[0]
+        pred = unet(noisy.to(dev), t.to(dev), te(tokens.to(dev))[0]).sample
+        loss = F.mse_loss(pred.float(), noise.to(dev))
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.unet_steps:
+            log2.append({"stage": "unet", "step": step + 1, "loss": float(np.mean(losses)),
+                         "seconds": round(time.time() - t0, 1)})
+            accelerator.print(json.dumps(log2[-1]))
+            losses, t0 = [], time.time()
+            if accelerator.is_main_process:
+                _save_state(root / "unet", {"unet": accelerator.unwrap_model(unet),
+                                            "text_encoder": accelerator.unwrap_model(te)}, opt, step + 1, log2)
+        if should_stop is not None and should_stop():
+            break
+    accelerator.wait_for_everyone()
+    unet, te = accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(te).eval()
+    pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=te, tokenizer=tok, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if accelerator.is_main_process:
+        save_pipeline(pipe, out)
+        atomic_write_text(out / "train_log.json", json.dumps(
+            {"config": _jsonable(cfg), "log": log + log2}, indent=2) + "\n")
+    return pipe
+
+
+def save_pipeline(pipe, out: Path) -> None:
+    """save_pretrained in float16 (half the bytes; loading casts back to the device's dtype)."""
+    import copy
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy.deepcopy(pipe).to(torch.float16).save_pretrained(tmp)
+    keep = [p for p in ("metrics.json", "train_log.json", "README.md") if (out / p).is_file()]
+    for p in keep:
+        shutil.copy2(out / p, tmp / p)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+
+
+def _jsonable(cfg: T2ITrainConfig) -> dict:
+    d = asdict(cfg)
+    d["model"] = cfg.model.to_dict()
+    return d

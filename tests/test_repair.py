@@ -1,0 +1,176 @@
+"""The repair loop (rhf_core.repair) on a tiny random generator and the embedded RAHF, and the page."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from rhf_core.data import open_dataset
+from rhf_core.rahf import load_rahf
+from rhf_core.repair import RepairError, repair, repair_mask
+from rhf_core.t2i import load_generator
+from rhf_core.t2i.build import build_pipeline
+from tests.test_t2i import TINY
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+SPEC = "shapes:n=60,seed=4"
+
+
+@pytest.fixture(scope="module")
+def tiny_gen_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-gen") / "tiny-gen"
+    build_pipeline(TINY, seed=1).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_gen_dir):
+    return load_rahf(), load_generator(tiny_gen_dir)
+
+
+@pytest.fixture(scope="module")
+def record():
+    ds = open_dataset(SPEC)
+    pos = int(np.argmax(ds.frame["implausibility_mass"].fillna(0).to_numpy()))
+    return ds[pos]
+
+
+def png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_mask_modes_and_dilation_follow_the_heatmap():
+    heat = np.zeros((16, 16), np.float32)
+    heat[4:6, 4:6] = 0.4
+    heat[10, 10] = 0.8
+    assert repair_mask((16, 16), heatmap_array=heat, threshold=0.5, dilation=0).sum() == 1  # only the 0.8 pixel
+    assert repair_mask((16, 16), heatmap_array=heat, threshold=0.5).sum() == 49  # default dilation: a disk of radius 4
+    assert repair_mask((16, 16), heatmap_array=heat, threshold=0.5, threshold_mode="relative", dilation=0).sum() == 5
+    grown = repair_mask((16, 16), heatmap_array=heat, threshold=0.5, dilation=2)
+    assert grown.sum() == 13  # a disk of radius 2 around one pixel
+    big = repair_mask((32, 32), heatmap_array=heat, threshold=0.5, threshold_mode="relative", dilation=0)  # resized first
+    assert big.shape == (32, 32) and big.any()
+    assert not repair_mask((16, 16), heatmap_array=heat, threshold=0.9).any()
+    with pytest.raises(RepairError, match="threshold mode"):
+        repair_mask((16, 16), heatmap_array=heat, threshold_mode="percent")
+    with pytest.raises(RepairError, match="but the image is 16×16"):
+        repair_mask((16, 16), mask=np.ones((8, 8), bool))
+
+
+def test_repair_ranks_candidates_and_keeps_unmasked_pixels(parts, record):
+    rahf, gen = parts
+    img = record.image
+    r = repair(img, record.prompt, threshold=0.3, threshold_mode="relative", dilation=2, n=3, seed=0, steps=3,
+               predictor=rahf, generator=gen)
+    assert r.heatmap_source == "predicted" and not r.empty and 0 < r.mask_share < 1
+    assert len(r.candidates) == 3 and r.best is r.candidates[0]
+    plaus = [c.plausibility for c in r.candidates]
+    assert plaus == sorted(plaus, reverse=True)
+    again = rahf.predict([c.image for c in r.candidates], [record.prompt] * 3)  # scored independently
+    assert np.allclose([p.scores["plausibility"] for p in again], plaus, atol=1e-5)
+    orig = np.asarray(img)
+    for c in r.candidates:
+        arr = np.asarray(c.image)
+        assert np.array_equal(arr[~r.mask], orig[~r.mask])
+        assert c.judge is not None  # a ShapesWorld prompt: judged before and after
+    assert r.before.judge is not None
+    assert np.array_equal(np.asarray(r.mask_image) == 255, r.mask)
+
+
+def test_ground_truth_heatmap_and_user_mask_sources(parts, record):
+    rahf, gen = parts
+    gt = record.heatmaps["implausibility"]
+    r = repair(record.image, record.prompt, threshold=0.5, threshold_mode="relative", dilation=0, n=1, steps=2,
+               predictor=rahf, generator=gen, heatmap_array=gt)
+    assert r.heatmap_source == "ground truth"
+    assert np.array_equal(r.mask, gt >= 0.5 * gt.max())
+    m = np.zeros((64, 64), bool)
+    m[5:9, 5:9] = True
+    r = repair(record.image, record.prompt, n=1, steps=2, predictor=rahf, generator=gen, mask=m)
+    assert r.heatmap_source == "user mask" and r.mask.sum() == 16
+
+
+def test_an_empty_mask_is_reported_not_inpainted(parts, record):
+    rahf, gen = parts
+    r = repair(record.image, record.prompt, threshold=1.0, threshold_mode="absolute", predictor=rahf, generator=gen)
+    assert r.empty and r.candidates == [] and r.best is None
+    assert "mask is empty" in r.message and "Nothing was inpainted" in r.message
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": ""}, "empty prompt"),
+    ({"heatmap": "aesthetics"}, "unknown heatmap type"),
+    ({"mask": np.ones((10, 10), bool)}, "10×10 but the image is 64×64"),
+    ({"threshold": 1.5}, "threshold must be in"),
+])
+def test_bad_repair_requests(parts, record, kwargs, message):
+    rahf, gen = parts
+    args = {"image": record.image, "prompt": record.prompt, "predictor": rahf, "generator": gen, "steps": 2, **kwargs}
+    with pytest.raises(RepairError, match=message):
+        repair(**args)
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+def open_page(gen_dir) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["ds"] = SPEC
+    at.query_params["gen"] = str(gen_dir)
+    at.run()
+    at.switch_page("app_pages/repair.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _mask_caption(at) -> str:
+    return next(c for img in at.image for c in img.captions if c.startswith("mask:"))
+
+
+def _share(caption: str) -> float:
+    return float(caption.split("mask: ")[1].split("%")[0])
+
+
+def test_page_sliders_move_the_mask_and_repair_runs(tiny_gen_dir, record):
+    at = open_page(tiny_gen_dir)
+    at.text_input(key="rep_record_id").set_value(record.id).run()
+    assert not at.exception, at.exception
+    at.slider(key="rep_threshold").set_value(0.3).run()
+    at.slider(key="rep_dilation").set_value(0).run()
+    tight = _share(_mask_caption(at))
+    at.slider(key="rep_dilation").set_value(4).run()
+    grown = _share(_mask_caption(at))
+    assert 0 < tight < grown
+    at.slider(key="rep_threshold").set_value(0.9).run()
+    assert _share(_mask_caption(at)) < grown
+    at.slider(key="rep_threshold").set_value(0.3).run()
+    at.number_input(key="rep_n").set_value(2).run()
+    at.number_input(key="rep_steps").set_value(3).run()
+    at.button(key="rep_run").click().run()
+    assert not at.exception, at.exception
+    captions = [c for img in at.image for c in img.captions]
+    assert sum(c.startswith("#") and "plausibility" in c for c in captions) == 2
+    assert any(c.startswith("after (best candidate") for c in captions)
+    assert [m.label for m in at.metric][:4] == ["Plausibility", "Alignment", "Aesthetics", "Overall"]
+    assert any("judge:" in c.value for c in at.caption)
+    # Moving a slider after a run asks for a new run instead of showing stale results.
+    at.slider(key="rep_dilation").set_value(1).run()
+    assert any("press Repair" in i.value for i in at.info)
+
+
+def test_page_bad_uploads_show_messages(tiny_gen_dir):
+    at = open_page(tiny_gen_dir)
+    at.segmented_control(key="rep_source").set_value("Upload").run()
+    at.file_uploader(key="rep_file").set_value([("notes.png", b"this is not an image", "image/png")]).run()
+    assert not at.exception and at.error and "notes.png" in at.error[0].value
+    img = Image.new("RGB", (64, 64), (18, 22, 52))
+    at.file_uploader(key="rep_file").set_value([("sky.png", png(img), "image/png")]).run()
+    at.text_input(key="rep_upload_prompt").input("a red circle in the night sky").run()
+    at.radio(key="rep_mask_source").set_value("Upload a mask").run()
+    at.file_uploader(key="rep_mask_file").set_value([("m.png", png(Image.new("L", (32, 32), 255)), "image/png")]).run()
+    assert not at.exception
+    assert any("32×32 but the image is 64×64" in e.value for e in at.error)
