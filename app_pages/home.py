@@ -5,7 +5,7 @@ import platform
 import streamlit as st
 import torch
 
-from ui.settings import current_dataset, current_predictor, current_spec
+from ui.settings import current_dataset, current_generator, current_predictor, current_spec
 
 st.title("Rich Human Feedback Studio")
 st.write(
@@ -16,6 +16,8 @@ st.write(
 )
 st.page_link("app_pages/explorer.py", label="Dataset explorer: filter, browse and plot any rich-feedback dataset", icon=":material/photo_library:")
 st.page_link("app_pages/live_rahf.py", label="Live RAHF: predict heatmaps, scores and misaligned words for your images", icon=":material/center_focus_strong:")
+st.page_link("app_pages/lee.py", label="Rejection sampling vs fine-tuning: spend a reward at inference or at training time (Lee et al.)", icon=":material/compare:")
+st.page_link("app_pages/repair.py", label="Inpainting repair: mask what RAHF flags, inpaint, keep the most plausible", icon=":material/healing:")
 
 st.subheader("Loaded")
 spec, _ = current_spec()
@@ -25,7 +27,7 @@ if torch.cuda.is_available():
 else:
     device, device_help = "CPU", f"{platform.machine()}, {torch.get_num_threads()} threads"
 c1, c2, c3 = st.columns(3)
-c4, c5, _ = st.columns(3)
+c4, c5, c6 = st.columns(3)
 if ds is not None:
     c1.metric("Dataset", ds.name, help=ds.spec)
     c2.metric("Records", f"{len(ds):,}", delta=f"{ds.n_skipped} rows skipped" if ds.n_skipped else None,
@@ -34,9 +36,11 @@ else:
     c1.metric("Dataset", "—", help=spec)
 rahf = current_predictor(stop_on_error=False)
 c3.metric("Predictor (RAHF)", rahf.name if rahf else "—", help=f"{rahf.config.variant}, {rahf.config.image_size} px" if rahf else None)
+gen = current_generator(stop_on_error=False)
+c6.metric("Generator", gen.name if gen else "—", help=gen.describe() if gen else None)
 c4.metric("Device", device, help=device_help)
 c5.metric("PyTorch", torch.__version__)
 st.caption(
-    f"Dataset spec: `{spec}`. Dataset and predictor are set in the sidebar and are part of the URL, "
-    "so links you share open the same ones. Text-to-image generator: none loaded yet."
+    f"Dataset spec: `{spec}`. Dataset, predictor and generator are set in the sidebar and are part of the URL, "
+    "so links you share open the same ones."
 )

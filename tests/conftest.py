@@ -3,6 +3,12 @@ import os
 # Tests never touch the network or the project's own cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Module- and session-scoped fixtures run before the function-scoped one below: isolate them too.
+if not os.environ.get("RHF_TEST_CACHE"):
+    import tempfile
+
+    os.environ["RHF_TEST_CACHE"] = tempfile.mkdtemp(prefix="rhf-test-cache-")
+os.environ["RHF_CACHE_DIR"] = os.environ["RHF_TEST_CACHE"]
 
 import pytest  # noqa: E402
 

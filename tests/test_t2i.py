@@ -11,7 +11,8 @@ from rhf_core.t2i import GeneratorError, load_generator
 from rhf_core.t2i.build import TinyT2IConfig, build_pipeline, build_tokenizer
 
 TINY = TinyT2IConfig(image_size=32, vae_channels=(8, 16), latent_channels=4, unet_channels=(16, 32),
-                     attention_head_dim=4, text_dim=16, text_layers=1, text_heads=2, norm_groups=8)
+                     attention_head_dim=4, text_dim=16, text_layers=1, text_heads=2, norm_groups=8,
+                     vae_norm_groups=4)
 
 
 @pytest.fixture(scope="module")

@@ -48,3 +48,18 @@ def load_generator(name_or_path: str = ""):
     from rhf_core.t2i import load_generator as load
 
     return load(name_or_path or None)
+
+
+@st.cache_resource(show_spinner="Loading the reward model…", max_entries=2)
+def load_reward_model(path: str = ""):
+    """Lee et al.'s reward model at `path`, or the embedded ShapesWorld one."""
+    from rhf_core.reward import load_reward_model as load
+
+    return load(path or None)
+
+
+@st.cache_resource(show_spinner="Loading the image encoders…", max_entries=2)
+def load_encoders(name_or_path: str = ""):
+    from rhf_core.reward.encoders import load_encoders as load
+
+    return load(name_or_path or None)

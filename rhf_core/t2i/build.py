@@ -56,7 +56,10 @@ class TinyT2IConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_length: int = 16
-    norm_groups: int = 16
+    # GroupNorm groups: keep several channels per group. One channel per group is instance norm,
+    # which removes each image's per-channel mean: the VAE then cannot keep colours.
+    norm_groups: int = 8
+    vae_norm_groups: int = 4
     extra: dict = field(default_factory=dict)
 
     @property
@@ -80,7 +83,7 @@ def build_components(cfg: TinyT2IConfig, seed: int = 0) -> dict:
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
-        block_out_channels=tuple(cfg.vae_channels), layers_per_block=1, norm_num_groups=cfg.norm_groups,
+        block_out_channels=tuple(cfg.vae_channels), layers_per_block=1, norm_num_groups=cfg.vae_norm_groups,
         sample_size=cfg.image_size,
     )
     n_unet = len(cfg.unet_channels)

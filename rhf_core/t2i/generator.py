@@ -89,6 +89,16 @@ class Generator:
     def is_inpainting_model(self) -> bool:
         return int(self.pipe.unet.config.in_channels) == 9
 
+    def fingerprint(self) -> list:
+        """What identifies this model's weights for cache keys: its files (size, mtime) and the adapter's."""
+        from rhf_core.cache import file_fingerprint
+
+        root = Path(str(self.pipe.config._name_or_path))
+        files = file_fingerprint(root.rglob("*.safetensors")) if root.exists() else [self.name]
+        if self.adapter:
+            files += file_fingerprint(Path(self.adapter).glob("*.safetensors"))
+        return files
+
     def describe(self) -> str:
         n = sum(p.numel() for p in self.pipe.unet.parameters())
         extra = f", LoRA {Path(self.adapter).name}" if self.adapter else ""

@@ -1,0 +1,265 @@
+"""Reward-weighted fine-tuning (Lee et al. sec. 4.3; `python -m rhf_core finetune`).
+
+1. D_model: n images per prompt of a prompt set from the original model, each scored by a reward r.
+2. LoRA adapters on the UNet are trained with
+       loss = mean(r · denoising loss on D_model) + β · denoising loss on D_pre,
+   D_pre being pre-training data: clean ShapesWorld renders for the embedded world, or a folder of
+   image–caption pairs for a real model (the β term is off, with a warning, when there is none).
+3. The adapter is saved as diffusers LoRA weights (safetensors) with `adapter.json` (config and
+   reward statistics) under `cache/adapters/<name>/`.
+
+Runs under `accelerate launch` on several GPUs; single-process on a CPU. Resumable and cancellable."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rhf_core.cache import atomic_write_text, cache_dir
+from rhf_core.reward.model import RewardError
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class FinetuneConfig:
+    name: str = "lee-shapes"
+    out: str = ""  # default: cache/adapters/<name>
+    generator: str = ""
+    reward: str = "lee"
+    prompts: str = "train"  # "train" = the reward's training prompt set; or a text file, one prompt a line
+    n_prompts: int = 300
+    per_prompt: int = 8
+    beta: float = 1.0
+    pretrain_folder: str = ""  # image–caption pairs for a real model (ShapesWorld renders are used otherwise)
+    n_pretrain: int = 4000
+    rank: int = 8
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    save_every: int = 100
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else cache_dir("adapters") / self.name
+
+
+def fine_tune_prompts(cfg: FinetuneConfig) -> list[str]:
+    if cfg.prompts == "train":
+        from rhf_core.reward.train import prompt_split
+
+        return prompt_split(300, 60, 0)["train"][: cfg.n_prompts]
+    path = Path(cfg.prompts)
+    if not path.is_file():
+        raise RewardError(f"prompt file not found: {path}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise RewardError(f"{path} holds no prompts")
+    return prompts[: cfg.n_prompts]
+
+
+@torch.no_grad()
+def encode_latents(generator, images: list, batch: int = 128) -> torch.Tensor:
+    """Scaled VAE latents (posterior mean) of PIL images at the generator's resolution."""
+    from PIL import Image
+
+    side = generator.image_size
+    vae = generator.pipe.vae
+    out = []
+    for s in range(0, len(images), batch):
+        arr = np.stack([np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC)) for im in images[s:s + batch]])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(generator.device, generator.dtype)
+        out.append((vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu())
+    return torch.cat(out)
+
+
+def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | None:
+    """D_pre: clean ShapesWorld renders (embedded model) or the user's image–caption folder."""
+    from PIL import Image
+
+    if cfg.pretrain_folder:
+        root = Path(cfg.pretrain_folder)
+        pairs = [(p, p.with_suffix(".txt")) for p in sorted(root.glob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
+        pairs = [(p, t) for p, t in pairs if t.is_file()][: cfg.n_pretrain]
+        if not pairs:
+            raise RewardError(f"{root}: no image with a caption file beside it (photo.png + photo.txt)")
+        from rhf_core.images import load_image
+
+        return [load_image(p) for p, _ in pairs], [t.read_text().strip() for _, t in pairs]
+    if generator.image_size == 64 and "shapes" in generator.name:
+        from rhf_core.t2i.train import training_set
+
+        images, prompts = training_set(cfg.n_pretrain, cfg.seed + 101, 64)
+        return [Image.fromarray(a) for a in images], prompts
+    warnings.warn("no pre-training folder for this model: the β term is off (pass --pretrain-folder)", stacklevel=2)
+    return None
+
+
+def add_lora(unet, rank: int) -> None:
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+
+
+def save_adapter(unet, path: Path, info: dict) -> None:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    path.mkdir(parents=True, exist_ok=True)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(save_directory=str(path), unet_lora_layers=state, safe_serialization=True)
+    atomic_write_text(path / "adapter.json", json.dumps(info, indent=2) + "\n")
+
+
+def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], progress) -> dict:
+    """Generate, score and encode D_model (cached on disk)."""
+    from rhf_core.cache import cache_key
+
+    key = cache_key("d-model", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""), prompts,
+                    cfg.per_prompt, cfg.seed)
+    path = cache_dir("finetune-data") / f"{key}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return {"latents": torch.from_numpy(z["latents"]), "prompts": [str(p) for p in z["prompts"]],
+                "rewards": z["rewards"]}
+    images = generator.generate(prompts, n=cfg.per_prompt, seed=cfg.seed, progress=lambda d, t: progress("generating", d / t))
+    flat = [im for imgs in images for im in imgs]
+    flat_prompts = [p for p in prompts for _ in range(cfg.per_prompt)]
+    progress("scoring", 0.0)
+    rewards = np.asarray(reward(flat, flat_prompts), np.float32)
+    latents = encode_latents(generator, flat)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, latents=latents.numpy(), prompts=np.array(flat_prompts), rewards=rewards)
+    tmp.replace(path)
+    return {"latents": latents, "prompts": flat_prompts, "rewards": rewards}
+
+
+def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = True,
+             progress: Callable[[str, float], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Path:
+    """Train a LoRA adapter by reward-weighted likelihood; returns the adapter folder."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file, save_file
+
+    from rhf_core.reward.rewards import get_reward
+    from rhf_core.t2i import load_generator
+
+    report = progress or (lambda stage, f: None)
+    accelerator = Accelerator()
+    generator = generator or load_generator(cfg.generator or None)
+    generator.unload_lora()
+    reward_fn = reward or get_reward(cfg.reward)
+    prompts = fine_tune_prompts(cfg)
+    data = model_dataset(cfg, generator, reward_fn, prompts, report)
+    r = np.clip(data["rewards"], 0.0, None)  # reward-weighted likelihood needs weights ≥ 0
+    pre = pretrain_pairs(cfg, generator) if cfg.beta > 0 else None
+    pre_lat = encode_latents(generator, pre[0]) if pre else None
+    beta = cfg.beta if pre is not None else 0.0
+
+    import copy
+
+    pipe = generator.pipe
+    tok, te, sched = pipe.tokenizer, pipe.text_encoder, pipe.scheduler
+    unet = copy.deepcopy(pipe.unet)  # the generator itself stays as it was
+    max_len = min(tok.model_max_length, 77)
+
+    @torch.no_grad()
+    def embed(texts: list[str]) -> torch.Tensor:
+        ids = tok(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+        return te(ids.to(generator.device))[0].float().cpu()
+
+    uniq = sorted(set(data["prompts"]) | (set(pre[1]) if pre else set()))
+    table = {p: e for p, e in zip(uniq, torch.cat([embed(uniq[s:s + 256]) for s in range(0, len(uniq), 256)]))}
+    model_cond = torch.stack([table[p] for p in data["prompts"]])
+    pre_cond = torch.stack([table[p] for p in pre[1]]) if pre else None
+
+    unet.requires_grad_(False)
+    unet.to(torch.float32)
+    add_lora(unet, cfg.rank)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    out = cfg.out_dir
+    state = cache_dir("finetune-state") / cfg.name
+    start, log = 0, []
+    if resume and (state / "trainer.pt").is_file():
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(unet, load_file(str(state / "lora.safetensors")))
+        st = torch.load(state / "trainer.pt", weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        start, log = int(st["step"]), json.loads(st["log"])
+    unet_t, opt = accelerator.prepare(unet, opt)
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    rng = np.random.default_rng(cfg.seed + start)
+    dev = accelerator.device
+    rw = torch.from_numpy(r)
+    t0, parts = time.time(), []
+
+    def denoise_loss(lat, cond):
+        noise = torch.randn(lat.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),), generator=gen)
+        noisy = sched.add_noise(lat, noise, t)
+        pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
+        return ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
+
+    stopped = False
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
+        l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx])).mean()
+        loss = l_model
+        l_pre = torch.zeros(())
+        if beta > 0:
+            jdx = torch.from_numpy(rng.integers(len(pre_lat), size=cfg.batch_size))
+            l_pre = denoise_loss(pre_lat[jdx], pre_cond[jdx]).mean()
+            loss = loss + beta * l_pre
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        parts.append((l_model.item(), float(l_pre.detach())))
+        report("fine-tuning", (step + 1) / cfg.steps)
+        stopped = should_stop is not None and should_stop()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopped:
+            log.append({"step": step + 1, "reward_weighted_loss": round(float(np.mean([p[0] for p in parts])), 5),
+                        "pretrain_loss": round(float(np.mean([p[1] for p in parts])), 5),
+                        "seconds": round(time.time() - t0, 1)})
+            parts, t0 = [], time.time()
+            if accelerator.is_main_process:
+                from peft.utils import get_peft_model_state_dict
+
+                state.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet_t)).items()},
+                          str(state / "lora.safetensors"))
+                torch.save({"optimizer": opt.state_dict(), "step": step + 1, "log": json.dumps(log)}, state / "trainer.pt")
+        if stopped:
+            break
+    accelerator.wait_for_everyone()
+    unet = accelerator.unwrap_model(unet_t)
+    info = {"config": asdict(cfg), "generator": generator.name, "beta_used": beta, "steps_done": log[-1]["step"] if log else start,
+            "complete": not stopped, "prompts": len(prompts),
+            "reward_stats": {"n": int(len(r)), "mean": round(float(np.mean(data["rewards"])), 4),
+                             "std": round(float(np.std(data["rewards"])), 4),
+                             "share_positive": round(float(np.mean(data["rewards"] > 0.5)), 4)},
+            "log": log}
+    if accelerator.is_main_process:
+        save_adapter(unet, out, info)
+    return out
+
+
+def load_adapter_info(path: str | Path) -> dict:
+    p = Path(path) / "adapter.json"
+    if not p.is_file():
+        raise RewardError(f"{path} holds no adapter.json (not an adapter written by `finetune`)")
+    return json.loads(p.read_text())

@@ -1,0 +1,97 @@
+"""Lee et al.'s reward model: r(x, z) = MLP(concat(image embedding, text embedding)) over a frozen
+CLIP-style encoder pair, trained to predict binary good/bad labels (see `rhf_core.reward.train`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from rhf_core.errors import RHFError
+from rhf_core.reward.encoders import ASSETS, Encoders, load_encoders
+
+DEFAULT_REWARD = ASSETS / "reward-shapes"
+
+
+class RewardError(RHFError, ValueError):
+    """A reward that cannot be loaded or computed."""
+
+
+@dataclass
+class RewardConfig:
+    encoders: str = ""  # "" = the embedded ShapesWorld CLIP; else a hub id or path
+    hidden: int = 256
+    lam: float = 0.5  # weight of the prompt-classification loss
+    temperature: float = 0.1
+    n_perturbed: int = 8
+
+
+class RewardHead(nn.Module):
+    """The two-layer MLP of Lee et al. (Algorithm 1's pred_r), with a sigmoid so r ∈ (0, 1)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat([img, txt], dim=-1)).squeeze(-1))
+
+
+class RewardModel:
+    def __init__(self, encoders: Encoders, head: RewardHead, config: RewardConfig, path: Path | None = None):
+        self.encoders, self.head, self.config, self.path = encoders, head.eval(), config, path
+
+    @torch.no_grad()
+    def score_embeddings(self, img: np.ndarray, txt: np.ndarray) -> np.ndarray:
+        return self.head(torch.as_tensor(img, dtype=torch.float32), torch.as_tensor(txt, dtype=torch.float32)).numpy()
+
+    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        if len(images) != len(prompts):
+            raise RewardError(f"{len(images)} images but {len(prompts)} prompts")
+        if not len(images):
+            return np.zeros(0, np.float32)
+        uniq = sorted(set(prompts))
+        table = dict(zip(uniq, self.encoders.embed_texts(uniq)))
+        txt = np.stack([table[p] for p in prompts])
+        return self.score_embeddings(self.encoders.embed_images(list(images)), txt)
+
+    def save(self, path: str | Path, metrics: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        from rhf_core.cache import atomic_write_text
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / "head.safetensors"))
+        atomic_write_text(path / "config.json", json.dumps({**asdict(self.config), "dim": self.encoders.dim}, indent=2) + "\n")
+        if metrics is not None:
+            atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def load_reward_model(path: str | Path | None = None, encoders: Encoders | None = None,
+                      device: str | None = None) -> RewardModel:
+    """The embedded ShapesWorld reward model, or a folder written by `train-reward`."""
+    from safetensors.torch import load_file
+
+    path = Path(path) if path else DEFAULT_REWARD
+    if not (path / "config.json").is_file() or not (path / "head.safetensors").is_file():
+        raise RewardError(f"{path} is not a reward model folder (config.json + head.safetensors)")
+    raw = json.loads((path / "config.json").read_text())
+    dim = int(raw.pop("dim"))
+    cfg = RewardConfig(**{k: v for k, v in raw.items() if k in RewardConfig.__dataclass_fields__})
+    enc = encoders or load_encoders(cfg.encoders or None, device)
+    if enc.dim != dim:
+        raise RewardError(f"the reward head expects {dim}-d embeddings but {enc.name} gives {enc.dim}")
+    head = RewardHead(dim, cfg.hidden)
+    state = load_file(str(path / "head.safetensors"))
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RewardError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    return RewardModel(enc, head, cfg, path)

@@ -1,0 +1,207 @@
+"""Train Lee et al.'s reward model (`python -m rhf_core train-reward`).
+
+Labels in the embedded world: images the generator makes for grammar prompts, judged (good =
+aligned). Loss = MSE(r, y) + λ · CE(softmax(r(x, z_j) / T), original) over the prompt and N perturbed
+prompts, on good images only. Encoders are frozen, so embeddings are computed once. One run also
+trains the λ = 0 ablation and scores the CLIP-score baseline (cosine of the same encoders), and
+reports accuracy and AUC on held-out seen and unseen prompts."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from rhf_core.cache import cache_dir, cache_key
+from rhf_core.reward.model import RewardConfig, RewardHead, RewardModel
+from rhf_core.reward.perturb import perturbed_prompts
+
+
+@dataclass
+class RewardTrainConfig:
+    out: str = "cache/reward-run"
+    generator: str = ""
+    per_prompt: int = 6
+    train_prompts: int = 300
+    heldout_prompts: int = 60
+    seed: int = 0
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
+    model: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass
+class Labelled:
+    images: np.ndarray  # uint8 N×H×W×3
+    prompts: list[str]
+    labels: np.ndarray  # float32 (1 = judge says aligned)
+    split: list[str]  # train / seen / unseen
+
+
+def prompt_split(n_train: int, n_heldout: int, seed: int) -> dict[str, list[str]]:
+    """Disjoint prompt sets: train and held-out seen prompts, and held-out unseen prompts."""
+    from rhf_core.shapes.grammar import prompts_by
+
+    rng = np.random.default_rng(seed)
+    seen = [p.text for p in prompts_by(unseen=False)]
+    unseen = [p.text for p in prompts_by(unseen=True)]
+    seen = [seen[i] for i in rng.permutation(len(seen))]
+    unseen = [unseen[i] for i in rng.permutation(len(unseen))]
+    return {"train": seen[:n_train], "seen": seen[n_train:n_train + n_heldout], "unseen": unseen[:n_heldout]}
+
+
+def labelled_generations(generator, sets: dict[str, list[str]], per_prompt: int, seed: int) -> Labelled:
+    """Generate and judge (cached on disk by generator weights, prompts and seed)."""
+    from rhf_core.judge import judge
+
+    key = cache_key("reward-data", generator.fingerprint(), sets, per_prompt, seed)
+    path = cache_dir("reward-data") / f"{key}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return Labelled(z["images"], [str(p) for p in z["prompts"]], z["labels"], [str(s) for s in z["split"]])
+    images, prompts, labels, split = [], [], [], []
+    for name, plist in sets.items():
+        out = generator.generate(plist, n=per_prompt, seed=seed)
+        for p, imgs in tqdm(list(zip(plist, out)), desc=f"judging {name}", leave=False):
+            for im in imgs:
+                images.append(np.asarray(im.convert("RGB").resize((64, 64), Image.BILINEAR)))
+                prompts.append(p)
+                labels.append(float(judge(im, p).aligned))
+                split.append(name)
+    data = Labelled(np.stack(images), prompts, np.asarray(labels, np.float32), split)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, images=data.images, prompts=np.array(prompts), labels=data.labels, split=np.array(split))
+    tmp.replace(path)
+    return data
+
+
+def train_head(img: np.ndarray, txt_index: np.ndarray, labels: np.ndarray, text_table: np.ndarray,
+               negatives: np.ndarray, cfg: RewardConfig, steps: int, batch_size: int, lr: float, seed: int) -> RewardHead:
+    """img: N×D image embeddings; txt_index: N indices into text_table; negatives: N×K indices (-1 = none)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    head = RewardHead(img.shape[1], cfg.hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    img_t, table = torch.from_numpy(img), torch.from_numpy(text_table)
+    y = torch.from_numpy(labels)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        idx = rng.integers(len(img), size=batch_size)
+        r = head(img_t[idx], table[txt_index[idx]])
+        loss = torch.mean((r - y[idx]) ** 2)
+        if cfg.lam > 0:
+            good = idx[(labels[idx] > 0.5) & (negatives[idx, 0] >= 0)]
+            if len(good):
+                neg = negatives[good]  # G×K, padded with -1 where a prompt has fewer perturbations
+                cand = np.concatenate([txt_index[good][:, None], neg], axis=1)
+                valid = torch.from_numpy(cand >= 0)
+                g_img = img_t[good][:, None, :].expand(-1, cand.shape[1], -1)
+                scores = head(g_img, table[np.maximum(cand, 0)]) / cfg.temperature
+                scores = scores.masked_fill(~valid, -1e4)
+                loss = loss + cfg.lam * torch.nn.functional.cross_entropy(scores, torch.zeros(len(good), dtype=torch.long))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return head.eval()
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    return {"accuracy": round(float(((scores >= threshold) == (labels > 0.5)).mean()), 4),
+            "auc": round(_auc(scores, labels), 4), "n": int(len(labels)), "good_share": round(float(labels.mean()), 4)}
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    cands = np.unique(scores)
+    accs = [((scores >= c) == (labels > 0.5)).mean() for c in cands]
+    return float(cands[int(np.argmax(accs))])
+
+
+def train_reward(cfg: RewardTrainConfig, generator=None, encoders=None, progress=print) -> tuple[RewardModel, dict]:
+    from rhf_core.reward.encoders import load_encoders
+    from rhf_core.t2i import load_generator
+
+    t0 = time.time()
+    generator = generator or load_generator(cfg.generator or None)
+    encoders = encoders or load_encoders(cfg.model.encoders or None)
+    sets = prompt_split(cfg.train_prompts, cfg.heldout_prompts, cfg.seed)
+    data = labelled_generations(generator, sets, cfg.per_prompt, cfg.seed)
+    progress(f"{len(data.labels)} judged images; good share {data.labels.mean():.2f}")
+    split = np.array(data.split)
+    img = encoders.embed_images([Image.fromarray(a) for a in data.images])
+
+    # Text table: every prompt and its perturbations.
+    rng = np.random.default_rng(cfg.seed)
+    per_prompt_neg = {p: perturbed_prompts(p, cfg.model.n_perturbed, rng) for p in sorted(set(data.prompts))}
+    texts = sorted(set(data.prompts) | {q for v in per_prompt_neg.values() for q in v})
+    pos = {t: i for i, t in enumerate(texts)}
+    table = encoders.embed_texts(texts)
+    txt_index = np.array([pos[p] for p in data.prompts])
+    negatives = -np.ones((len(data.prompts), cfg.model.n_perturbed), dtype=np.int64)
+    for i, p in enumerate(data.prompts):
+        neg = [pos[q] for q in per_prompt_neg[p]]
+        negatives[i, :len(neg)] = neg
+
+    tr = split == "train"
+    heads = {}
+    for name, lam in (("reward", cfg.model.lam), ("reward_lambda0", 0.0)):
+        mcfg = RewardConfig(**{**asdict(cfg.model), "lam": lam})
+        heads[name] = train_head(img[tr], txt_index[tr], data.labels[tr], table, negatives[tr], mcfg, cfg.steps,
+                                 cfg.batch_size, cfg.lr, cfg.seed)
+    clip_score = np.sum(img * table[txt_index], axis=1)
+    scores = {"clip_score": clip_score}
+    for name, head in heads.items():
+        with torch.no_grad():
+            scores[name] = head(torch.from_numpy(img), torch.from_numpy(table[txt_index])).numpy()
+    metrics: dict = {"settings": {**asdict(cfg), "generator": generator.name, "encoders": encoders.name,
+                                  "images": {s: int((split == s).sum()) for s in ("train", "seen", "unseen")}}}
+    for name, sc in scores.items():
+        thr = best_threshold(sc[tr], data.labels[tr]) if name == "clip_score" else 0.5
+        metrics[name] = {"threshold": round(thr, 4), **{s: classification_metrics(sc[split == s], data.labels[split == s], thr)
+                                                       for s in ("train", "seen", "unseen")}}
+        # Prompt classification: does the true prompt outscore its perturbations (good held-out images)?
+        if name != "clip_score":
+            head = heads[name]
+        for s in ("seen", "unseen"):
+            m = (split == s) & (data.labels > 0.5) & (negatives[:, 0] >= 0)
+            if not m.any():
+                continue
+            cand = np.concatenate([txt_index[m][:, None], negatives[m]], axis=1)
+            if name == "clip_score":
+                sc_c = np.einsum("nd,nkd->nk", img[m], table[np.maximum(cand, 0)])
+            else:
+                with torch.no_grad():
+                    sc_c = head(torch.from_numpy(img[m])[:, None, :].expand(-1, cand.shape[1], -1),
+                                torch.from_numpy(table[np.maximum(cand, 0)])).numpy()
+            sc_c = np.where(cand >= 0, sc_c, -np.inf)
+            metrics[name][s]["prompt_classification_accuracy"] = round(float((sc_c.argmax(1) == 0).mean()), 4)
+    metrics["settings"]["seconds"] = round(time.time() - t0, 1)
+    model = RewardModel(encoders, heads["reward"], cfg.model)
+    model.save(cfg.out, metrics)
+    return model, metrics
+
+
+def format_metrics(m: dict) -> str:
+    lines = [f"{'model':16s} {'split':7s} {'acc':>6s} {'AUC':>6s} {'prompt-cls':>10s} {'n':>5s}"]
+    for name in ("reward", "reward_lambda0", "clip_score"):
+        for s in ("seen", "unseen"):
+            b = m[name][s]
+            lines.append(f"{name:16s} {s:7s} {b['accuracy']:6.3f} {b['auc']:6.3f} "
+                         f"{b.get('prompt_classification_accuracy', float('nan')):10.3f} {b['n']:5d}")
+    return "\n".join(lines)
+
+
+def jsonable(m: dict) -> str:
+    return json.dumps(m, indent=2)

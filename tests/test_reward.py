@@ -1,0 +1,217 @@
+"""Lee et al.: perturbations, the reward loss on tiny encoders, rejection sampling, a LoRA fine-tune of
+a tiny random pipeline, and the four-arm comparison."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rhf_core.reward import RewardError, get_reward, perturbed_prompts, rejection_sample, top_k
+from rhf_core.reward.encoders import TinyCLIPConfig, build_tiny_clip, load_encoders
+from rhf_core.reward.model import RewardConfig, RewardHead, RewardModel, load_reward_model
+from rhf_core.reward.train import best_threshold, classification_metrics, train_head
+from rhf_core.shapes.grammar import parse_prompt
+from rhf_core.t2i import load_generator
+from rhf_core.t2i.build import build_pipeline
+from tests.test_t2i import TINY
+
+TINY_CLIP = TinyCLIPConfig(image_size=32, patch_size=8, dim=32, vision_layers=1, text_layers=1, heads=2, projection_dim=16)
+
+
+def brightness(images, prompts):
+    """A simple real reward: mean brightness of the image."""
+    return np.array([np.asarray(im, dtype=np.float32).mean() / 255 for im in images], np.float32)
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen") / "tiny-gen"
+    build_pipeline(TINY, seed=2).save_pretrained(path)
+    return load_generator(path)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    build_tiny_clip(TINY_CLIP).save(path)
+    return load_encoders(path)
+
+
+def test_grammar_perturbations_change_exactly_one_attribute():
+    prompt = "two red circles on the grass"
+    spec = parse_prompt(prompt)
+    out = perturbed_prompts(prompt, 8, rng=3)
+    assert len(out) == len(set(out)) == 8 and prompt not in out
+    for q in out:
+        other = parse_prompt(q)
+        assert other is not None
+        diffs = [a for a in ("shape", "count", "color", "background") if getattr(other, a) != getattr(spec, a)]
+        assert len(diffs) == 1, (q, diffs)
+    # A shape-only prompt can only change its shape: three alternatives exist.
+    assert sorted(perturbed_prompts("a star", 10, rng=0)) == ["a circle", "a square", "a triangle"]
+
+
+def test_free_form_perturbations_swap_numbers_colours_and_nouns():
+    out = perturbed_prompts("Two brown bears in the forest.", 6, rng=1)
+    assert len(out) == 6
+    for q in out:
+        assert q != "Two brown bears in the forest." and q.endswith(" in the forest.")
+        assert sum(a != b for a, b in zip(q.split(), "Two brown bears in the forest.".split())) == 1
+    assert perturbed_prompts("an abstract painting", 3) == []
+
+
+def test_encoders_embed_normalised_and_round_trip(clip, tmp_path):
+    imgs = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    e = clip.embed_images(imgs)
+    t = clip.embed_texts(["a red circle", "two blue squares", "a red circle"])
+    assert e.shape == (2, 16) and t.shape == (3, 16)
+    assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5) and np.allclose(t[0], t[2])
+    assert not np.allclose(t[0], t[1])
+
+
+def test_reward_head_learns_labels_and_prompt_classification():
+    """Synthetic embeddings: an image is good for text j when it matches text j's embedding."""
+    rng = np.random.default_rng(0)
+    d, m = 16, 24
+    table = rng.normal(size=(m, d)).astype(np.float32)
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    n = 1500
+    true = rng.integers(m, size=n)
+    img = table[true] + 0.1 * rng.normal(size=(n, d)).astype(np.float32)
+    good = rng.random(n) < 0.5
+    shown = np.where(good, true, (true + rng.integers(1, m, size=n)) % m)  # bad: paired with another text
+    negatives = np.stack([(shown + s) % m for s in range(1, 5)], axis=1)
+    negatives[::7, 2:] = -1  # fewer perturbations for some prompts: padded
+    labels = good.astype(np.float32)
+    tr, te = slice(0, 1200), slice(1200, None)
+    cfg = RewardConfig(hidden=64, lam=0.5, temperature=0.1)
+    head = train_head(img[tr], shown[tr], labels[tr], table, negatives[tr], cfg, steps=300, batch_size=128, lr=3e-3, seed=0)
+    with torch.no_grad():
+        s = head(torch.from_numpy(img[te]), torch.from_numpy(table[shown[te]])).numpy()
+    assert ((s >= 0.5) == good[te]).mean() > 0.9
+    assert 0 < s.min() and s.max() < 1  # sigmoid output
+    m_ = classification_metrics(s, labels[te], 0.5)
+    assert m_["auc"] > 0.95 and m_["n"] == 300
+    assert best_threshold(np.array([0.1, 0.4, 0.6, 0.9]), np.array([0, 0, 1, 1.0])) == 0.6
+
+
+def test_reward_model_save_load_scores_identically(clip, tmp_path):
+    head = RewardHead(clip.dim, 32)
+    model = RewardModel(clip, head, RewardConfig(encoders=str(clip.name), hidden=32))
+    model.save(tmp_path / "rm", metrics={"x": 1})
+    again = load_reward_model(tmp_path / "rm", encoders=clip)
+    imgs = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(3)]
+    prompts = ["a red circle", "two stars", "a red circle"]
+    assert np.allclose(model(imgs, prompts), again(imgs, prompts))
+    assert json.loads((tmp_path / "rm" / "metrics.json").read_text()) == {"x": 1}
+    with pytest.raises(RewardError, match="3 images but 2 prompts"):
+        model(imgs, prompts[:2])
+    with pytest.raises(RewardError, match="not a reward model folder"):
+        load_reward_model(tmp_path)
+
+
+def test_rewards_by_name():
+    with pytest.raises(RewardError, match="unknown reward 'clip-magic'"):
+        get_reward("clip-magic")
+    judge = get_reward("judge")
+    from rhf_core.shapes.dataset import generate_sample
+
+    s = generate_sample(0, seed=3)
+    r = judge([s.image()], [s.prompt])
+    assert r.shape == (1,) and r[0] in (-0.5, 0.0, 0.5, 1.0)
+    with pytest.raises(RewardError, match="only reads ShapesWorld prompts"):
+        judge([s.image()], ["a photo of a cat"])
+
+
+def test_rejection_sampling_keeps_the_top_k(gen):
+    out = rejection_sample(gen, ["a red circle", "two stars"], n=5, k=2, reward=brightness, steps=2)
+    assert len(out) == 2
+    for s in out:
+        assert len(s.images) == 5 and s.rewards.shape == (5,) and len(s.best) == 2
+        assert np.allclose(s.rewards, brightness(s.images, [s.prompt] * 5))
+        assert s.best_rewards[0] == s.rewards.max() and s.best_rewards[0] >= s.best_rewards[1]
+        assert set(s.best) == set(np.argsort(-s.rewards)[:2])
+    assert list(top_k(np.array([0.2, 0.9, 0.9, 0.1]), 3)) == [1, 2, 0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompts": [], "k": 1}, "prompt set is empty"),
+    ({"prompts": ["a star"], "n": 4, "k": 5}, "best 5 of 4"),
+    ({"prompts": ["a star"], "n": 4, "k": 0}, "best 0 of 4"),
+])
+def test_rejection_sampling_bad_inputs(gen, kwargs, message):
+    with pytest.raises(RewardError, match=message):
+        rejection_sample(gen, reward=brightness, steps=2, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def adapter(gen, tmp_path_factory):
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("ft")
+    (root / "prompts.txt").write_text("a red circle\ntwo blue squares\n")
+    pre = root / "pre"
+    pre.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 80, 120)).save(pre / f"p{i}.png")
+        (pre / f"p{i}.txt").write_text("a square")
+    cfg = FinetuneConfig(name="tiny", out=str(root / "adapter"), prompts=str(root / "prompts.txt"), per_prompt=3,
+                         beta=0.5, pretrain_folder=str(pre), rank=4, steps=4, batch_size=4, lr=5e-2, save_every=2)
+    stages = []
+    path = finetune(cfg, generator=gen, reward=brightness, resume=False, progress=lambda s, f: stages.append(s))
+    assert {"generating", "scoring", "fine-tuning"} <= set(stages)
+    return path
+
+
+def test_lora_fine_tune_changes_outputs_and_round_trips(gen, adapter, tmp_path):
+    info = json.loads((adapter / "adapter.json").read_text())
+    assert info["beta_used"] == 0.5 and info["steps_done"] == 4 and info["complete"]
+    assert info["reward_stats"]["n"] == 6 and [e["step"] for e in info["log"]] == [2, 4]
+    assert (adapter / "pytorch_lora_weights.safetensors").is_file()
+    unet = gen.pipe.unet
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eps = unet(x, 500, cond).sample
+    base = np.asarray(gen.generate("a red circle", n=1, seed=0, steps=3)[0][0], dtype=np.int16)
+    gen.load_lora(adapter)
+    with torch.no_grad():
+        eps_tuned = unet(x, 500, cond).sample
+    tuned = np.asarray(gen.generate("a red circle", n=1, seed=0, steps=3)[0][0], dtype=np.int16)
+    gen.unload_lora()
+    assert (eps_tuned - eps).norm() > 0.01 * eps.norm()  # the adapter changes the UNet's prediction
+    assert np.abs(tuned - base).mean() > 0.1  # and so the images
+    again = np.asarray(gen.generate("a red circle", n=1, seed=0, steps=3)[0][0], dtype=np.int16)
+    assert np.array_equal(again, base)  # unloading restores the original model
+    fresh = load_generator(gen.pipe.config._name_or_path).load_lora(adapter)  # a new process would do this
+    assert np.abs(np.asarray(fresh.generate("a red circle", n=1, seed=0, steps=3)[0][0], dtype=np.int16) - tuned).max() <= 1
+
+
+def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
+    from rhf_core.rahf import load_rahf
+    from rhf_core.reward.compare import ARMS, run_comparison, summarize
+
+    rahf = load_rahf()
+    prompts = ["a red circle", "two blue squares on the sand", "a cat on a sofa"]
+    c = run_comparison(gen, str(adapter), prompts, n=4, k=2, reward_name="brightness", reward=brightness,
+                       predictor=rahf, encoders=clip, steps=2)
+    assert c.settings["cached"] is False and c.images["original"].shape == (3, 4, 32, 32, 3)
+    s = summarize(c)
+    assert list(s) == list(ARMS)
+    assert s["original best-k"]["mean_reward"] >= s["original random"]["mean_reward"]
+    assert s["fine-tuned best-k"]["mean_reward"] >= s["fine-tuned random"]["mean_reward"]
+    assert s["original random"]["win"] == 0 and s["original random"]["tie"] == 1
+    assert set(s["original random"]["alignment_by_category"]) == {"color", "combination"}  # the cat is not judged
+    assert np.isnan(c.aligned["original"][2]).all()
+    assert 0 <= s["fine-tuned random"]["diversity"] <= 2
+    again = run_comparison(gen, str(adapter), prompts, n=4, k=3, reward_name="brightness", reward=brightness,
+                           predictor=rahf, encoders=clip, steps=2)
+    assert again.settings["cached"] is True and np.array_equal(again.rewards["fine-tuned"], c.rewards["fine-tuned"])
+    with pytest.raises(RewardError, match="prompt set is empty"):
+        run_comparison(gen, str(adapter), ["  "], reward=brightness)
+    with pytest.raises(RewardError, match="best 5 of 4"):
+        run_comparison(gen, str(adapter), prompts, n=4, k=5, reward=brightness)
+    with pytest.raises(RewardError, match="no fine-tuned adapter"):
+        run_comparison(gen, "/nonexistent", prompts, reward=brightness)
