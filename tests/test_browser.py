@@ -173,3 +173,31 @@ def test_bad_spec_in_the_browser(server, page):
     _settled(page)
     expect(page.get_by_text(re.compile("Could not open dataset"))).to_be_visible()
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_repair_page_in_the_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/repair?ds={SPEC}")
+    _settled(page)
+    expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
+    page.get_by_role("button", name="Repair").click()
+    expect(page.get_by_text("Candidates, most plausible first")).to_be_visible()
+    _settled(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    expect(page.get_by_text(re.compile(r"after \(best candidate #\d\)"))).to_be_visible()
+    assert page.locator("[data-testid='stImage'] img").count() >= 3 + 4 + 2 * 4
+    page.screenshot(path=str(ARTIFACTS / "repair-after.png"), full_page=True)
+
+
+def test_lee_page_in_the_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/lee?ds={SPEC}")
+    _settled(page)
+    page.get_by_role("button", name="Compare").click()
+    expect(page.get_by_text("Measures per arm")).to_be_visible()
+    _settled(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.locator(".js-plotly-plot").count() == 3
+    page.screenshot(path=str(ARTIFACTS / "lee-compare.png"), full_page=True)

@@ -1,0 +1,60 @@
+"""AppTest for the rejection sampling vs fine-tuning page, on the shipped generator, adapter and reward."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["ds"] = "shapes:n=60,seed=4"
+    at.run()
+    at.switch_page("app_pages/lee.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_compare_four_arms_on_free_text_prompts():
+    at = open_page()
+    assert any("lee-shapes (shipped)" == o for o in at.selectbox(key="lee_adapter").options)
+    at.radio(key="lee_set").set_value("Free text").run()
+    at.text_area(key="lee_text").input("a red circle\ntwo blue squares on the sand").run()
+    at.slider(key="lee_n").set_value(4).run()
+    at.slider(key="lee_k").set_value(2).run()
+    at.selectbox(key="lee_reward").set_value("judge").run()
+    at.button(key="lee_run").click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table.index) == ["original random", "original best-k", "fine-tuned random", "fine-tuned best-k"]
+    assert (table.loc["original best-k", "mean reward"] >= table.loc["original random", "mean reward"])
+    assert table.loc["original random", "tie"] == 1.0
+    assert len(at.get("plotly_chart")) == 3
+    captions = [c for img in at.image for c in img.captions]
+    assert sum("reward" in c for c in captions) == 4 * 2
+    assert any("judge ✓" in c or "judge ✗" in c for c in captions)
+    # k is only a pick among the n samples: changing it re-uses the run.
+    at.slider(key="lee_k").set_value(3).run()
+    assert sum("reward" in c for img in at.image for c in img.captions) == 4 * 3
+    # The same settings in a new session come from the disk cache.
+    again = open_page()
+    again.radio(key="lee_set").set_value("Free text").run()
+    again.text_area(key="lee_text").input("a red circle\ntwo blue squares on the sand").run()
+    again.slider(key="lee_n").set_value(4).run()
+    again.slider(key="lee_k").set_value(2).run()
+    again.selectbox(key="lee_reward").set_value("judge").run()
+    again.button(key="lee_run").click().run()
+    assert any("From the cache" in c.value for c in again.caption)
+
+
+def test_bad_inputs_show_messages():
+    at = open_page()
+    at.slider(key="lee_n").set_value(4).run()
+    at.slider(key="lee_k").set_value(6).run()
+    assert at.error and "best 6 of 4" in at.error[0].value
+    at.slider(key="lee_k").set_value(2).run()
+    at.radio(key="lee_set").set_value("Free text").run()
+    at.text_area(key="lee_text").input("   \n  ").run()
+    assert not at.exception
+    assert any("prompt set is empty" in w.value for w in at.warning)
