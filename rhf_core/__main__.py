@@ -79,6 +79,88 @@ def _eval_t2i(args) -> None:
         print(f"wrote {args.json}")
 
 
+def _sample_grid(args) -> None:
+    from rhf_core.t2i import load_generator
+    from rhf_core.t2i.evaluate import sample_grid
+
+    gen = load_generator(args.generator or None)
+    if args.adapter:
+        gen.load_lora(args.adapter)
+    prompts = args.prompts.split(";") if args.prompts else [
+        "one circle", "three squares", "a red circle", "a green triangle", "a star on the sand", "a square in the snow",
+        "two blue circles on the grass", "four yellow triangles in the ocean", "a purple circle", "two stars"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    sample_grid(gen, prompts, n=args.n, seed=args.seed).save(args.out)
+    print(f"wrote {args.out}")
+
+
+def _write_json(path: str, result: dict) -> None:
+    if path:
+        from rhf_core.cache import atomic_write_text
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def _train_clip(args) -> None:
+    from rhf_core.reward.encoders import train_tiny_clip
+
+    result = train_tiny_clip(args.out, n=args.n, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    _write_json(str(Path(args.out) / "train_log.json"), result)
+
+
+def _train_reward(args) -> None:
+    from rhf_core.reward.model import RewardConfig
+    from rhf_core.reward.train import RewardTrainConfig, format_metrics, train_reward
+
+    cfg = RewardTrainConfig(out=args.out, generator=args.generator, per_prompt=args.per_prompt,
+                            train_prompts=args.train_prompts, heldout_prompts=args.heldout_prompts, seed=args.seed,
+                            steps=args.steps, model=RewardConfig(encoders=args.encoders, lam=args.lam,
+                                                                 temperature=args.temperature, n_perturbed=args.n_perturbed))
+    _, metrics = train_reward(cfg)
+    print(format_metrics(metrics))
+    print(f"saved the reward model and metrics.json to {args.out}")
+
+
+def _finetune(args) -> None:
+    from tqdm.auto import tqdm
+
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(name=args.name, out=args.out, generator=args.generator, reward=args.reward,
+                         prompts=args.prompts, n_prompts=args.n_prompts, per_prompt=args.per_prompt, beta=args.beta,
+                         pretrain_folder=args.pretrain_folder, rank=args.rank, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    bars: dict = {}
+
+    def progress(stage: str, frac: float) -> None:
+        bar = bars.setdefault(stage, tqdm(total=1000, desc=stage, leave=False))
+        bar.n = int(frac * 1000)
+        bar.refresh()
+
+    out = finetune(cfg, resume=not args.no_resume, progress=progress)
+    print(f"saved the adapter to {out}")
+
+
+def _eval_lee(args) -> None:
+    from rhf_core.reward.experiment import format_experiment, lee_experiment
+
+    result = lee_experiment(adapters=args.adapters.split(","), n_prompts=args.n_prompts, n=args.n, k=args.k,
+                            reward_name=args.reward, seed=args.seed)
+    print(format_experiment(result))
+    _write_json(args.json, result)
+
+
+def _eval_repair(args) -> None:
+    from rhf_core.repair import evaluate_repair
+
+    result = evaluate_repair(n=args.n, seed=args.seed, threshold=args.threshold, threshold_mode=args.mode,
+                             dilation=args.dilation, candidates=args.candidates)
+    print(json.dumps(result, indent=2))
+    _write_json(args.json, result)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rhf_core", description="Rich Human Feedback Studio commands")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -145,6 +227,75 @@ def main(argv=None) -> int:
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--json", default="")
     v.set_defaults(func=_eval_t2i)
+
+    sg = sub.add_parser("sample-grid", help="a PNG grid of generator samples with the judge's verdicts")
+    sg.add_argument("--generator", default="")
+    sg.add_argument("--adapter", default="", help="LoRA adapter folder to load first")
+    sg.add_argument("--prompts", default="", help="prompts separated by ';' (default: a few of each category)")
+    sg.add_argument("--n", type=int, default=6)
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--out", default="cache/t2i-grid.png")
+    sg.set_defaults(func=_sample_grid)
+
+    c = sub.add_parser("train-clip", help="train the small ShapesWorld CLIP (reward encoders) contrastively")
+    c.add_argument("--out", default="rhf_core/assets/clip-shapes")
+    c.add_argument("--n", type=int, default=20000, help="(render, prompt) pairs")
+    c.add_argument("--steps", type=int, default=1500)
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_train_clip)
+
+    r = sub.add_parser("train-reward", help="Lee et al.'s reward model on judge-labelled generations, with baselines")
+    r.add_argument("--out", default="rhf_core/assets/reward-shapes")
+    r.add_argument("--generator", default="", help="pipeline whose samples are labelled (default: embedded)")
+    r.add_argument("--encoders", default="", help="CLIP hub id or folder (default: the embedded ShapesWorld CLIP)")
+    r.add_argument("--per-prompt", type=int, default=6)
+    r.add_argument("--train-prompts", type=int, default=300)
+    r.add_argument("--heldout-prompts", type=int, default=60)
+    r.add_argument("--lam", type=float, default=0.5, help="weight of the prompt-classification loss")
+    r.add_argument("--temperature", type=float, default=0.1)
+    r.add_argument("--n-perturbed", type=int, default=8)
+    r.add_argument("--steps", type=int, default=1500)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=_train_reward)
+
+    f = sub.add_parser("finetune", help="reward-weighted LoRA fine-tuning of a generator (Lee et al.)")
+    f.add_argument("--name", default="lee-shapes")
+    f.add_argument("--out", default="", help="adapter folder (default: cache/adapters/<name>)")
+    f.add_argument("--generator", default="")
+    f.add_argument("--reward", default="lee", help="lee, rahf-alignment, rahf-plausibility, rahf-overall or judge")
+    f.add_argument("--prompts", default="train", help="'train' (the grammar's training prompts) or a text file")
+    f.add_argument("--n-prompts", type=int, default=300)
+    f.add_argument("--per-prompt", type=int, default=8)
+    f.add_argument("--beta", type=float, default=1.0, help="weight of the pre-training denoising loss")
+    f.add_argument("--pretrain-folder", default="", help="image + .txt caption pairs (real models)")
+    f.add_argument("--rank", type=int, default=8)
+    f.add_argument("--steps", type=int, default=600)
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--no-resume", action="store_true")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_finetune)
+
+    le = sub.add_parser("eval-lee", help="rejection sampling vs fine-tuning on held-out prompts, judged")
+    le.add_argument("--adapters", default="rhf_core/assets/adapters/lee-shapes,rhf_core/assets/adapters/lee-shapes-beta0")
+    le.add_argument("--n-prompts", type=int, default=40, help="held-out prompts per split (seen, unseen)")
+    le.add_argument("--n", type=int, default=16)
+    le.add_argument("--k", type=int, default=4)
+    le.add_argument("--reward", default="lee")
+    le.add_argument("--seed", type=int, default=11)
+    le.add_argument("--json", default="")
+    le.set_defaults(func=_eval_lee)
+
+    rp = sub.add_parser("eval-repair", help="how often inpainting repair lowers the judge's implausibility")
+    rp.add_argument("--n", type=int, default=40, help="images per set")
+    rp.add_argument("--seed", type=int, default=7)
+    rp.add_argument("--threshold", type=float, default=0.5)
+    rp.add_argument("--mode", default="relative", choices=["relative", "absolute"])
+    rp.add_argument("--dilation", type=int, default=3)
+    rp.add_argument("--candidates", type=int, default=4)
+    rp.add_argument("--json", default="")
+    rp.set_defaults(func=_eval_repair)
 
     args = ap.parse_args(argv)
     try:

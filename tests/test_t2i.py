@@ -141,3 +141,19 @@ def test_summary_counts_by_category_and_split():
     assert s["seen"]["all"]["n_images"] == 3 and s["unseen"]["all"]["n_images"] == 2
     assert s["unseen"]["single_object"]["alignment_rate"] == 0.0
     assert s["overall"]["implausible_rate"] == 0.2
+
+
+def test_embedded_generator_draws_scenes_the_judge_parses():
+    from rhf_core.judge import judge
+    from rhf_core.shapes.grammar import BACKGROUNDS
+
+    gen = load_generator()
+    assert gen.image_size == 64 and gen.name == "t2i-shapes"
+    prompts = ["a red circle", "a purple circle", "one circle"]
+    images = gen.generate(prompts, n=6, seed=0)
+    verdicts = [judge(im, p) for p, row in zip(prompts, images) for im in row]
+    assert all(v.scene["background"] in BACKGROUNDS for v in verdicts)
+    assert sum(len(v.scene["objects"]) >= 1 for v in verdicts) >= 15  # objects drawn in most images (measured 17/18)
+    assert sum(v.aligned for v in verdicts) >= 3  # a real, imperfect generator: some right, many wrong
+    red = [o["color"] for v in verdicts[:6] for o in v.scene["objects"]]
+    assert red.count("red") >= len(red) / 3  # the colour word steers the colour

@@ -100,3 +100,25 @@ def format_table(result: dict) -> str:
     o = result["overall"]
     lines.append(f"overall: alignment {o['alignment_rate']:.3f}, implausible {o['implausible_rate']:.3f} of images")
     return "\n".join(lines)
+
+
+def sample_grid(generator, prompts: list[str], n: int = 4, seed: int = 0, scale: int = 2):
+    """A PIL grid: one row per prompt, n samples, each with the judge's verdict under it
+    (green ✓ aligned / red ✗ with the misaligned words; '!' marks an implausible region)."""
+    from PIL import Image, ImageDraw
+
+    images = generator.generate(prompts, n=n, seed=seed)
+    side = generator.image_size * scale
+    label_w, cap_h = 210, 14
+    grid = Image.new("RGB", (label_w + n * (side + 4), len(prompts) * (side + cap_h + 6)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (p, row) in enumerate(zip(prompts, images)):
+        y = i * (side + cap_h + 6)
+        draw.text((4, y + side // 2 - 6), p, fill="black")
+        for j, im in enumerate(row):
+            x = label_w + j * (side + 4)
+            grid.paste(im.resize((side, side), Image.NEAREST), (x, y))
+            v = judge(im, p)
+            text = ("ok" if v.aligned else "x " + ",".join(v.misaligned_words)) + (" !" if v.implausible else "")
+            draw.text((x, y + side + 1), text[:22], fill=(0, 130, 0) if v.aligned else (200, 0, 0))
+    return grid

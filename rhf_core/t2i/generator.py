@@ -74,7 +74,7 @@ class Generator:
     def __init__(self, pipe, name: str = "", device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.pipe = pipe.to(self.device, self.dtype)
+        self.pipe = pipe.to(self.device) if pipe.unet.dtype == self.dtype else pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.name = name
         self.adapter: str | None = None
@@ -112,7 +112,7 @@ class Generator:
             raise GeneratorError(f"{path} holds no pytorch_lora_weights.safetensors (a LoRA adapter folder)")
         self.unload_lora()
         self.pipe.load_lora_weights(str(path), adapter_name="reward")
-        self.pipe.to(self.device, self.dtype)
+        self.pipe.to(self.device)
         self.adapter = str(path)
         return self
 
