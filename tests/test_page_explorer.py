@@ -43,6 +43,7 @@ def test_home_page_on_the_default_dataset():
     assert metrics["Records"] == f"{len(open_dataset('shapes')):,}"
     assert metrics["Device"] in ("CPU", "CUDA")
     assert metrics["Predictor (RAHF)"] == "rahf-shapes"
+    assert metrics["Generator"] == "t2i-shapes"
 
 
 def test_explorer_loads_on_the_default_dataset():
