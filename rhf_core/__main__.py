@@ -279,7 +279,7 @@ def main(argv=None) -> int:
 
     le = sub.add_parser("eval-lee", help="rejection sampling vs fine-tuning on held-out prompts, judged")
     le.add_argument("--adapters", default="rhf_core/assets/adapters/lee-shapes,rhf_core/assets/adapters/lee-shapes-beta0")
-    le.add_argument("--n-prompts", type=int, default=40, help="held-out prompts per split (seen, unseen)")
+    le.add_argument("--n-prompts", type=int, default=12, help="held-out prompts per split (seen, unseen)")
     le.add_argument("--n", type=int, default=16)
     le.add_argument("--k", type=int, default=4)
     le.add_argument("--reward", default="lee")
