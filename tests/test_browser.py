@@ -187,7 +187,9 @@ def test_repair_page_in_the_browser(server, page):
     assert page.locator("[data-testid='stException']").count() == 0
     expect(page.get_by_text(re.compile(r"after \(best candidate #\d\)"))).to_be_visible()
     assert page.locator("[data-testid='stImage'] img").count() >= 3 + 4 + 2 * 4
-    page.screenshot(path=str(ARTIFACTS / "repair-after.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "repair-after.png"))
+    page.get_by_text("Candidates, most plausible first").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "repair-candidates.png"))
 
 
 def test_lee_page_in_the_browser(server, page):
@@ -195,9 +197,13 @@ def test_lee_page_in_the_browser(server, page):
 
     page.goto(f"{server}/lee?ds={SPEC}")
     _settled(page)
+    page.get_by_text("Free text", exact=True).click()  # the three example prompts: 3 × 16 × 2 images
+    _settled(page)
     page.get_by_role("button", name="Compare").click()
-    expect(page.get_by_text("Measures per arm")).to_be_visible()
+    expect(page.get_by_text("Measures per arm")).to_be_visible(timeout=300_000)
     _settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     assert page.locator(".js-plotly-plot").count() == 3
-    page.screenshot(path=str(ARTIFACTS / "lee-compare.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "lee-compare.png"))
+    page.get_by_text("Images", exact=True).scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "lee-images.png"))
