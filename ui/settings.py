@@ -40,32 +40,30 @@ def generator_settings() -> None:
                            "downloaded. Empty: the embedded ShapesWorld generator.")
 
 
+def _load_from_sidebar(key: str, what: str, loader, stop_on_error: bool):
+    """`loader(value of the sidebar field key)`; a bad value shows a readable error (and stops the page)."""
+    value = str(st.session_state.get(key) or "").strip()
+    try:
+        return loader(value)
+    except RHFError as e:
+        st.error(f"Could not load {what} `{value or 'embedded'}`: {e}")
+        if stop_on_error:
+            st.stop()
+        return None
+
+
 def current_generator(stop_on_error: bool = True):
     """The generator named in the sidebar; a bad path shows a readable error."""
     from ui.loaders import load_generator
 
-    name = str(st.session_state.get("gen") or "").strip()
-    try:
-        return load_generator(name)
-    except RHFError as e:
-        st.error(f"Could not load the generator `{name or 'embedded'}`: {e}")
-        if stop_on_error:
-            st.stop()
-        return None
+    return _load_from_sidebar("gen", "the generator", load_generator, stop_on_error)
 
 
 def current_predictor(stop_on_error: bool = True):
     """The RAHF predictor named in the sidebar; a bad path shows a readable error."""
     from ui.loaders import load_predictor
 
-    path = str(st.session_state.get("rahf") or "").strip()
-    try:
-        return load_predictor(path)
-    except RHFError as e:
-        st.error(f"Could not load the RAHF checkpoint `{path or 'embedded'}`: {e}")
-        if stop_on_error:
-            st.stop()
-        return None
+    return _load_from_sidebar("rahf", "the RAHF checkpoint", load_predictor, stop_on_error)
 
 
 def current_spec() -> tuple[str, str | None]:
