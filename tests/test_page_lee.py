@@ -16,15 +16,20 @@ def open_page() -> AppTest:
     return at
 
 
-def test_compare_four_arms_on_free_text_prompts():
-    at = open_page()
-    assert any("lee-shapes (shipped)" == o for o in at.selectbox(key="lee_adapter").options)
+def compare_two_prompts(at: AppTest) -> AppTest:
+    """Free text, two prompts, n = 4, k = 2, the judge reward; press Compare."""
     at.radio(key="lee_set").set_value("Free text").run()
     at.text_area(key="lee_text").input("a red circle\ntwo blue squares on the sand").run()
     at.slider(key="lee_n").set_value(4).run()
     at.slider(key="lee_k").set_value(2).run()
     at.selectbox(key="lee_reward").set_value("judge").run()
-    at.button(key="lee_run").click().run()
+    return at.button(key="lee_run").click().run()
+
+
+def test_compare_four_arms_on_free_text_prompts():
+    at = open_page()
+    assert any("lee-shapes (shipped)" == o for o in at.selectbox(key="lee_adapter").options)
+    compare_two_prompts(at)
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table.index) == ["original random", "original best-k", "fine-tuned random", "fine-tuned best-k"]
@@ -38,13 +43,7 @@ def test_compare_four_arms_on_free_text_prompts():
     at.slider(key="lee_k").set_value(3).run()
     assert sum("reward" in c for img in at.image for c in img.captions) == 4 * 3
     # The same settings in a new session come from the disk cache.
-    again = open_page()
-    again.radio(key="lee_set").set_value("Free text").run()
-    again.text_area(key="lee_text").input("a red circle\ntwo blue squares on the sand").run()
-    again.slider(key="lee_n").set_value(4).run()
-    again.slider(key="lee_k").set_value(2).run()
-    again.selectbox(key="lee_reward").set_value("judge").run()
-    again.button(key="lee_run").click().run()
+    again = compare_two_prompts(open_page())
     assert any("From the cache" in c.value for c in again.caption)
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
 from rhf_core.reward.finetune import load_adapter_info
-from rhf_core.reward.train import prompt_split
+from rhf_core.reward.train import default_prompt_split
 
 
 def heldout_prompts(n_prompts: int) -> dict[str, list[str]]:
     """Seen-combination prompts used by no training step, and unseen-combination prompts."""
-    sets = prompt_split(300, 60, 0)
+    sets = default_prompt_split()
     return {"seen": sets["seen"][:n_prompts], "unseen": sets["unseen"][:n_prompts]}
 
 

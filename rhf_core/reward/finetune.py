@@ -55,9 +55,9 @@ class FinetuneConfig:
 
 def fine_tune_prompts(cfg: FinetuneConfig) -> list[str]:
     if cfg.prompts == "train":
-        from rhf_core.reward.train import prompt_split
+        from rhf_core.reward.train import default_prompt_split
 
-        return prompt_split(300, 60, 0)["train"][: cfg.n_prompts]
+        return default_prompt_split()["train"][: cfg.n_prompts]
     path = Path(cfg.prompts)
     if not path.is_file():
         raise RewardError(f"prompt file not found: {path}")

@@ -56,6 +56,13 @@ def prompt_split(n_train: int, n_heldout: int, seed: int) -> dict[str, list[str]
     return {"train": seen[:n_train], "seen": seen[n_train:n_train + n_heldout], "unseen": unseen[:n_heldout]}
 
 
+def default_prompt_split() -> dict[str, list[str]]:
+    """The prompt sets the shipped reward model was trained and evaluated on (the config's defaults):
+    fine-tuning uses its train prompts, the Lee experiment its held-out ones."""
+    cfg = RewardTrainConfig()
+    return prompt_split(cfg.train_prompts, cfg.heldout_prompts, cfg.seed)
+
+
 def labelled_generations(generator, sets: dict[str, list[str]], per_prompt: int, seed: int) -> Labelled:
     """Generate and judge (cached on disk by generator weights, prompts and seed)."""
     from rhf_core.judge import judge
