@@ -11,7 +11,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import RHFError
 from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
 from rhf_core.images import load_image
-from rhf_core.repair import RepairError, repair, repair_mask
+from rhf_core.repair import RANKINGS, RepairError, repair, repair_mask
 from ui.components import upscale
 from ui.settings import current_dataset, current_generator, current_predictor
 
@@ -196,6 +196,14 @@ if stored[0] != run_key:
     st.info("The image, mask or settings changed since the last repair: press Repair to run again.")
     st.stop()
 result = stored[1]
+RANK_LABELS = {"plausibility": "predicted plausibility (RichHF)",
+               "plausibility+alignment": "predicted plausibility + alignment"}
+rank = st.radio("Keep the candidate with the highest", list(RANK_LABELS), format_func=RANK_LABELS.get,
+                horizontal=True, key="rep_rank",
+                help="An inpainter that paints background over the object looks plausible too; adding RAHF's "
+                     "alignment score prefers candidates that keep what the prompt asks for. Re-ranks without "
+                     "re-running.")
+result.candidates = sorted(result.candidates, key=RANKINGS[rank], reverse=True)
 
 
 def verdict_text(v) -> str:
@@ -224,12 +232,13 @@ d1, d2 = st.columns(2)
 d1.download_button("Download the repaired image", png_bytes(best.image), file_name="repaired.png", mime="image/png")
 d2.download_button("Download the mask", png_bytes(result.mask_image), file_name="mask.png", mime="image/png")
 
-st.subheader("Candidates, most plausible first")
+st.subheader(f"Candidates, best first by {RANK_LABELS[rank]}")
 per_row = 4
 for start in range(0, len(result.candidates), per_row):
     for cand, col in zip(result.candidates[start:start + per_row], st.columns(per_row)):
         col.image(upscale(cand.image, VIEW // 2), width="stretch",
-                  caption=f"#{cand.index} · plausibility {cand.plausibility:.2f}")
+                  caption=f"#{cand.index} · plausibility {cand.plausibility:.2f} · "
+                          f"alignment {cand.scores['alignment']:.2f}")
         col.image(upscale(colorize_heatmap(cand.heatmaps[heat_type]), VIEW // 2), width="stretch",
                   caption=f"predicted {heat_type}")
         if cand.judge is not None:

@@ -59,6 +59,7 @@ def _train_t2i(args) -> None:
                           vae_channels=tuple(int(c) for c in args.vae_channels.split(",")))
     cfg = T2ITrainConfig(out=args.out, n_images=args.n_images, seed=args.seed, vae_steps=args.vae_steps,
                          unet_steps=args.unet_steps, unet_batch=args.batch_size, unet_lr=args.lr,
+                         lr_schedule=args.lr_schedule, ema_decay=args.ema, snr_gamma=args.snr_gamma,
                          state_dir=args.state_dir or None, model=model)
     train_t2i(cfg, resume=not args.no_resume)
     print(f"saved the pipeline to {args.out}")
@@ -212,6 +213,9 @@ def main(argv=None) -> int:
     g.add_argument("--unet-steps", type=int, default=3000)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    g.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
+    g.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR loss weighting gamma (0 = plain MSE)")
     g.add_argument("--unet-channels", default="32,64,64")
     g.add_argument("--vae-channels", default="16,32,32")
     g.add_argument("--state-dir", default="", help="resumable state (default: cache/t2i-train/<out name>)")

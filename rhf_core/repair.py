@@ -22,6 +22,12 @@ from rhf_core.heatmaps import heatmap_to_mask, mask_to_image, resize_heatmap
 from rhf_core.images import load_image
 
 HEATMAP_TYPES = ("implausibility", "misalignment")
+# How candidates are ranked (best first). RichHF kept the most plausible; an inpainter that paints
+# background over the object is "plausible" too, so the second ranking also asks RAHF for alignment.
+RANKINGS = {
+    "plausibility": lambda c: c.plausibility,
+    "plausibility+alignment": lambda c: c.plausibility + float(c.scores["alignment"]),
+}
 
 
 class RepairError(RHFError, ValueError):
@@ -99,8 +105,11 @@ def repair_mask(image_size: tuple[int, int], *, heatmap_array: np.ndarray | None
 def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int = 4, seed: int = 0,
            heatmap: str = "implausibility", predictor=None, generator=None, threshold_mode: str = "absolute",
            heatmap_array: np.ndarray | None = None, mask=None, steps: int = 25, guidance: float = 7.5,
-           progress: Callable[[str, float], None] | None = None) -> RepairResult:
-    """Run the repair loop; see the module docstring. `progress(stage, fraction)` is called as it goes."""
+           rank: str = "plausibility", progress: Callable[[str, float], None] | None = None) -> RepairResult:
+    """Run the repair loop; see the module docstring. `progress(stage, fraction)` is called as it goes.
+    `rank`: "plausibility" (RichHF) or "plausibility+alignment" (sum of RAHF's two predicted scores)."""
+    if rank not in RANKINGS:
+        raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
     if heatmap not in HEATMAP_TYPES:
         raise RepairError(f"unknown heatmap type {heatmap!r}; use one of {', '.join(HEATMAP_TYPES)}")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -140,7 +149,7 @@ def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int
     preds = predictor.predict(images, [prompt] * len(images))
     cands = [Candidate(im, p.scores, p.heatmaps, j, judge_if_shapes(im, prompt))
              for j, (im, p) in enumerate(zip(images, preds))]
-    result.candidates = sorted(cands, key=lambda c: -c.plausibility)
+    result.candidates = sorted(cands, key=RANKINGS[rank], reverse=True)
     return result
 
 
@@ -193,33 +202,46 @@ def evaluate_repair(n: int = 40, seed: int = 7, threshold: float = 0.5, threshol
     for kind in ("shapes", "generated"):
         items = _implausible_images(kind, n, seed, generator)
         for source in (("predicted", "ground truth") if kind == "shapes" else ("predicted",)):
-            rows = []
+            rows: dict[str, list[dict]] = {}
             for _, img, prompt, gt in items:
                 r = repair(img, prompt, threshold=threshold, threshold_mode=threshold_mode, dilation=dilation,
                            n=candidates, seed=seed, steps=steps, predictor=predictor, generator=generator,
                            heatmap_array=gt if source == "ground truth" else None)
                 b = r.before
-                a = r.best or r.before
-                area_b, area_a = float(b.judge.implausibility.mean()), float(a.judge.implausibility.mean())
-                rows.append({"empty_mask": r.empty, "mask_share": r.mask_share, "area_before": area_b,
-                             "area_after": area_a, "fell": area_a < area_b, "fixed": area_a == 0.0,
-                             "aligned_before": b.judge.aligned, "aligned_after": a.judge.aligned,
-                             "plaus_before": b.plausibility, "plaus_after": a.plausibility})
-            k = len(rows)
-            mean = lambda key: round(float(np.mean([r[key] for r in rows])), 4) if rows else float("nan")  # noqa: E731
-            out[f"{kind} / {source} heatmap"] = {
-                "images": k,
-                "empty_masks": int(sum(r["empty_mask"] for r in rows)),
-                "mean_mask_share": mean("mask_share"),
-                "share_judge_implausibility_fell": mean("fell"),
-                "share_judge_implausibility_gone": mean("fixed"),
-                "mean_judge_implausible_area_before": mean("area_before"),
-                "mean_judge_implausible_area_after": mean("area_after"),
-                "aligned_before": mean("aligned_before"),
-                "aligned_after": mean("aligned_after"),
-                "mean_predicted_plausibility_before": mean("plaus_before"),
-                "mean_predicted_plausibility_after": mean("plaus_after"),
-                "mean_predicted_plausibility_change": round(float(np.mean([r["plaus_after"] - r["plaus_before"] for r in rows])), 4) if rows else float("nan"),
-            }
+                for name, key in RANKINGS.items():
+                    a = max(r.candidates, key=key) if r.candidates else b
+                    area_b, area_a = float(b.judge.implausibility.mean()), float(a.judge.implausibility.mean())
+                    rows.setdefault(name, []).append({
+                        "empty_mask": r.empty, "mask_share": r.mask_share, "area_before": area_b,
+                        "area_after": area_a, "fell": area_a < area_b, "fixed": area_a == 0.0,
+                        "aligned_before": b.judge.aligned, "aligned_after": a.judge.aligned,
+                        "plaus_before": b.plausibility, "plaus_after": a.plausibility,
+                        "align_before": float(b.scores["alignment"]), "align_after": float(a.scores["alignment"])})
+            blocks = {name: _repair_summary(rs) for name, rs in rows.items()}
+            main = blocks.pop("plausibility")
+            for name, block in blocks.items():  # the same candidates, another ranking
+                main[f"ranked by {name}"] = {k: v for k, v in block.items()
+                                             if k not in ("images", "empty_masks", "mean_mask_share")}
+            out[f"{kind} / {source} heatmap"] = main
     out["settings"]["seconds"] = round(time.time() - t0, 1)
     return out
+
+
+def _repair_summary(rows: list[dict]) -> dict:
+    mean = lambda key: round(float(np.mean([r[key] for r in rows])), 4) if rows else float("nan")  # noqa: E731
+    change = lambda a, b: round(float(np.mean([r[a] - r[b] for r in rows])), 4) if rows else float("nan")  # noqa: E731
+    return {
+        "images": len(rows),
+        "empty_masks": int(sum(r["empty_mask"] for r in rows)),
+        "mean_mask_share": mean("mask_share"),
+        "share_judge_implausibility_fell": mean("fell"),
+        "share_judge_implausibility_gone": mean("fixed"),
+        "mean_judge_implausible_area_before": mean("area_before"),
+        "mean_judge_implausible_area_after": mean("area_after"),
+        "aligned_before": mean("aligned_before"),
+        "aligned_after": mean("aligned_after"),
+        "mean_predicted_plausibility_before": mean("plaus_before"),
+        "mean_predicted_plausibility_after": mean("plaus_after"),
+        "mean_predicted_plausibility_change": change("plaus_after", "plaus_before"),
+        "mean_predicted_alignment_change": change("align_after", "align_before"),
+    }

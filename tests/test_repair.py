@@ -80,6 +80,12 @@ def test_repair_ranks_candidates_and_keeps_unmasked_pixels(parts, record):
         assert c.judge is not None  # a ShapesWorld prompt: judged before and after
     assert r.before.judge is not None
     assert np.array_equal(np.asarray(r.mask_image) == 255, r.mask)
+    # the same candidates (same seed) ranked by plausibility + alignment
+    r2 = repair(img, record.prompt, threshold=0.3, threshold_mode="relative", dilation=2, n=3, seed=0, steps=3,
+                predictor=rahf, generator=gen, rank="plausibility+alignment")
+    assert sorted(c.index for c in r2.candidates) == [0, 1, 2]
+    total = [c.plausibility + c.scores["alignment"] for c in r2.candidates]
+    assert total == sorted(total, reverse=True)
 
 
 def test_ground_truth_heatmap_and_user_mask_sources(parts, record):
@@ -107,6 +113,7 @@ def test_an_empty_mask_is_reported_not_inpainted(parts, record):
     ({"heatmap": "aesthetics"}, "unknown heatmap type"),
     ({"mask": np.ones((10, 10), bool)}, "10×10 but the image is 64×64"),
     ({"threshold": 1.5}, "threshold must be in"),
+    ({"rank": "aesthetics"}, "unknown ranking"),
 ])
 def test_bad_repair_requests(parts, record, kwargs, message):
     rahf, gen = parts
@@ -157,6 +164,16 @@ def test_page_sliders_move_the_mask_and_repair_runs(tiny_gen_dir, record):
     assert any(c.startswith("after (best candidate") for c in captions)
     assert [m.label for m in at.metric][:4] == ["Plausibility", "Alignment", "Aesthetics", "Overall"]
     assert any("judge:" in c.value for c in at.caption)
+    # Re-ranking by plausibility + alignment re-sorts the same candidates without a new run.
+    def ranked():
+        caps = [c for img in at.image for c in img.captions if c.startswith("#") and "alignment" in c]
+        return [(float(c.split("plausibility ")[1].split(" ")[0]), float(c.split("alignment ")[1])) for c in caps]
+    assert [p for p, _ in ranked()] == sorted((p for p, _ in ranked()), reverse=True)
+    at.radio(key="rep_rank").set_value("plausibility+alignment").run()
+    assert not at.exception and not at.info, (at.exception, at.info)
+    totals = [p + a for p, a in ranked()]  # captions round each score to 0.01
+    assert all(x >= y - 0.011 for x, y in zip(totals, totals[1:])), totals
+    assert at.subheader[-1].value.endswith("plausibility + alignment")
     # Moving a slider after a run asks for a new run instead of showing stale results.
     at.slider(key="rep_dilation").set_value(1).run()
     assert any("press Repair" in i.value for i in at.info)

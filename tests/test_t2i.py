@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rhf_core.t2i import GeneratorError, load_generator
@@ -124,6 +125,34 @@ def test_train_t2i_runs_resumes_and_saves_a_loadable_pipeline(tmp_path):
     g = load_generator(tmp_path / "out")
     assert g.pipe.vae.config.scaling_factor != 0.18215  # fitted to the latents
     assert g.generate("one circle", n=1, steps=2)[0][0].size == (32, 32)
+
+
+def test_train_t2i_with_ema_saves_the_average_and_resumes_it(tmp_path):
+    from safetensors.torch import load_file
+
+    from rhf_core.t2i.train import T2ITrainConfig, _lr, train_t2i
+
+    assert _lr(500, 1000, warmup=100, schedule="constant") == 1.0
+    assert _lr(999, 1000, warmup=100, schedule="cosine") < 1e-4
+    with pytest.raises(ValueError, match="schedule"):
+        _lr(0, 10, schedule="linear")
+    cfg = T2ITrainConfig(out=str(tmp_path / "out"), n_images=16, vae_steps=2, vae_batch=4, unet_steps=2,
+                         unet_batch=4, save_every=1, state_dir=str(tmp_path / "state"), model=TINY,
+                         unet_lr=1e-2, lr_schedule="constant", ema_decay=0.99, snr_gamma=5.0)
+    train_t2i(cfg, resume=False)
+    state = tmp_path / "state" / "unet"
+    ema = load_file(str(state / "ema_unet.safetensors"))
+    raw = load_file(str(state / "unet.safetensors"))
+    saved = load_file(str(tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors"))
+    key = "conv_in.weight"
+    assert not torch.allclose(ema[key], raw[key])  # the average lags the raw weights
+    assert torch.allclose(saved[key].float(), ema[key], atol=1e-3)  # and the average is what ships (fp16)
+    cfg.unet_steps = 3
+    train_t2i(cfg, resume=True)
+    from safetensors import safe_open
+
+    with safe_open(str(state / "ema_unet.safetensors"), "pt") as h:
+        assert h.metadata()["updates"] == "3"  # 2 before the resume + 1 after
 
 
 def test_summary_counts_by_category_and_split():

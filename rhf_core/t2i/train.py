@@ -40,6 +40,9 @@ class T2ITrainConfig:
     unet_batch: int = 64
     unet_lr: float = 5e-4
     uncond_prob: float = 0.1
+    lr_schedule: str = "cosine"  # "cosine" (to zero at unet_steps) or "constant" (a longer run = a resumed one)
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the UNet and text encoder and save it
+    snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023), faster convergence
     save_every: int = 200
     state_dir: str | None = None
     model: TinyT2IConfig = field(default_factory=TinyT2IConfig)
@@ -62,8 +65,60 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _lr(step: int, total: int, warmup: int = 100) -> float:
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+def _lr(step: int, total: int, warmup: int = 100, schedule: str = "cosine") -> float:
+    ramp = min(1.0, (step + 1) / warmup)
+    if schedule == "constant":
+        return ramp
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}: use 'cosine' or 'constant'")
+    return ramp * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+class _EMA:
+    """Exponential moving average of some modules' float parameters, with the usual warm-up
+    (decay min(d, (1 + n) / (10 + n)) after n updates) so an average started late is not stale."""
+
+    def __init__(self, modules: dict, decay: float, updates: int = 0):
+        self.decay, self.updates = decay, updates
+        self.shadow = {name: {k: v.detach().float().clone() for k, v in m.state_dict().items()}
+                       for name, m in modules.items()}
+
+    @torch.no_grad()
+    def update(self, modules: dict) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, m in modules.items():
+            for k, v in m.state_dict().items():
+                s = self.shadow[name][k]
+                if v.dtype.is_floating_point:
+                    s.mul_(d).add_(v.detach().float(), alpha=1 - d)
+                else:
+                    s.copy_(v)
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        for name, sd in self.shadow.items():
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(path / f"ema_{name}.safetensors.tmp"),
+                      metadata={"updates": str(self.updates)})
+            (path / f"ema_{name}.safetensors.tmp").replace(path / f"ema_{name}.safetensors")
+
+    def load(self, path: Path) -> bool:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        files = {name: path / f"ema_{name}.safetensors" for name in self.shadow}
+        if not all(f.is_file() for f in files.values()):
+            return False
+        for name, f in files.items():
+            self.shadow[name] = load_file(str(f))
+            with safe_open(str(f), "pt") as h:
+                self.updates = int((h.metadata() or {}).get("updates", 0))
+        return True
+
+    def copy_to(self, modules: dict) -> None:
+        for name, m in modules.items():
+            m.load_state_dict({k: v.to(m.state_dict()[k].dtype) for k, v in self.shadow[name].items()})
 
 
 def _save_state(path: Path, modules: dict, opt, step: int, log: list) -> None:
@@ -102,7 +157,7 @@ def train_vae(vae, images: np.ndarray, cfg: T2ITrainConfig, state: Path, resume:
     t0, losses = time.time(), []
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * _lr(step, cfg.vae_steps)
+            g["lr"] = cfg.vae_lr * _lr(step, cfg.vae_steps, schedule=cfg.lr_schedule)
         x = _pixels(images[rng.integers(len(images), size=cfg.vae_batch)])
         if cfg.vae_crop and cfg.vae_crop < x.shape[-1]:
             c = cfg.vae_crop
@@ -173,6 +228,11 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
     start, log2 = _load_state(root / "unet", {"unet": unet, "text_encoder": te}, opt) if resume else (0, [])
     if start:
         accelerator.print(f"UNet: resumed at step {start}")
+    modules = {"unet": unet, "text_encoder": te}
+    ema = _EMA(modules, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None and resume and ema.load(root / "unet"):
+        accelerator.print(f"EMA: resumed after {ema.updates} updates")
+    snr = _snr(sched) if cfg.snr_gamma > 0 else None
     unet, te, opt = accelerator.prepare(unet, te, opt)
     rng = np.random.default_rng(cfg.seed + 2 + start)
     gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
@@ -184,7 +244,7 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
     dev = accelerator.device
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.unet_lr * _lr(step, cfg.unet_steps, warmup=200)
+            g["lr"] = cfg.unet_lr * _lr(step, cfg.unet_steps, warmup=200, schedule=cfg.lr_schedule)
         idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
         lat = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
         noise = torch.randn(lat.shape, generator=gen)
@@ -194,11 +254,17 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
         drop = torch.rand(len(idx), generator=gen) < cfg.uncond_prob
         tokens[drop] = empty[0]
         pred = unet(noisy.to(dev), t.to(dev), te(tokens.to(dev))[0]).sample
-        loss = F.mse_loss(pred.float(), noise.to(dev))
+        if snr is None:
+            loss = F.mse_loss(pred.float(), noise.to(dev))
+        else:  # epsilon prediction: weight min(SNR, gamma) / SNR per sample
+            w = (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
+            loss = (F.mse_loss(pred.float(), noise.to(dev), reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            ema.update({k: accelerator.unwrap_model(m) for k, m in (("unet", unet), ("text_encoder", te))})
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.unet_steps:
@@ -209,10 +275,14 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
             if accelerator.is_main_process:
                 _save_state(root / "unet", {"unet": accelerator.unwrap_model(unet),
                                             "text_encoder": accelerator.unwrap_model(te)}, opt, step + 1, log2)
+                if ema is not None:
+                    ema.save(root / "unet")
         if should_stop is not None and should_stop():
             break
     accelerator.wait_for_everyone()
     unet, te = accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(te).eval()
+    if ema is not None:  # ship the averaged weights
+        ema.copy_to({"unet": unet, "text_encoder": te})
     pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=te, tokenizer=tok, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if accelerator.is_main_process:
@@ -220,6 +290,12 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
         atomic_write_text(out / "train_log.json", json.dumps(
             {"config": _jsonable(cfg), "log": log + log2}, indent=2) + "\n")
     return pipe
+
+
+def _snr(sched) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) of every training timestep."""
+    a = sched.alphas_cumprod.float()
+    return a / (1 - a)
 
 
 def save_pipeline(pipe, out: Path) -> None:
