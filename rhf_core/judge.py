@@ -100,31 +100,45 @@ def _soft_template(shape: str, x: float, y: float, area: float, side: int) -> np
 
 def _soft_fits(alpha: np.ndarray, mask: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
     """Each clean shape's agreement with the object's soft coverage `alpha` (1 − normalised L1,
-    searching scale, sub-pixel position and a little blur), with its binary template."""
+    searching scale, sub-pixel position and a little blur), with its binary template.
+
+    Two anchors: the coverage's centroid at about the object's area (a clean object), and the
+    object's thickest point at 50–100% of its area (a shape carrying an appendage, a smear or a fused
+    twin: these pull the centroid off the shape and add area, so a template anchored there misfits)."""
     total = float(alpha.sum())
     ys, xs = np.nonzero(alpha > 0.05)
     cy = float((alpha[ys, xs] * ys).sum() / total) + 0.5
     cx = float((alpha[ys, xs] * xs).sum() / total) + 0.5
+    anchors = [(cx, cy, (0.9, 1.0, 1.1))]
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    ty, tx = np.nonzero(dist >= dist.max() - 0.5)
+    px, py = float(tx.mean()) + 0.5, float(ty.mean()) + 0.5
+    if np.hypot(px - cx, py - cy) >= 1.0:
+        anchors.append((px, py, (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)))
     out = {}
     for shape in SHAPES:
         best = None
-        for s in (0.9, 1.0, 1.1):
-            for dy in (-0.5, 0.0, 0.5):
-                for dx in (-0.5, 0.0, 0.5):
-                    t = _soft_template(shape, cx + dx, cy + dy, total * s, alpha.shape[0])
-                    for sigma in (0.0, 0.8):
-                        tb = ndimage.gaussian_filter(t, sigma) if sigma else t
-                        score = 1.0 - np.abs(alpha - tb).sum() / max(alpha.sum() + tb.sum(), 1e-6)
-                        if best is None or score > best[0]:
-                            best = (float(score), t > 0.5)
+        for ax, ay, scales in anchors:
+            k, ox, oy = _unit(shape)
+            for s in scales:
+                for dy in (-0.5, 0.0, 0.5):
+                    for dx in (-0.5, 0.0, 0.5):
+                        t = _soft_template(shape, ax + dx, ay + dy, total * s, alpha.shape[0])
+                        for sigma in (0.0, 0.8):
+                            tb = ndimage.gaussian_filter(t, sigma) if sigma else t
+                            score = 1.0 - np.abs(alpha - tb).sum() / max(alpha.sum() + tb.sum(), 1e-6)
+                            if best is None or score > best[0]:
+                                best = (float(score), t > 0.5)
         out[shape] = best
     return out
 
 
 # A prompt's shape is accepted when its template fits nearly as well as the best one: small shapes
 # at 64 px are ambiguous (a 6-px star is round), and a defect (a melted star) changes the outline.
+# The margin shrinks as the best fit gets better: a crisp 0.95 square is not a 0.90 circle.
 SHAPE_MARGIN = 0.06
 SHAPE_MARGIN_IMPLAUSIBLE = 0.08
+SHAPE_MARGIN_SLOPE = 0.25  # margin ≤ slope × (1 − best fit)
 
 
 def _unexplained(mask: np.ndarray, tmpl: np.ndarray, area: int) -> tuple[bool, np.ndarray]:
@@ -180,7 +194,8 @@ def parse_scene(image, expected_shape: str | None = None) -> tuple[dict, list[Ju
         shape = max(fits, key=lambda sh: fits[sh][0])
         bad, region = _unexplained(mask, fits[shape][1], area)
         if expected_shape in fits and expected_shape != shape:
-            margin = SHAPE_MARGIN_IMPLAUSIBLE if bad else SHAPE_MARGIN
+            margin = min(SHAPE_MARGIN_IMPLAUSIBLE if bad else SHAPE_MARGIN,
+                         SHAPE_MARGIN_SLOPE * (1.0 - fits[shape][0]))
             if fits[expected_shape][0] >= fits[shape][0] - margin:
                 shape = expected_shape
                 bad, region = _unexplained(mask, fits[shape][1], area)
