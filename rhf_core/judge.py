@@ -28,6 +28,8 @@ from rhf_core.images import load_image
 from rhf_core.shapes.grammar import BACKGROUNDS, COLORS, PLURALS, SHAPES, PromptSpec, parse_prompt
 from rhf_core.shapes.render import shape_outline, _raster
 
+# Bumped whenever a verdict can change; disk caches of judged results include it in their keys.
+JUDGE_VERSION = 2
 CONTRASTS = np.linspace(0.5, 1.0, 11)
 MIN_OBJECT_AREA = 14  # pixels at 64 px; the smallest rendered object is ~30
 # An object is implausible when its best clean template leaves this much unexplained.

@@ -96,8 +96,11 @@ def summarize(c: Comparison) -> dict:
 
 
 def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance) -> str:
+    from rhf_core.judge import JUDGE_VERSION
+
     fp = file_fingerprint(Path(adapter).glob("*.safetensors")) if adapter else []
-    return cache_key("compare", generator.fingerprint(), fp, list(prompts), n, reward_name, seed, steps, guidance)
+    return cache_key("compare", generator.fingerprint(), fp, list(prompts), n, reward_name, seed, steps, guidance,
+                     JUDGE_VERSION)
 
 
 def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: int = 4, reward_name: str = "lee",

@@ -125,8 +125,11 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
     """Generate, score and encode D_model (cached on disk)."""
     from rhf_core.cache import cache_key
 
-    key = cache_key("d-model", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""), prompts,
-                    cfg.per_prompt, cfg.seed)
+    from rhf_core.cache import file_fingerprint
+
+    weights = file_fingerprint(Path(reward.path).glob("*.safetensors")) if getattr(reward, "path", None) else []
+    key = cache_key("d-model", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""), weights,
+                    prompts, cfg.per_prompt, cfg.seed)
     path = cache_dir("finetune-data") / f"{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)

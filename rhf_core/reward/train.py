@@ -65,9 +65,9 @@ def default_prompt_split() -> dict[str, list[str]]:
 
 def labelled_generations(generator, sets: dict[str, list[str]], per_prompt: int, seed: int) -> Labelled:
     """Generate and judge (cached on disk by generator weights, prompts and seed)."""
-    from rhf_core.judge import judge
+    from rhf_core.judge import JUDGE_VERSION, judge
 
-    key = cache_key("reward-data", generator.fingerprint(), sets, per_prompt, seed)
+    key = cache_key("reward-data", generator.fingerprint(), sets, per_prompt, seed, JUDGE_VERSION)
     path = cache_dir("reward-data") / f"{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
