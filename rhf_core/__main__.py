@@ -60,7 +60,7 @@ def _train_t2i(args) -> None:
     cfg = T2ITrainConfig(out=args.out, n_images=args.n_images, seed=args.seed, vae_steps=args.vae_steps,
                          unet_steps=args.unet_steps, unet_batch=args.batch_size, unet_lr=args.lr,
                          lr_schedule=args.lr_schedule, ema_decay=args.ema, snr_gamma=args.snr_gamma,
-                         state_dir=args.state_dir or None, model=model)
+                         state_dir=args.state_dir or None, init_from=args.init_from or None, model=model)
     train_t2i(cfg, resume=not args.no_resume)
     print(f"saved the pipeline to {args.out}")
     if args.eval:
@@ -220,6 +220,8 @@ def main(argv=None) -> int:
     g.add_argument("--vae-channels", default="16,32,32")
     g.add_argument("--state-dir", default="", help="resumable state (default: cache/t2i-train/<out name>)")
     g.add_argument("--no-resume", action="store_true")
+    g.add_argument("--init-from", default="", help="continue from this saved pipeline's weights (fresh optimizer; "
+                                                    "the VAE is kept, --vae-steps ignored)")
     g.add_argument("--eval", action="store_true", help="then write metrics.json beside the pipeline")
     g.add_argument("--per-prompt", type=int, default=4, help="images per evaluation prompt")
     g.add_argument("--seed", type=int, default=0)

@@ -182,13 +182,13 @@ def test_repair_page_in_the_browser(server, page):
     _settled(page)
     expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
     page.get_by_role("button", name="Repair").click()
-    expect(page.get_by_text("Candidates, most plausible first")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Candidates, best first by predicted plausibility"))).to_be_visible()
     _settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     expect(page.get_by_text(re.compile(r"after \(best candidate #\d\)"))).to_be_visible()
     assert page.locator("[data-testid='stImage'] img").count() >= 3 + 4 + 2 * 4
     page.screenshot(path=str(ARTIFACTS / "repair-after.png"))
-    page.get_by_text("Candidates, most plausible first").scroll_into_view_if_needed()
+    page.get_by_text(re.compile(r"Candidates, best first by predicted plausibility")).scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "repair-candidates.png"))
 
 

@@ -155,6 +155,42 @@ def test_train_t2i_with_ema_saves_the_average_and_resumes_it(tmp_path):
         assert h.metadata()["updates"] == "3"  # 2 before the resume + 1 after
 
 
+def test_train_t2i_continues_from_a_saved_pipeline(tmp_path):
+    from safetensors.torch import load_file
+
+    from rhf_core.t2i.train import T2ITrainConfig, train_t2i
+
+    base = T2ITrainConfig(out=str(tmp_path / "a"), n_images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4,
+                          save_every=1, state_dir=str(tmp_path / "sa"), model=TINY, unet_lr=1e-2)
+    train_t2i(base, resume=False)
+    # zero further steps: the continued pipeline is the saved one, VAE included (no VAE training)
+    cont = T2ITrainConfig(out=str(tmp_path / "b"), n_images=16, unet_steps=0, unet_batch=4, model=TINY,
+                          state_dir=str(tmp_path / "sb"), init_from=str(tmp_path / "a"))
+    train_t2i(cont, resume=False)
+    for f in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+              "text_encoder/model.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert log["config"]["init_from"] == str(tmp_path / "a")
+    assert [(e["stage"], e["step"]) for e in log["log"]] == [("vae", 1), ("vae", 2), ("unet", 1), ("unet", 2)]
+    assert all(e["run"]["unet_lr"] == 1e-2 for e in log["log"])  # earlier entries say which run they came from
+    # two more steps move the weights
+    cont.unet_steps, cont.out = 2, str(tmp_path / "c")
+    train_t2i(cont, resume=False)
+    a = load_file(str(tmp_path / "a" / "unet/diffusion_pytorch_model.safetensors"))
+    c = load_file(str(tmp_path / "c" / "unet/diffusion_pytorch_model.safetensors"))
+    assert not torch.equal(a["conv_in.weight"], c["conv_in.weight"])
+    other = TinyT2IConfig(image_size=32, vae_channels=(8, 16), latent_channels=4, unet_channels=(16, 16),
+                          text_dim=32, max_length=8)
+    with pytest.raises(ValueError, match="does not match this model config"):
+        train_t2i(T2ITrainConfig(out=str(tmp_path / "d"), n_images=8, unet_steps=0, model=other,
+                                 state_dir=str(tmp_path / "sd"), init_from=str(tmp_path / "a")), resume=False)
+    with pytest.raises(FileNotFoundError, match="a pipeline saved by train-t2i"):
+        train_t2i(T2ITrainConfig(out=str(tmp_path / "e"), n_images=8, unet_steps=0, model=TINY,
+                                 init_from=str(tmp_path / "nothing")), resume=False)
+
+
 def test_summary_counts_by_category_and_split():
     from rhf_core.t2i.evaluate import summarize
 

@@ -45,6 +45,7 @@ class T2ITrainConfig:
     snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023), faster convergence
     save_every: int = 200
     state_dir: str | None = None
+    init_from: str | None = None  # a saved pipeline: start from its weights (VAE kept as is) with a fresh optimizer
     model: TinyT2IConfig = field(default_factory=TinyT2IConfig)
 
 
@@ -211,8 +212,12 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
                       f"params, UNet {sum(p.numel() for p in unet.parameters()):,}, text encoder "
                       f"{sum(p.numel() for p in te.parameters()):,}; device {accelerator.device}")
 
-    # 1. VAE (small: single process)
-    log = train_vae(vae, images, cfg, root / "vae", resume, should_stop)
+    # 1. VAE (small: single process), or the weights of an earlier run to continue from
+    if cfg.init_from:
+        log = _init_from(Path(cfg.init_from), {"vae": vae, "unet": unet, "text_encoder": te})
+        accelerator.print(f"continuing from {cfg.init_from} ({len(log)} earlier log entries); VAE kept")
+    else:
+        log = train_vae(vae, images, cfg, root / "vae", resume, should_stop)
     vae.requires_grad_(False)
     means, stds = encode_all(vae, images)
     scale = float(1.0 / means.std())
@@ -290,6 +295,30 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
         atomic_write_text(out / "train_log.json", json.dumps(
             {"config": _jsonable(cfg), "log": log + log2}, indent=2) + "\n")
     return pipe
+
+
+def _init_from(path: Path, modules: dict) -> list:
+    """Load a saved pipeline's weights (safetensors, any dtype) into `modules`; return its training log,
+    each entry marked with the run it came from."""
+    from safetensors.torch import load_file
+
+    files = {"vae": "vae/diffusion_pytorch_model.safetensors", "unet": "unet/diffusion_pytorch_model.safetensors",
+             "text_encoder": "text_encoder/model.safetensors"}
+    for name, module in modules.items():
+        f = path / files[name]
+        if not f.is_file():
+            raise FileNotFoundError(f"--init-from {path}: no {files[name]} (a pipeline saved by train-t2i)")
+        sd = load_file(str(f))
+        try:
+            module.load_state_dict({k: v.float() for k, v in sd.items()})
+        except RuntimeError as e:  # a different architecture
+            raise ValueError(f"--init-from {path}: the {name} does not match this model config ({e})") from None
+    log_file = path / "train_log.json"
+    if not log_file.is_file():
+        return []
+    earlier = json.loads(log_file.read_text())
+    run = {k: v for k, v in earlier.get("config", {}).items() if k != "model"}
+    return [{**entry, "run": entry.get("run", run)} for entry in earlier.get("log", [])]
 
 
 def _snr(sched) -> torch.Tensor:
