@@ -186,7 +186,10 @@ if st.button("Repair", type="primary", key="rep_run"):
         st.error(str(e))
         st.stop()
     bar.empty()
-    result.heatmap, result.heatmap_source = heatmap, mask_source
+    # the page cut the mask itself: record which map it came from, in repair()'s vocabulary
+    result.heatmap = heatmap
+    result.heatmap_source = {"Predicted heatmap": "predicted", "Ground-truth heatmap": "ground truth"}.get(
+        mask_source, "user mask")
     st.session_state["rep_result"] = (run_key, result)
 
 stored = st.session_state.get("rep_result")
