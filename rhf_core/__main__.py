@@ -18,10 +18,11 @@ def _train_rahf(args) -> None:
         patch_size=args.patch_size, dim=args.dim, layers=args.vision_layers)
     text = TextConfig(kind="hf", name_or_path=args.text) if args.text else TextConfig(dim=args.dim)
     model = RAHFConfig(image_size=args.image_size, vision=vision, text=text, fusion_dim=args.dim,
-                       fusion_layers=args.fusion_layers, variant=args.variant, dropout=args.dropout)
+                       fusion_layers=args.fusion_layers, variant=args.variant, dropout=args.dropout,
+                       heatmap_skip=args.heatmap_skip)
     cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       augment=not args.no_augment, seed=args.seed, max_records=args.max_records, model=model,
-                      state_dir=args.state_dir)
+                      state_dir=args.state_dir, heatmap_pos_weight=args.heatmap_pos_weight)
     train_rahf(cfg, resume=not args.no_resume)
     print(f"saved the best epoch to {args.out}")
 
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     t.add_argument("--vision-layers", type=int, default=2)
     t.add_argument("--fusion-layers", type=int, default=3)
     t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--heatmap-skip", action="store_true", help="heatmap decoder skip connections from the pixels")
+    t.add_argument("--heatmap-pos-weight", type=float, default=30.0, help="extra loss weight of flagged heatmap pixels")
     t.add_argument("--vision", default="", help="HF vision tower (hub id or local path); default: scratch ViT")
     t.add_argument("--text", default="", help="HF text encoder (hub id or local path); default: scratch")
     t.add_argument("--max-records", type=int, default=0, help="cap on training records (0 = all)")

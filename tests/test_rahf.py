@@ -24,9 +24,10 @@ IMAGES = [Image.new("RGB", (48, 40), (200, 30, 30)), Image.new("RGB", (20, 70), 
 PROMPTS = ["a red circle, on the grass.", "two blue squares"]
 
 
-@pytest.mark.parametrize("variant", ["multihead", "augmented"])
-def test_predictions_have_the_contracted_shapes(variant, tmp_path):
-    model = new_rahf(tiny(variant))
+@pytest.mark.parametrize("variant,skip", [("multihead", False), ("augmented", False), ("multihead", True),
+                                          ("augmented", True)])
+def test_predictions_have_the_contracted_shapes(variant, skip, tmp_path):
+    model = new_rahf(tiny(variant, heatmap_skip=skip))
     preds = model.predict(IMAGES, PROMPTS)
     for img, prompt, p in zip(IMAGES, PROMPTS, preds):
         for name in ("implausibility", "misalignment"):
@@ -45,6 +46,24 @@ def test_predictions_have_the_contracted_shapes(variant, tmp_path):
     again = load_rahf(tmp_path / "ck").predict(IMAGES, PROMPTS)
     np.testing.assert_allclose(again[0].heatmaps["implausibility"], preds[0].heatmaps["implausibility"], atol=1e-6)
     assert [w for _, w in again[1].words] == pytest.approx([w for _, w in preds[1].words], abs=1e-6)
+
+
+def test_heatmap_skip_connections_see_the_pixels():
+    from rhf_core.rahf.model import HeatmapHead
+
+    head = HeatmapHead(dim=8, grid=4, image_size=32, outputs=2, skip=True)
+    tokens = torch.randn(1, 16, 8)
+    a, b = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    b[..., :8, :8] = 1.0  # a bright corner
+    with torch.no_grad():
+        ha, hb = head(tokens, a), head(tokens, b)
+    assert ha.shape == (1, 2, 32, 32)
+    diff = (ha - hb).abs()[0, 0]
+    assert diff[:8, :8].mean() > 10 * diff[20:, 20:].mean()  # same tokens: only the pixels moved the map, locally
+    with pytest.raises(ValueError, match="needs the pixels"):
+        head(tokens)
+    # a checkpoint config written before the option existed loads without it
+    assert RAHFConfig.from_dict({k: v for k, v in tiny().to_dict().items() if k != "heatmap_skip"}).heatmap_skip is False
 
 
 def test_loading_checks_weights_against_the_config(tmp_path):

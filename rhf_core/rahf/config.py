@@ -58,6 +58,10 @@ class RAHFConfig:
     # Longest prompt in words (longer prompts are truncated; their extra words get probability 0).
     max_words: int = 48
     dropout: float = 0.0
+    # Heatmap decoder skip connections from the image itself: at each 2× upsampling stage a small
+    # convolution of the input downsampled to that resolution joins the decoder (U-Net style), so maps
+    # can be sharper than the patch grid. Off in checkpoints saved before it existed.
+    heatmap_skip: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

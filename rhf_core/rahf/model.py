@@ -182,25 +182,51 @@ class HFText(nn.Module):
 # --- heads ------------------------------------------------------------------------------------
 
 class HeatmapHead(nn.Module):
-    """Image tokens → (g × g) grid → convolutions and 2× transposed convolutions → input size."""
+    """Image tokens → (g × g) grid → convolutions and 2× transposed convolutions → input size.
 
-    def __init__(self, dim: int, grid: int, image_size: int, outputs: int):
+    With `skip`, each upsampling stage also sees the input image at its resolution through a small
+    convolution (concatenated, then mixed by a 3×3 convolution): the patch grid says *what* is wrong,
+    the pixels say *where* its edges are."""
+
+    SKIP_CHANNELS = 16
+
+    def __init__(self, dim: int, grid: int, image_size: int, outputs: int, skip: bool = False):
         super().__init__()
-        self.grid, self.image_size = grid, image_size
-        stages = max(0, round(math.log2(max(image_size // grid, 1))))
+        self.grid, self.image_size, self.skip = grid, image_size, skip
+        self.stages = max(0, round(math.log2(max(image_size // grid, 1))))
+        # net = [conv, GELU, (transposed conv, GELU) × stages, conv]: one Sequential, as checkpoints store it
         layers: list[nn.Module] = [nn.Conv2d(dim, 64, 3, padding=1), nn.GELU()]
-        ch = 64
-        for _ in range(stages):
+        skips, mixes = [], []
+        ch, c = 64, self.SKIP_CHANNELS
+        for _ in range(self.stages):
             nxt = max(16, ch // 2)
             layers += [nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1), nn.GELU()]
+            if skip:
+                skips.append(nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1),
+                                           nn.GELU()))
+                mixes.append(nn.Sequential(nn.Conv2d(nxt + c, nxt, 3, padding=1), nn.GELU()))
             ch = nxt
         layers.append(nn.Conv2d(ch, outputs, 3, padding=1))
         self.net = nn.Sequential(*layers)
+        if skip:
+            self.skips, self.mixes = nn.ModuleList(skips), nn.ModuleList(mixes)
 
-    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_tokens: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """`pixels` (B, 3, S, S), normalised, is needed with skip connections."""
         b, n, d = image_tokens.shape
         x = image_tokens.transpose(1, 2).reshape(b, d, self.grid, self.grid)
-        x = self.net(x)  # (B, outputs, ~image_size, ~image_size)
+        if not self.skip:
+            x = self.net(x)
+        else:
+            if pixels is None:
+                raise ValueError("a heatmap head with skip connections needs the pixels")
+            x = self.net[1](self.net[0](x))
+            for i in range(self.stages):
+                x = self.net[3 + 2 * i](self.net[2 + 2 * i](x))
+                p = F.interpolate(pixels, size=x.shape[-2:], mode="area")
+                x = self.mixes[i](torch.cat([x, self.skips[i](p)], dim=1))
+            x = self.net[-1](x)
+        # x: (B, outputs, ~image_size, ~image_size)
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return x  # logits
@@ -259,7 +285,8 @@ class RAHFModel(nn.Module):
         self.fusion = _encoder(d, cfg.fusion_layers, cfg.fusion_heads, cfg.dropout)
         self.norm = nn.LayerNorm(d)
         multi = cfg.variant == "multihead"
-        self.heatmap_head = HeatmapHead(d, self.grid, cfg.image_size, len(HEATMAP_NAMES) if multi else 1)
+        self.heatmap_head = HeatmapHead(d, self.grid, cfg.image_size, len(HEATMAP_NAMES) if multi else 1,
+                                        skip=cfg.heatmap_skip)
         self.score_head = ScoreHead(d, len(SCORE_NAMES) if multi else 1, 3 * len(HEATMAP_NAMES))
         self.keyword_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
 
@@ -271,6 +298,9 @@ class RAHFModel(nn.Module):
         x = self.norm(self.fusion(x, src_key_padding_mask=~mask))
         return x, mask
 
+    def _skip_pixels(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        return (pixels - 0.5) / 0.5 if self.cfg.heatmap_skip else None
+
     def forward(self, pixels: torch.Tensor, prompt_words: list[list[str]]) -> dict[str, torch.Tensor]:
         """pixels (B, 3, S, S) in [0, 1]; prompt_words: the prompt's tokens per sample.
 
@@ -281,7 +311,7 @@ class RAHFModel(nn.Module):
         if self.cfg.variant == "multihead":
             text, text_mask = self.text(words, pixels.device)
             x, mask = self._fuse(image_tokens, text, text_mask)
-            heat = self.heatmap_head(x[:, :n])
+            heat = self.heatmap_head(x[:, :n], self._skip_pixels(pixels))
             return {
                 "heatmaps": heat,
                 "scores": self.score_head(x, mask, heatmap_features(heat)),
@@ -298,7 +328,9 @@ class RAHFModel(nn.Module):
         x = x.view(len(tasks), b, *x.shape[1:])
         mask = mask.view(len(tasks), b, -1)
         nh, ns = len(HEATMAP_NAMES), len(SCORE_NAMES)
-        heat = self.heatmap_head(x[:nh, :, :n].reshape(nh * b, n, -1))  # (nh*B, 1, S, S)
+        skip = self._skip_pixels(pixels)
+        heat = self.heatmap_head(x[:nh, :, :n].reshape(nh * b, n, -1),
+                                 None if skip is None else skip.repeat(nh, 1, 1, 1))  # (nh*B, 1, S, S)
         heat = heat.view(nh, b, *heat.shape[-2:]).transpose(0, 1)  # (B, nh, S, S)
         feats = heatmap_features(heat).repeat(ns, 1)  # the task's own heatmaps, for each score task
         scores = self.score_head(x[nh:nh + ns].reshape(ns * b, *x.shape[2:]), mask[nh:nh + ns].reshape(ns * b, -1), feats)
