@@ -169,18 +169,21 @@ if not mask.any():
 
 # --- 3. Inpaint candidates ----------------------------------------------------------------------
 
-r1, r2, r3 = st.columns(3)
+r1, r2, r3, r4 = st.columns(4)
 n = r1.number_input("Candidates", 1, 16, 4, key="rep_n")
 seed = r2.number_input("Seed", 0, 2**31 - 1, 0, key="rep_seed")
 steps = r3.number_input("Steps", 2, 100, 25, key="rep_steps")
+strength = r4.slider("Strength", 0.3, 1.0, 1.0, 0.05, key="rep_strength",
+                     help="1.0 repaints the masked area from noise (it may paint the object away); lower values "
+                          "start from the noised original, so the object stays and is reshaped.")
 run_key = hashlib.sha1(b"".join([png_bytes(image), np.packbits(mask).tobytes(),
-                                 repr((prompt, int(n), int(seed), int(steps), gen.name, gen.adapter,
+                                 repr((prompt, int(n), int(seed), int(steps), float(strength), gen.name, gen.adapter,
                                        rahf.weights_key)).encode()])).hexdigest()
 if st.button("Repair", type="primary", key="rep_run"):
     bar = st.progress(0.0, text="Predicting…")
     try:
-        result = repair(image, prompt, n=int(n), seed=int(seed), steps=int(steps), predictor=rahf, generator=gen,
-                        mask=mask, progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}…"))
+        result = repair(image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength),
+                        predictor=rahf, generator=gen, mask=mask, progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}…"))
     except RHFError as e:
         bar.empty()
         st.error(str(e))

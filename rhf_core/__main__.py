@@ -158,7 +158,7 @@ def _eval_repair(args) -> None:
     from rhf_core.repair import evaluate_repair
 
     result = evaluate_repair(n=args.n, seed=args.seed, threshold=args.threshold, threshold_mode=args.mode,
-                             dilation=args.dilation, candidates=args.candidates)
+                             dilation=args.dilation, candidates=args.candidates, strength=args.strength)
     print(json.dumps(result, indent=2))
     _write_json(args.json, result)
 
@@ -303,6 +303,7 @@ def main(argv=None) -> int:
     rp.add_argument("--mode", default="relative", choices=["relative", "absolute"])
     rp.add_argument("--dilation", type=int, default=3)
     rp.add_argument("--candidates", type=int, default=4)
+    rp.add_argument("--strength", type=float, default=1.0, help="inpainting strength (1 = repaint from noise)")
     rp.add_argument("--json", default="")
     rp.set_defaults(func=_eval_repair)
 

@@ -105,9 +105,16 @@ def repair_mask(image_size: tuple[int, int], *, heatmap_array: np.ndarray | None
 def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int = 4, seed: int = 0,
            heatmap: str = "implausibility", predictor=None, generator=None, threshold_mode: str = "absolute",
            heatmap_array: np.ndarray | None = None, mask=None, steps: int = 25, guidance: float = 7.5,
-           rank: str = "plausibility", progress: Callable[[str, float], None] | None = None) -> RepairResult:
+           rank: str = "plausibility", strength: float = 1.0,
+           progress: Callable[[str, float], None] | None = None) -> RepairResult:
     """Run the repair loop; see the module docstring. `progress(stage, fraction)` is called as it goes.
-    `rank`: "plausibility" (RichHF) or "plausibility+alignment" (sum of RAHF's two predicted scores)."""
+    `rank`: "plausibility" (RichHF) or "plausibility+alignment" (sum of RAHF's two predicted scores).
+    `strength`: how much of the diffusion the masked area goes through: 1.0 repaints it from noise,
+    lower values start from the noised original and keep its layout (the object stays, reshaped)."""
+    if not 0.0 < strength <= 1.0:
+        raise RepairError(f"strength must be in (0, 1], got {strength}")
+    if int(steps * strength) < 1:
+        raise RepairError(f"{steps} steps at strength {strength} leave no denoising step: raise either")
     if rank not in RANKINGS:
         raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
     if heatmap not in HEATMAP_TYPES:
@@ -143,7 +150,7 @@ def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int
         from rhf_core.t2i import load_generator
 
         generator = load_generator()
-    images = generator.inpaint(img, m, prompt, n=n, seed=seed, steps=steps, guidance=guidance,
+    images = generator.inpaint(img, m, prompt, n=n, seed=seed, steps=steps, guidance=guidance, strength=strength,
                                progress=lambda d, t: report("inpainting", d / t))
     report("scoring", 1.0)
     preds = predictor.predict(images, [prompt] * len(images))
@@ -185,7 +192,8 @@ def _implausible_images(kind: str, n: int, seed: int, generator) -> list[tuple[s
 
 
 def evaluate_repair(n: int = 40, seed: int = 7, threshold: float = 0.5, threshold_mode: str = "relative",
-                    dilation: int = 3, candidates: int = 4, steps: int = 25, predictor=None, generator=None) -> dict:
+                    dilation: int = 3, candidates: int = 4, steps: int = 25, strength: float = 1.0, predictor=None,
+                    generator=None) -> dict:
     """Share of judge-implausible images whose judge implausibility falls after repair, the mean change
     in predicted plausibility, and the alignment kept, on planted-defect renders and generator samples."""
     import time
@@ -196,7 +204,7 @@ def evaluate_repair(n: int = 40, seed: int = 7, threshold: float = 0.5, threshol
     predictor = predictor or load_rahf()
     generator = generator or load_generator()
     out: dict = {"settings": {"n": n, "seed": seed, "threshold": threshold, "threshold_mode": threshold_mode,
-                              "dilation": dilation, "candidates": candidates, "steps": steps,
+                              "dilation": dilation, "candidates": candidates, "steps": steps, "strength": strength,
                               "predictor": str(getattr(predictor, "path", "")), "generator": generator.name}}
     t0 = time.time()
     for kind in ("shapes", "generated"):
@@ -205,7 +213,8 @@ def evaluate_repair(n: int = 40, seed: int = 7, threshold: float = 0.5, threshol
             rows: dict[str, list[dict]] = {}
             for _, img, prompt, gt in items:
                 r = repair(img, prompt, threshold=threshold, threshold_mode=threshold_mode, dilation=dilation,
-                           n=candidates, seed=seed, steps=steps, predictor=predictor, generator=generator,
+                           n=candidates, seed=seed, steps=steps, strength=strength, predictor=predictor,
+                           generator=generator,
                            heatmap_array=gt if source == "ground truth" else None)
                 b = r.before
                 for name, key in RANKINGS.items():
