@@ -133,7 +133,7 @@ def _finetune(args) -> None:
     cfg = FinetuneConfig(name=args.name, out=args.out, generator=args.generator, reward=args.reward,
                          prompts=args.prompts, n_prompts=args.n_prompts, per_prompt=args.per_prompt, beta=args.beta,
                          pretrain_folder=args.pretrain_folder, rank=args.rank, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                         batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -282,6 +282,7 @@ def main(argv=None) -> int:
     f.add_argument("--steps", type=int, default=600)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--uncond-prob", type=float, default=0.0, help="share of the batch trained with the empty prompt")
     f.add_argument("--no-resume", action="store_true")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=_finetune)

@@ -158,7 +158,8 @@ def adapter(gen, tmp_path_factory):
         Image.new("RGB", (32, 32), (60 * i, 80, 120)).save(pre / f"p{i}.png")
         (pre / f"p{i}.txt").write_text("a square")
     cfg = FinetuneConfig(name="tiny", out=str(root / "adapter"), prompts=str(root / "prompts.txt"), per_prompt=3,
-                         beta=0.5, pretrain_folder=str(pre), rank=4, steps=4, batch_size=4, lr=5e-2, save_every=2)
+                         beta=0.5, pretrain_folder=str(pre), rank=4, steps=4, batch_size=4, lr=5e-2, save_every=2,
+                         uncond_prob=0.5)  # half of each batch with the empty prompt
     stages = []
     path = finetune(cfg, generator=gen, reward=brightness, resume=False, progress=lambda s, f: stages.append(s))
     assert {"generating", "scoring", "fine-tuning"} <= set(stages)
@@ -168,6 +169,7 @@ def adapter(gen, tmp_path_factory):
 def test_lora_fine_tune_changes_outputs_and_round_trips(gen, adapter, tmp_path):
     info = json.loads((adapter / "adapter.json").read_text())
     assert info["beta_used"] == 0.5 and info["steps_done"] == 4 and info["complete"]
+    assert info["config"]["uncond_prob"] == 0.5
     assert info["reward_stats"]["n"] == 6 and [e["step"] for e in info["log"]] == [2, 4]
     assert (adapter / "pytorch_lora_weights.safetensors").is_file()
     unet = gen.pipe.unet

@@ -45,6 +45,10 @@ class FinetuneConfig:
     steps: int = 600
     batch_size: int = 32
     lr: float = 1e-3
+    # Share of each batch trained with the empty prompt, as the base model was (classifier-free guidance
+    # amplifies any untrained drift of the unconditional branch). 0.1 measured no better than 0 on the
+    # embedded model (eval-lee seen / unseen alignment 0.31 / 0.25 vs 0.35 / 0.31), so it is off.
+    uncond_prob: float = 0.0
     seed: int = 0
     save_every: int = 100
 
@@ -183,6 +187,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
 
     uniq = sorted(set(data["prompts"]) | (set(pre[1]) if pre else set()))
     table = {p: e for p, e in zip(uniq, torch.cat([embed(uniq[s:s + 256]) for s in range(0, len(uniq), 256)]))}
+    empty = embed([""])[0]
     model_cond = torch.stack([table[p] for p in data["prompts"]])
     pre_cond = torch.stack([table[p] for p in pre[1]]) if pre else None
 
@@ -209,6 +214,9 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     t0, parts = time.time(), []
 
     def denoise_loss(lat, cond):
+        if cfg.uncond_prob > 0:
+            drop = torch.rand(len(cond), generator=gen) < cfg.uncond_prob
+            cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
         noise = torch.randn(lat.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),), generator=gen)
         noisy = sched.add_noise(lat, noise, t)
