@@ -183,7 +183,8 @@ if st.button("Repair", type="primary", key="rep_run"):
     bar = st.progress(0.0, text="Predicting…")
     try:
         result = repair(image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength),
-                        predictor=rahf, generator=gen, mask=mask, progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}…"))
+                        predictor=rahf, generator=gen, mask=mask,
+                        progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}…"))
     except RHFError as e:
         bar.empty()
         st.error(str(e))
