@@ -299,7 +299,10 @@ class RAHFModel(nn.Module):
         return x, mask
 
     def _skip_pixels(self, pixels: torch.Tensor) -> torch.Tensor | None:
-        return (pixels - 0.5) / 0.5 if self.cfg.heatmap_skip else None
+        if not self.cfg.heatmap_skip:
+            return None
+        mean, std = (torch.tensor(v, device=pixels.device).view(1, 3, 1, 1) for v in (IMAGE_MEAN, IMAGE_STD))
+        return (pixels - mean) / std  # the scratch ViT's normalisation, one definition
 
     def forward(self, pixels: torch.Tensor, prompt_words: list[list[str]]) -> dict[str, torch.Tensor]:
         """pixels (B, 3, S, S) in [0, 1]; prompt_words: the prompt's tokens per sample.
