@@ -133,7 +133,8 @@ def _finetune(args) -> None:
     cfg = FinetuneConfig(name=args.name, out=args.out, generator=args.generator, reward=args.reward,
                          prompts=args.prompts, n_prompts=args.n_prompts, per_prompt=args.per_prompt, beta=args.beta,
                          pretrain_folder=args.pretrain_folder, rank=args.rank, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob, seed=args.seed)
+                         batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob,
+                         snr_gamma=args.snr_gamma, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -283,6 +284,8 @@ def main(argv=None) -> int:
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--uncond-prob", type=float, default=0.0, help="share of the batch trained with the empty prompt")
+    f.add_argument("--snr-gamma", type=float, default=0.0,
+                   help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
     f.add_argument("--no-resume", action="store_true")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=_finetune)

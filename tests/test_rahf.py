@@ -145,8 +145,15 @@ def test_train_resume_and_evaluate_on_cpu(tmp_path):
     assert {"precision", "recall", "f1"} <= set(rahf["keywords"])
     assert result["models"]["mean_heatmap"]["heatmaps"]["implausibility"]["auc_judd"] > 0.5
     assert "plausibility" in result["noise_ceiling"] and "unseen" in result["by_prompt_split"]
+    oracle = result["oracle"]
+    # Knowing the defects beats any single rater: the expected annotation correlates better with the
+    # labels than a second, independent panel of raters does, and true Likert values beat one rater.
+    assert oracle["heatmaps"]["implausibility"]["cc"] > result["heatmap_noise_ceiling"]["implausibility"]["cc"]
+    assert oracle["scores"]["plausibility"]["srcc"] > result["noise_ceiling"]["plausibility"]["srcc"]
+    assert 0.0 < oracle["heatmaps"]["implausibility"]["cc"] < 1.0
     text = format_tables(result)
     assert "Implausibility heatmap" in text and "Misaligned keywords" in text and "Targets:" in text
+    assert "Oracle (knows every defect" in text
 
 
 def test_training_lowers_the_loss():

@@ -159,7 +159,7 @@ def adapter(gen, tmp_path_factory):
         (pre / f"p{i}.txt").write_text("a square")
     cfg = FinetuneConfig(name="tiny", out=str(root / "adapter"), prompts=str(root / "prompts.txt"), per_prompt=3,
                          beta=0.5, pretrain_folder=str(pre), rank=4, steps=4, batch_size=4, lr=5e-2, save_every=2,
-                         uncond_prob=0.5)  # half of each batch with the empty prompt
+                         uncond_prob=0.5, snr_gamma=5.0)  # half of each batch with the empty prompt; min-SNR weights
     stages = []
     path = finetune(cfg, generator=gen, reward=brightness, resume=False, progress=lambda s, f: stages.append(s))
     assert {"generating", "scoring", "fine-tuning"} <= set(stages)
@@ -169,7 +169,7 @@ def adapter(gen, tmp_path_factory):
 def test_lora_fine_tune_changes_outputs_and_round_trips(gen, adapter, tmp_path):
     info = json.loads((adapter / "adapter.json").read_text())
     assert info["beta_used"] == 0.5 and info["steps_done"] == 4 and info["complete"]
-    assert info["config"]["uncond_prob"] == 0.5
+    assert info["config"]["uncond_prob"] == 0.5 and info["config"]["snr_gamma"] == 5.0
     assert info["reward_stats"]["n"] == 6 and [e["step"] for e in info["log"]] == [2, 4]
     assert (adapter / "pytorch_lora_weights.safetensors").is_file()
     unet = gen.pipe.unet
@@ -207,6 +207,9 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     assert s["original random"]["win"] == 0 and s["original random"]["tie"] == 1
     assert set(s["original random"]["alignment_by_category"]) == {"color", "combination"}  # the cat is not judged
     assert np.isnan(c.aligned["original"][2]).all()
+    # The model-level rate pools all n samples of the judged prompts.
+    assert s["original random"]["alignment_rate_all_n"] == pytest.approx(float(np.nanmean(c.aligned["original"])), abs=1e-4)
+    assert "alignment_rate_all_n" not in s["original best-k"]
     assert 0 <= s["fine-tuned random"]["diversity"] <= 2
     again = run_comparison(gen, str(adapter), prompts, n=4, k=3, reward_name="brightness", reward=brightness,
                            predictor=rahf, encoders=clip, steps=2)

@@ -60,6 +60,16 @@ def test_seed_determinism_and_batch_independence(gen):
     assert np.abs(_arr(a[0][0]) - _arr(a[0][1])).mean() > 5
 
 
+def test_generate_with_latents_returns_the_same_images_and_their_latents(gen):
+    plain = gen.generate(["two red circles", "a star"], n=2, seed=3, steps=3)
+    images, latents = gen.generate(["two red circles", "a star"], n=2, seed=3, steps=3, with_latents=True)
+    assert latents.shape == (2, 2, gen.pipe.unet.config.in_channels, 32 // gen.pipe.vae_scale_factor, 32 // gen.pipe.vae_scale_factor)
+    assert all(np.abs(_arr(x) - _arr(y)).max() <= 1 for xs, ys in zip(plain, images) for x, y in zip(xs, ys))
+    # The latents are the ones the images were decoded from.
+    again = gen._decode(latents[1, 0:1].to(gen.device, gen.dtype))[0]
+    assert np.abs(_arr(again) - _arr(images[1][0])).max() <= 1
+
+
 def test_progress_reports_every_step(gen):
     seen = []
     gen.generate(["one circle"], n=3, steps=4, batch_size=2, progress=lambda d, t: seen.append((d, t)))

@@ -91,6 +91,11 @@ def summarize(c: Comparison) -> dict:
             "win": round(float(np.mean(mine > theirs)), 4), "tie": round(float(np.mean(mine == theirs)), 4),
             "loss": round(float(np.mean(mine < theirs)), 4),
         }
+        if arm.endswith("random") and judged.any():
+            # A random k's expected alignment is the model's rate over all n samples: n / k times the
+            # images behind the same number, so model-vs-model differences stand out of the noise.
+            res["alignment_rate_all_n"] = round(float(np.nanmean(c.aligned[model])), 4)
+            res["judge_implausible_share_all_n"] = round(float(np.nanmean(c.implausible[model])), 4)
         out[arm] = res
     return out
 

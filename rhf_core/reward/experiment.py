@@ -48,7 +48,9 @@ def claims(result: dict) -> dict:
         c[f"{split}: rejection sampling beats random (alignment)"] = arms["original best-k"]["alignment_rate"] > arms["original random"]["alignment_rate"]
     for name in names:
         for split, arms in result["adapters"][name]["splits"].items():
-            c[f"{split}: {name} fine-tuned beats original (alignment)"] = arms["fine-tuned random"]["alignment_rate"] > arms["original random"]["alignment_rate"]
+            key = "alignment_rate_all_n" if "alignment_rate_all_n" in arms["fine-tuned random"] else "alignment_rate"
+            c[f"{split}: {name} fine-tuned beats original (alignment, all n samples)"] = (
+                arms["fine-tuned random"][key] > arms["original random"][key])
     betas = {name: r["beta"] for name, r in result["adapters"].items()}
     zero = [n for n, b in betas.items() if b == 0]
     pos = [n for n, b in betas.items() if b > 0]
@@ -65,11 +67,13 @@ def format_experiment(result: dict) -> str:
     lines = []
     for name, r in result["adapters"].items():
         lines.append(f"adapter {name} (β = {r['beta']}, {r['steps']} steps)")
-        lines.append(f"  {'split':7s} {'arm':20s} {'reward':>7s} {'aligned':>8s} {'divers.':>8s} {'implaus.':>8s} {'RAHF-pl':>8s} {'win':>5s}")
+        lines.append(f"  {'split':7s} {'arm':20s} {'reward':>7s} {'aligned':>8s} {'all n':>6s} {'divers.':>8s} {'implaus.':>8s} "
+                     f"{'RAHF-pl':>8s} {'win':>5s}")
         for split, arms in r["splits"].items():
             for arm in ARMS:
                 a = arms[arm]
-                lines.append(f"  {split:7s} {arm:20s} {a['mean_reward']:7.3f} {a['alignment_rate']:8.3f} {a['diversity']:8.3f} "
+                all_n = f"{a['alignment_rate_all_n']:6.3f}" if "alignment_rate_all_n" in a else f"{'':6s}"
+                lines.append(f"  {split:7s} {arm:20s} {a['mean_reward']:7.3f} {a['alignment_rate']:8.3f} {all_n} {a['diversity']:8.3f} "
                              f"{a['judge_implausible_share']:8.3f} {a['rahf_plausibility']:8.3f} {a['win']:5.2f}")
     lines.append("claims:")
     lines += [f"  [{'x' if v else ' '}] {k}" for k, v in result["claims"].items()]

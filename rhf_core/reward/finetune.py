@@ -49,6 +49,9 @@ class FinetuneConfig:
     # amplifies any untrained drift of the unconditional branch). 0.1 measured no better than 0 on the
     # embedded model (eval-lee seen / unseen alignment 0.31 / 0.25 vs 0.35 / 0.31), so it is off.
     uncond_prob: float = 0.0
+    # > 0: min-SNR-γ weighting of the denoising loss per timestep; the embedded generator was trained
+    # with γ = 5. 0 = the plain ε-MSE of Stable Diffusion.
+    snr_gamma: float = 0.0
     seed: int = 0
     save_every: int = 100
 
@@ -72,18 +75,21 @@ def fine_tune_prompts(cfg: FinetuneConfig) -> list[str]:
 
 
 @torch.no_grad()
-def encode_latents(generator, images: list, batch: int = 128) -> torch.Tensor:
-    """Scaled VAE latents (posterior mean) of PIL images at the generator's resolution."""
+def encode_latents(generator, images: list, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled VAE posterior mean and std of PIL images at the generator's resolution (a latent is
+    drawn afresh from them at each step, as in pre-training)."""
     from PIL import Image
 
     side = generator.image_size
     vae = generator.pipe.vae
-    out = []
+    means, stds = [], []
     for s in range(0, len(images), batch):
         arr = np.stack([np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC)) for im in images[s:s + batch]])
         x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(generator.device, generator.dtype)
-        out.append((vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu())
-    return torch.cat(out)
+        post = vae.encode(x).latent_dist
+        means.append((post.mean * vae.config.scaling_factor).float().cpu())
+        stds.append((post.std * vae.config.scaling_factor).float().cpu())
+    return torch.cat(means), torch.cat(stds)
 
 
 def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | None:
@@ -132,19 +138,22 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
     from rhf_core.cache import file_fingerprint
 
     weights = file_fingerprint(Path(reward.path).glob("*.safetensors")) if getattr(reward, "path", None) else []
-    key = cache_key("d-model", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""), weights,
-                    prompts, cfg.per_prompt, cfg.seed)
+    key = cache_key("d-model", "sampled-latents", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""),
+                    weights, prompts, cfg.per_prompt, cfg.seed)
     path = cache_dir("finetune-data") / f"{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         return {"latents": torch.from_numpy(z["latents"]), "prompts": [str(p) for p in z["prompts"]],
                 "rewards": z["rewards"]}
-    images = generator.generate(prompts, n=cfg.per_prompt, seed=cfg.seed, progress=lambda d, t: progress("generating", d / t))
+    # The latents the sampler produced are the model's samples exactly; re-encoding the decoded 8-bit
+    # images would train the UNet on the VAE's round-trip error instead.
+    images, latents = generator.generate(prompts, n=cfg.per_prompt, seed=cfg.seed, with_latents=True,
+                                         progress=lambda d, t: progress("generating", d / t))
+    latents = latents.flatten(0, 1)
     flat = [im for imgs in images for im in imgs]
     flat_prompts = [p for p in prompts for _ in range(cfg.per_prompt)]
     progress("scoring", 0.0)
     rewards = np.asarray(reward(flat, flat_prompts), np.float32)
-    latents = encode_latents(generator, flat)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, latents=latents.numpy(), prompts=np.array(flat_prompts), rewards=rewards)
     tmp.replace(path)
@@ -170,7 +179,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     data = model_dataset(cfg, generator, reward_fn, prompts, report)
     r = np.clip(data["rewards"], 0.0, None)  # reward-weighted likelihood needs weights ≥ 0
     pre = pretrain_pairs(cfg, generator) if cfg.beta > 0 else None
-    pre_lat = encode_latents(generator, pre[0]) if pre else None
+    pre_mean, pre_std = encode_latents(generator, pre[0]) if pre else (None, None)
     beta = cfg.beta if pre is not None else 0.0
 
     import copy
@@ -221,8 +230,16 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),), generator=gen)
         noisy = sched.add_noise(lat, noise, t)
         pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
-        return ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
+        loss = ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
+        if snr is not None:  # the generator's own weighting, so the objective is the one it was trained on
+            loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
+        return loss
 
+    snr = None
+    if cfg.snr_gamma > 0:
+        from rhf_core.t2i.train import _snr
+
+        snr = _snr(sched)
     stopped = False
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
@@ -232,8 +249,9 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         loss = l_model
         l_pre = torch.zeros(())
         if beta > 0:
-            jdx = torch.from_numpy(rng.integers(len(pre_lat), size=cfg.batch_size))
-            l_pre = denoise_loss(pre_lat[jdx], pre_cond[jdx]).mean()
+            jdx = torch.from_numpy(rng.integers(len(pre_mean), size=cfg.batch_size))
+            lat = pre_mean[jdx] + pre_std[jdx] * torch.randn(pre_mean[jdx].shape, generator=gen)
+            l_pre = denoise_loss(lat, pre_cond[jdx]).mean()
             loss = loss + beta * l_pre
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)

@@ -129,8 +129,10 @@ class Generator:
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], n: int = 16, seed: int = 0, steps: int = 25,
                  guidance: float = 7.5, batch_size: int = 64,
-                 progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
-        """n images for each prompt: a list (one per prompt) of n PIL images."""
+                 progress: Callable[[int, int], None] | None = None, with_latents: bool = False):
+        """n images for each prompt: a list (one per prompt) of n PIL images. With `with_latents`,
+        also the scaled latents the images were decoded from (P×n×C×h×w float32 on the CPU): the model's
+        own samples exactly, without the loss of a decode → 8-bit → encode round trip."""
         prompts, n = _check_prompts(prompts), _check_n(n)
         if len(prompts) * n > MAX_IMAGES_PER_CALL:
             raise GeneratorError(f"{len(prompts) * n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
@@ -138,6 +140,7 @@ class Generator:
             raise GeneratorError("this is an inpainting checkpoint (9-channel UNet): it can only inpaint")
         jobs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
         out: list[list] = [[None] * n for _ in prompts]
+        lat: list[list] = [[None] * n for _ in prompts]
         total, done = len(jobs) * steps, 0
         for s in range(0, len(jobs), batch_size):
             chunk = jobs[s:s + batch_size]
@@ -148,13 +151,27 @@ class Generator:
                 return kw
 
             gens = [self._generators(p, seed, [j])[0] for _, p, j in chunk]
-            imgs = self.pipe([p for _, p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                             height=self.image_size, width=self.image_size, generator=gens,
-                             callback_on_step_end=step_end).images
-            for (i, _, j), img in zip(chunk, imgs):
+            res = self.pipe([p for _, p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                            height=self.image_size, width=self.image_size, generator=gens,
+                            callback_on_step_end=step_end, output_type="latent" if with_latents else "pil").images
+            imgs = self._decode(res) if with_latents else res
+            for c, ((i, _, j), img) in enumerate(zip(chunk, imgs)):
                 out[i][j] = img
+                if with_latents:
+                    lat[i][j] = res[c].float().cpu()
             done += len(chunk) * steps
+        if with_latents:
+            return out, torch.stack([torch.stack(row) for row in lat])
         return out
+
+    @torch.no_grad()
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Scaled latents → PIL images, as the pipeline's own output_type="pil" does it."""
+        vae = self.pipe.vae
+        x = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        x, nsfw = self.pipe.run_safety_checker(x, x.device, x.dtype)
+        keep = [True] * len(x) if nsfw is None else [not flag for flag in nsfw]
+        return self.pipe.image_processor.postprocess(x, output_type="pil", do_denormalize=keep)
 
     def inpaint_pipeline(self):
         if self._inpaint is None:
