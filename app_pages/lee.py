@@ -141,12 +141,13 @@ rows = []
 for arm in ARMS:
     s = summary[arm]
     rows.append({"arm": arm, "mean reward": s["mean_reward"], "judge alignment": s["alignment_rate"],
-                 "diversity": s["diversity"], "judge implausible share": s["judge_implausible_share"],
+                 "model alignment (all n)": s.get("alignment_rate_all_n"), "diversity": s["diversity"], "judge implausible share": s["judge_implausible_share"],
                  "RAHF plausibility": s["rahf_plausibility"], "win vs original random": s["win"],
                  "tie": s["tie"], "loss": s["loss"]})
 st.dataframe(pd.DataFrame(rows).set_index("arm"), width="stretch")
 st.caption("Judge alignment: share of the k kept images the ShapesWorld judge finds aligned (blank for prompts it "
-           "cannot read). Diversity: mean pairwise cosine distance of image embeddings within a prompt. Win rate: "
+           "cannot read); model alignment pools all n samples of each model, the less noisy estimate of what a random k "
+           "gets. Diversity: mean pairwise cosine distance of image embeddings within a prompt. Win rate: "
            "share of prompts where the arm's judge alignment (or reward, off ShapesWorld) beats original random.")
 
 p1, p2, p3 = st.columns(3)

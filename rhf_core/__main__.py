@@ -22,7 +22,8 @@ def _train_rahf(args) -> None:
                        heatmap_skip=args.heatmap_skip)
     cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       augment=not args.no_augment, seed=args.seed, max_records=args.max_records, model=model,
-                      state_dir=args.state_dir, heatmap_pos_weight=args.heatmap_pos_weight)
+                      state_dir=args.state_dir, heatmap_pos_weight=args.heatmap_pos_weight,
+                      heatmap_cc_loss=args.heatmap_cc_loss)
     train_rahf(cfg, resume=not args.no_resume)
     print(f"saved the best epoch to {args.out}")
 
@@ -183,6 +184,8 @@ def main(argv=None) -> int:
     t.add_argument("--dropout", type=float, default=0.0)
     t.add_argument("--heatmap-skip", action="store_true", help="heatmap decoder skip connections from the pixels")
     t.add_argument("--heatmap-pos-weight", type=float, default=30.0, help="extra loss weight of flagged heatmap pixels")
+    t.add_argument("--heatmap-cc-loss", type=float, default=0.0,
+                   help="weight of 1 − CC between predicted and label heatmaps (non-empty labels)")
     t.add_argument("--vision", default="", help="HF vision tower (hub id or local path); default: scratch ViT")
     t.add_argument("--text", default="", help="HF text encoder (hub id or local path); default: scratch")
     t.add_argument("--max-records", type=int, default=0, help="cap on training records (0 = all)")

@@ -175,3 +175,20 @@ def test_training_lowers_the_loss():
         opt.step()
     _, after = rahf_loss(model(batch["pixels"], batch["words"]), batch, cfg)
     assert all(after[k] < before[k] for k in before), (before, after)
+
+
+def test_cc_loss_matches_pearson_and_skips_empty_or_missing_maps():
+    from rhf_core.rahf.train import cc_loss
+
+    rng = np.random.default_rng(0)
+    target = torch.zeros(3, 2, 8, 8)
+    target[0, 0, 2:4, 2:4] = 1.0  # flagged
+    target[1, 0, 5:7, 1:3] = 0.5  # flagged, but the map was not collected
+    logits = torch.from_numpy(rng.normal(size=(3, 2, 8, 8))).float()
+    collected = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    expected = 1 - np.corrcoef(torch.sigmoid(logits[0, 0]).ravel().numpy(), target[0, 0].ravel().numpy())[0, 1]
+    assert float(cc_loss(logits, target, collected)) == pytest.approx(expected, abs=1e-5)
+    # A prediction shaped like the label scores ~0; an inverted one ~2; nothing flagged gives 0.
+    assert float(cc_loss(10 * target - 5, target, collected)) == pytest.approx(0.0, abs=1e-4)
+    assert float(cc_loss(5 - 10 * target, target, collected)) == pytest.approx(2.0, abs=1e-4)
+    assert float(cc_loss(logits, torch.zeros_like(target), collected)) == 0.0

@@ -47,6 +47,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     # Extra weight of non-zero heatmap pixels in the MSE (0 = plain MSE).
     heatmap_pos_weight: float = 30.0
+    # Weight of (1 − CC) between predicted and label map, over collected non-empty maps: the
+    # saliency-style loss that targets the shape of the map (CC, NSS) rather than each pixel's level.
+    heatmap_cc_loss: float = 0.0
     # Loss weights of the three heads.
     heatmap_loss: float = 1.0
     score_loss: float = 1.0
@@ -123,6 +126,17 @@ def augment_batch(pixels: torch.Tensor, heatmaps: torch.Tensor, gen: torch.Gener
     return out_p, out_h
 
 
+def cc_loss(logits: torch.Tensor, target: torch.Tensor, collected: torch.Tensor) -> torch.Tensor:
+    """Mean 1 − Pearson correlation between sigmoid(logits) and the target, (B, K, S, S) each, over the
+    maps that were collected (`collected`, (B, K)) and flag something; 0 when there are none."""
+    p = torch.sigmoid(logits).flatten(2)
+    t = target.flatten(2)
+    pc, tc = p - p.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+    cc = (pc * tc).sum(-1) / torch.sqrt((pc ** 2).sum(-1) * (tc ** 2).sum(-1) + 1e-8)
+    m = collected * (t.amax(-1) > 0.01).float()
+    return ((1 - cc) * m).sum() / m.sum().clamp(min=1)
+
+
 def rahf_loss(out: dict, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     """Weighted heatmap MSE + score MSE + word BCE, each over the labels that exist."""
     # Heatmaps: per-sample weighted binary cross-entropy against the soft heat, over collected maps.
@@ -134,6 +148,8 @@ def rahf_loss(out: dict, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, d
     per_map = (w * bce_h).flatten(2).sum(-1) / w.flatten(2).sum(-1)  # (B, 2)
     hm = batch["heat_mask"].float()
     heat = (per_map * hm).sum() / hm.sum().clamp(min=1)
+    if cfg.heatmap_cc_loss > 0:
+        heat = heat + cfg.heatmap_cc_loss * cc_loss(out["heatmaps"], target_h, hm)
     # Scores.
     sm = batch["score_mask"].float()
     score = (((torch.sigmoid(out["scores"]) - batch["scores"]) ** 2) * sm).sum() / sm.sum().clamp(min=1)
