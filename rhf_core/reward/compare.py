@@ -100,12 +100,18 @@ def summarize(c: Comparison) -> dict:
     return out
 
 
-def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance) -> str:
+def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance, predictor=None, reward=None) -> str:
     from rhf_core.judge import JUDGE_VERSION
 
     fp = file_fingerprint(Path(adapter).glob("*.safetensors")) if adapter else []
+    # The RAHF predictor scores every image (plausibility, and the rahf-* rewards): a new checkpoint
+    # must not be served stale numbers from the cache.
+    rahf = getattr(predictor, "path", None)
+    rahf_fp = file_fingerprint(Path(rahf).glob("*.safetensors")) if rahf else [type(predictor).__name__]
+    weights = getattr(reward, "path", None)  # a trained reward model (lee): its weights, likewise
+    reward_fp = file_fingerprint(Path(weights).glob("*.safetensors")) if weights else []
     return cache_key("compare", generator.fingerprint(), fp, list(prompts), n, reward_name, seed, steps, guidance,
-                     JUDGE_VERSION)
+                     JUDGE_VERSION, rahf_fp, reward_fp)
 
 
 def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: int = 4, reward_name: str = "lee",
@@ -125,18 +131,18 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
     if not adapter or not (Path(adapter) / "pytorch_lora_weights.safetensors").is_file():
         raise RewardError(f"no fine-tuned adapter at {adapter!r}: pick a shipped or saved one, or fine-tune now")
     report = progress or (lambda stage, f: None)
+    if predictor is None:
+        from rhf_core.rahf import load_rahf
+
+        predictor = load_rahf()
     reward = reward or get_reward(reward_name, predictor=predictor)
-    key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance)
+    key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance, predictor, reward)
     path = cache_dir("comparisons") / f"{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         get = lambda name: {m: z[f"{name}_{i}"] for i, m in enumerate(("original", "fine-tuned"))}  # noqa: E731
         return Comparison(prompts, n, k, reward_name, get("images"), get("rewards"), get("aligned"), get("implausible"),
                           get("plausibility"), get("embeddings"), json.loads(str(z["settings"])) | {"cached": True})
-    if predictor is None:
-        from rhf_core.rahf import load_rahf
-
-        predictor = load_rahf()
     if encoders is None:
         from rhf_core.reward.encoders import load_encoders
 
