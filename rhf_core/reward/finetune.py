@@ -52,6 +52,10 @@ class FinetuneConfig:
     # > 0: min-SNR-γ weighting of the denoising loss per timestep; the embedded generator was trained
     # with γ = 5. 0 = the plain ε-MSE of Stable Diffusion.
     snr_gamma: float = 0.0
+    # Classifier-free guidance of the samples in D_model. Fitting guided samples and then guiding
+    # again at inference guides twice (over-saturated, implausible images); 1.0 samples the
+    # conditional model itself, so uniform rewards would leave it where it is.
+    sample_guidance: float = 7.5
     seed: int = 0
     save_every: int = 100
 
@@ -139,7 +143,7 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
 
     weights = file_fingerprint(Path(reward.path).glob("*.safetensors")) if getattr(reward, "path", None) else []
     key = cache_key("d-model", "sampled-latents", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""),
-                    weights, prompts, cfg.per_prompt, cfg.seed)
+                    weights, prompts, cfg.per_prompt, cfg.seed, *([cfg.sample_guidance] if cfg.sample_guidance != 7.5 else []))
     path = cache_dir("finetune-data") / f"{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
@@ -148,6 +152,7 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
     # The latents the sampler produced are the model's samples exactly; re-encoding the decoded 8-bit
     # images would train the UNet on the VAE's round-trip error instead.
     images, latents = generator.generate(prompts, n=cfg.per_prompt, seed=cfg.seed, with_latents=True,
+                                         guidance=cfg.sample_guidance,
                                          progress=lambda d, t: progress("generating", d / t))
     latents = latents.flatten(0, 1)
     flat = [im for imgs in images for im in imgs]
