@@ -183,8 +183,8 @@ def main(argv=None) -> int:
     t.add_argument("--fusion-layers", type=int, default=3)
     t.add_argument("--dropout", type=float, default=0.0)
     t.add_argument("--heatmap-skip", action="store_true", help="heatmap decoder skip connections from the pixels")
-    t.add_argument("--heatmap-pos-weight", type=float, default=30.0, help="extra loss weight of flagged heatmap pixels")
-    t.add_argument("--heatmap-cc-loss", type=float, default=0.0,
+    t.add_argument("--heatmap-pos-weight", type=float, default=1.0, help="extra loss weight of flagged heatmap pixels")
+    t.add_argument("--heatmap-cc-loss", type=float, default=1.0,
                    help="weight of 1 − CC between predicted and label heatmaps (non-empty labels)")
     t.add_argument("--vision", default="", help="HF vision tower (hub id or local path); default: scratch ViT")
     t.add_argument("--text", default="", help="HF text encoder (hub id or local path); default: scratch")
