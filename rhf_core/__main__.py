@@ -286,8 +286,8 @@ def main(argv=None) -> int:
     f.add_argument("--steps", type=int, default=600)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--uncond-prob", type=float, default=0.0, help="share of the batch trained with the empty prompt")
-    f.add_argument("--sample-guidance", type=float, default=7.5,
+    f.add_argument("--uncond-prob", type=float, default=0.1, help="share of the batch trained with the empty prompt")
+    f.add_argument("--sample-guidance", type=float, default=1.0,
                    help="classifier-free guidance of the model's own samples (1 = the conditional model, unguided)")
     f.add_argument("--snr-gamma", type=float, default=0.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")

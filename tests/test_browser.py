@@ -207,3 +207,30 @@ def test_lee_page_in_the_browser(server, page):
     page.screenshot(path=str(ARTIFACTS / "lee-compare.png"))
     page.get_by_text("Images", exact=True).scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "lee-images.png"))
+
+
+def test_live_rahf_upload_and_predict_in_the_browser(server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    from rhf_core.shapes.dataset import generate_sample
+
+    # A ShapesWorld render with a planted implausibility defect, uploaded as a user's PNG.
+    s = next(s for s in (generate_sample(i, seed=3) for i in range(200))
+             if any(d.type == "implausibility" for d in s.defects))
+    path = tmp_path / "upload.png"
+    s.image().resize((256, 256)).save(path)
+    page.goto(f"{server}/live_rahf?ds={SPEC}")
+    _settled(page)
+    page.locator("input[type='file']").first.set_input_files(str(path))
+    box = page.get_by_label("Prompt for upload.png")
+    box.fill(s.prompt)
+    box.press("Enter")
+    _settled(page)
+    page.get_by_role("button", name="Predict").click()
+    expect(page.get_by_role("button", name=re.compile("Download predictions"))).to_be_visible()
+    _settled(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    expect(page.get_by_text("predicted implausibility")).to_be_visible()
+    assert page.locator("[data-testid='stMetric']").count() >= 4
+    page.get_by_text("predicted implausibility").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "live-rahf-prediction.png"))

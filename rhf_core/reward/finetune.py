@@ -45,17 +45,16 @@ class FinetuneConfig:
     steps: int = 600
     batch_size: int = 32
     lr: float = 1e-3
-    # Share of each batch trained with the empty prompt, as the base model was (classifier-free guidance
-    # amplifies any untrained drift of the unconditional branch). 0.1 measured no better than 0 on the
-    # embedded model (eval-lee seen / unseen alignment 0.31 / 0.25 vs 0.35 / 0.31), so it is off.
-    uncond_prob: float = 0.0
+    # Share of each batch trained with the empty prompt, as the base model was: classifier-free guidance
+    # amplifies any untrained drift of the unconditional branch.
+    uncond_prob: float = 0.1
     # > 0: min-SNR-γ weighting of the denoising loss per timestep; the embedded generator was trained
     # with γ = 5. 0 = the plain ε-MSE of Stable Diffusion.
     snr_gamma: float = 0.0
     # Classifier-free guidance of the samples in D_model. Fitting guided samples and then guiding
     # again at inference guides twice (over-saturated, implausible images); 1.0 samples the
     # conditional model itself, so uniform rewards would leave it where it is.
-    sample_guidance: float = 7.5
+    sample_guidance: float = 1.0
     seed: int = 0
     save_every: int = 100
 
