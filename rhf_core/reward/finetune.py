@@ -142,7 +142,7 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
 
     weights = file_fingerprint(Path(reward.path).glob("*.safetensors")) if getattr(reward, "path", None) else []
     key = cache_key("d-model", "sampled-latents", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""),
-                    weights, prompts, cfg.per_prompt, cfg.seed, *([cfg.sample_guidance] if cfg.sample_guidance != 7.5 else []))
+                    weights, prompts, cfg.per_prompt, cfg.seed, cfg.sample_guidance)
     path = cache_dir("finetune-data") / f"{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
@@ -226,6 +226,12 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     rw = torch.from_numpy(r)
     t0, parts = time.time(), []
 
+    snr = None
+    if cfg.snr_gamma > 0:
+        from rhf_core.t2i.train import _snr
+
+        snr = _snr(sched)
+
     def denoise_loss(lat, cond):
         if cfg.uncond_prob > 0:
             drop = torch.rand(len(cond), generator=gen) < cfg.uncond_prob
@@ -239,11 +245,6 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
         return loss
 
-    snr = None
-    if cfg.snr_gamma > 0:
-        from rhf_core.t2i.train import _snr
-
-        snr = _snr(sched)
     stopped = False
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
