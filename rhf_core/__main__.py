@@ -135,7 +135,8 @@ def _finetune(args) -> None:
                          prompts=args.prompts, n_prompts=args.n_prompts, per_prompt=args.per_prompt, beta=args.beta,
                          pretrain_folder=args.pretrain_folder, rank=args.rank, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob,
-                         snr_gamma=args.snr_gamma, sample_guidance=args.sample_guidance, seed=args.seed)
+                         snr_gamma=args.snr_gamma, sample_guidance=args.sample_guidance,
+                         reward_threshold=args.reward_threshold, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -289,6 +290,8 @@ def main(argv=None) -> int:
     f.add_argument("--uncond-prob", type=float, default=0.1, help="share of the batch trained with the empty prompt")
     f.add_argument("--sample-guidance", type=float, default=1.0,
                    help="classifier-free guidance of the model's own samples (1 = the conditional model, unguided)")
+    f.add_argument("--reward-threshold", type=float, default=0.0,
+                   help="> 0: train only on samples whose reward reaches this (Lee et al.'s filtered variant)")
     f.add_argument("--snr-gamma", type=float, default=0.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
     f.add_argument("--no-resume", action="store_true")

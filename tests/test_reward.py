@@ -220,3 +220,14 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
         run_comparison(gen, str(adapter), prompts, n=4, k=5, reward=brightness)
     with pytest.raises(RewardError, match="no fine-tuned adapter"):
         run_comparison(gen, "/nonexistent", prompts, reward=brightness)
+
+
+def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path):
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    cfg = FinetuneConfig(name="filtered", out=str(tmp_path / "adapter"), prompts=str(tmp_path / "prompts.txt"),
+                         per_prompt=2, beta=0.0, rank=4, steps=2, batch_size=2, reward_threshold=2.0)
+    with pytest.raises(RewardError, match="no sample reaches the reward threshold 2.0"):
+        finetune(cfg, generator=gen, reward=brightness, resume=False)  # brightness lies in [0, 1]
+    assert not (tmp_path / "adapter").exists()

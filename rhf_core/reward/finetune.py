@@ -55,6 +55,8 @@ class FinetuneConfig:
     # again at inference guides twice (over-saturated, implausible images); 1.0 samples the
     # conditional model itself, so uniform rewards would leave it where it is.
     sample_guidance: float = 1.0
+    # > 0: Lee et al.'s filtered variant: weight 1 for samples whose reward reaches this, 0 otherwise.
+    reward_threshold: float = 0.0
     seed: int = 0
     save_every: int = 100
 
@@ -182,6 +184,10 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     prompts = fine_tune_prompts(cfg)
     data = model_dataset(cfg, generator, reward_fn, prompts, report)
     r = np.clip(data["rewards"], 0.0, None)  # reward-weighted likelihood needs weights ≥ 0
+    if cfg.reward_threshold > 0:
+        r = (data["rewards"] >= cfg.reward_threshold).astype(np.float32)
+        if not r.any():
+            raise RewardError(f"no sample reaches the reward threshold {cfg.reward_threshold}: lower it")
     pre = pretrain_pairs(cfg, generator) if cfg.beta > 0 else None
     pre_mean, pre_std = encode_latents(generator, pre[0]) if pre else (None, None)
     beta = cfg.beta if pre is not None else 0.0
