@@ -141,7 +141,8 @@ rows = []
 for arm in ARMS:
     s = summary[arm]
     rows.append({"arm": arm, "mean reward": s["mean_reward"], "judge alignment": s["alignment_rate"],
-                 "model alignment (all n)": s.get("alignment_rate_all_n"), "diversity": s["diversity"], "judge implausible share": s["judge_implausible_share"],
+                 "model alignment (all n)": s.get("alignment_rate_all_n"), "diversity": s["diversity"],
+                 "judge implausible share": s["judge_implausible_share"],
                  "RAHF plausibility": s["rahf_plausibility"], "win vs original random": s["win"],
                  "tie": s["tie"], "loss": s["loss"]})
 st.dataframe(pd.DataFrame(rows).set_index("arm"), width="stretch")

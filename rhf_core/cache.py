@@ -37,6 +37,11 @@ def file_fingerprint(paths) -> list:
     return out
 
 
+def weights_fingerprint(folder) -> list:
+    """`file_fingerprint` of a model folder's safetensors files ([] for no folder)."""
+    return file_fingerprint(Path(folder).glob("*.safetensors")) if folder else []
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename over it: readers never see half a file."""
     path = Path(path)

@@ -223,20 +223,24 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
     return result
 
 
+def _fresh_panels(data: str, recs, base: int, panels: int = 1):
+    """ShapesWorld only: each record's sample (true scene and defects) and the feedback of `panels`
+    new, independent rater panels on it (panel j drawn from the seed [base, index, j])."""
+    from rhf_core.shapes.annotators import STYLES, annotate
+
+    root = open_dataset(data)
+    style = STYLES[root.raters]
+    for r in tqdm(recs, desc="rater panels", leave=False):
+        s = root.sample(root.index_of(r.id))
+        seeds = [[base, s.index]] if panels == 1 else [[base, s.index, j] for j in range(panels)]
+        yield s, [annotate(s.scene, s.defects, s.prompt, style, np.random.default_rng(seed)) for seed in seeds]
+
+
 def heatmap_noise_ceiling(data: str, recs) -> dict:
     """ShapesWorld only: the heatmap metrics of a second, independent panel of simulated raters
     (same images and defects, new clicks) against the labels — what perfect prediction of the
     annotation process, short of its noise, would reach."""
-    from rhf_core.shapes.annotators import STYLES, annotate
-
-    root = open_dataset(data)
-    second = []
-    for r in recs:
-        s = root.sample(root.index_of(r.id))
-        rng = np.random.default_rng([987654321, s.index])
-        fb = annotate(s.scene, s.defects, s.prompt, STYLES[root.raters], rng)
-        second.append(fb.heatmaps)
-    return heat_table(second, recs)
+    return heat_table([fbs[0].heatmaps for _, fbs in _fresh_panels(data, recs, 987654321)], recs)
 
 
 def shapes_oracle(data: str, recs, panels: int = 64) -> dict:
@@ -244,19 +248,14 @@ def shapes_oracle(data: str, recs, panels: int = 64) -> dict:
     Likert values the simulated raters perturb. Heatmaps: the expected annotation (the mean map of
     `panels` independent rater panels on the same image and defects), which is what a loss-minimising
     model converges to; the labels are one panel's clicks, so even this scores well below CC 1."""
-    from rhf_core.shapes.annotators import STYLES, annotate, true_likert
+    from rhf_core.shapes.annotators import true_likert
 
-    root = open_dataset(data)
     truths, maps = [], []
-    for r in tqdm(recs, desc="oracle", leave=False):
-        s = root.sample(root.index_of(r.id))
+    for s, fbs in _fresh_panels(data, recs, 24681357, panels):
         truths.append(true_likert(s.scene, s.defects))
-        acc: dict[str, np.ndarray] = {}
-        for j in range(panels):
-            fb = annotate(s.scene, s.defects, s.prompt, STYLES[root.raters], np.random.default_rng([24681357, s.index, j]))
-            for h, m in fb.heatmaps.items():
-                acc[h] = acc.get(h, 0.0) + m.astype(np.float64) / panels
-        maps.append({h: m.astype(np.float32) for h, m in acc.items()})
+        names = {h for fb in fbs for h in fb.heatmaps}  # a panel that collected no map counts as zeros
+        maps.append({h: (sum(fb.heatmaps[h].astype(np.float64) for fb in fbs if h in fb.heatmaps) / panels)
+                     .astype(np.float32) for h in names})
     return {"scores": score_table(truths, recs), "heatmaps": heat_table(maps, recs), "panels": panels}
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from rhf_core.cache import cache_dir, cache_key, file_fingerprint
+from rhf_core.cache import cache_dir, cache_key, weights_fingerprint
 from rhf_core.reward.model import RewardError
 from rhf_core.reward.sampling import top_k
 
@@ -103,15 +103,13 @@ def summarize(c: Comparison) -> dict:
 def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance, predictor=None, reward=None) -> str:
     from rhf_core.judge import JUDGE_VERSION
 
-    fp = file_fingerprint(Path(adapter).glob("*.safetensors")) if adapter else []
-    # The RAHF predictor scores every image (plausibility, and the rahf-* rewards): a new checkpoint
-    # must not be served stale numbers from the cache.
+    # The RAHF predictor scores every image (plausibility, and the rahf-* rewards) and a trained reward
+    # model (lee) scores them too: new weights of either must not be served stale numbers.
     rahf = getattr(predictor, "path", None)
-    rahf_fp = file_fingerprint(Path(rahf).glob("*.safetensors")) if rahf else [type(predictor).__name__]
-    weights = getattr(reward, "path", None)  # a trained reward model (lee): its weights, likewise
-    reward_fp = file_fingerprint(Path(weights).glob("*.safetensors")) if weights else []
-    return cache_key("compare", generator.fingerprint(), fp, list(prompts), n, reward_name, seed, steps, guidance,
-                     JUDGE_VERSION, rahf_fp, reward_fp)
+    return cache_key("compare", generator.fingerprint(), weights_fingerprint(adapter), list(prompts), n, reward_name,
+                     seed, steps, guidance, JUDGE_VERSION,
+                     weights_fingerprint(rahf) if rahf else [type(predictor).__name__],
+                     weights_fingerprint(getattr(reward, "path", None)))
 
 
 def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: int = 4, reward_name: str = "lee",

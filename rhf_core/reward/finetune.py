@@ -138,11 +138,9 @@ def save_adapter(unet, path: Path, info: dict) -> None:
 
 def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], progress) -> dict:
     """Generate, score and encode D_model (cached on disk)."""
-    from rhf_core.cache import cache_key
+    from rhf_core.cache import cache_key, weights_fingerprint
 
-    from rhf_core.cache import file_fingerprint
-
-    weights = file_fingerprint(Path(reward.path).glob("*.safetensors")) if getattr(reward, "path", None) else []
+    weights = weights_fingerprint(getattr(reward, "path", None))
     key = cache_key("d-model", "sampled-latents", generator.fingerprint(), cfg.reward, getattr(reward, "__name__", ""),
                     weights, prompts, cfg.per_prompt, cfg.seed, cfg.sample_guidance)
     path = cache_dir("finetune-data") / f"{key}.npz"

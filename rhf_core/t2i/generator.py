@@ -91,12 +91,12 @@ class Generator:
 
     def fingerprint(self) -> list:
         """What identifies this model's weights for cache keys: its files (size, mtime) and the adapter's."""
-        from rhf_core.cache import file_fingerprint
+        from rhf_core.cache import file_fingerprint, weights_fingerprint
 
         root = Path(str(self.pipe.config._name_or_path))
         files = file_fingerprint(root.rglob("*.safetensors")) if root.exists() else [self.name]
         if self.adapter:
-            files += file_fingerprint(Path(self.adapter).glob("*.safetensors"))
+            files += weights_fingerprint(self.adapter)
         return files
 
     def describe(self) -> str:
