@@ -138,10 +138,12 @@ if comp.settings.get("cached"):
 
 st.subheader("Measures per arm")
 rows = []
+# Pooled over all n samples of the arm's model: the same for its random and best-k arms.
+model_all_n = {arm.rsplit(" ", 1)[0]: summary[arm].get("alignment_rate_all_n") for arm in ARMS if arm.endswith("random")}
 for arm in ARMS:
     s = summary[arm]
     rows.append({"arm": arm, "mean reward": s["mean_reward"], "judge alignment": s["alignment_rate"],
-                 "model alignment (all n)": s.get("alignment_rate_all_n"), "diversity": s["diversity"],
+                 "model alignment (all n)": model_all_n.get(arm.rsplit(" ", 1)[0]), "diversity": s["diversity"],
                  "judge implausible share": s["judge_implausible_share"],
                  "RAHF plausibility": s["rahf_plausibility"], "win vs original random": s["win"],
                  "tie": s["tie"], "loss": s["loss"]})

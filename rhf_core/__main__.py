@@ -23,9 +23,17 @@ def _train_rahf(args) -> None:
     cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       augment=not args.no_augment, seed=args.seed, max_records=args.max_records, model=model,
                       state_dir=args.state_dir, heatmap_pos_weight=args.heatmap_pos_weight,
-                      heatmap_cc_loss=args.heatmap_cc_loss)
+                      heatmap_cc_loss=args.heatmap_cc_loss, score_loss=args.score_loss)
     train_rahf(cfg, resume=not args.no_resume)
     print(f"saved the best epoch to {args.out}")
+
+
+def _calibrate_rahf(args) -> None:
+    from rhf_core.data import open_dataset
+    from rhf_core.rahf.calibrate import calibrate_checkpoint
+
+    scales = calibrate_checkpoint(args.checkpoint, open_dataset(args.data, split=args.split), args.max_records)
+    print(f"heatmap scales written to {args.checkpoint}/config.json: {scales}")
 
 
 def _eval_rahf(args) -> None:
@@ -136,6 +144,7 @@ def _finetune(args) -> None:
                          pretrain_folder=args.pretrain_folder, rank=args.rank, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob,
                          snr_gamma=args.snr_gamma, sample_guidance=args.sample_guidance,
+                         guided_objective=args.guided_objective,
                          reward_threshold=args.reward_threshold, seed=args.seed)
     bars: dict = {}
 
@@ -187,6 +196,7 @@ def main(argv=None) -> int:
     t.add_argument("--heatmap-pos-weight", type=float, default=1.0, help="extra loss weight of flagged heatmap pixels")
     t.add_argument("--heatmap-cc-loss", type=float, default=1.0,
                    help="weight of 1 − CC between predicted and label heatmaps (non-empty labels)")
+    t.add_argument("--score-loss", type=float, default=1.0, help="weight of the score MSE")
     t.add_argument("--vision", default="", help="HF vision tower (hub id or local path); default: scratch ViT")
     t.add_argument("--text", default="", help="HF text encoder (hub id or local path); default: scratch")
     t.add_argument("--max-records", type=int, default=0, help="cap on training records (0 = all)")
@@ -195,6 +205,14 @@ def main(argv=None) -> int:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train_rahf)
+
+    cal = sub.add_parser("calibrate-rahf", help="fit a checkpoint's heatmap calibration on held-out labels "
+                         "(train-rahf does this on its dev split when it finishes)")
+    cal.add_argument("checkpoint", help="checkpoint folder")
+    cal.add_argument("--data", required=True, help="dataset spec with heatmap labels")
+    cal.add_argument("--split", default="dev")
+    cal.add_argument("--max-records", type=int, default=0)
+    cal.set_defaults(func=_calibrate_rahf)
 
     e = sub.add_parser("eval-rahf", help="the paper's tables for a checkpoint and baselines trained in the same run")
     e.add_argument("--checkpoint", default="", help="checkpoint folder (default: the embedded one)")
@@ -290,6 +308,9 @@ def main(argv=None) -> int:
     f.add_argument("--uncond-prob", type=float, default=0.1, help="share of the batch trained with the empty prompt")
     f.add_argument("--sample-guidance", type=float, default=1.0,
                    help="classifier-free guidance of the model's own samples (1 = the conditional model, unguided)")
+    f.add_argument("--guided-objective", action="store_true",
+                   help="take the reward-weighted loss on the guided prediction at --sample-guidance (fit the sampler "
+                        "that made the samples, so sampling at that guidance guides once)")
     f.add_argument("--reward-threshold", type=float, default=0.0,
                    help="> 0: train only on samples whose reward reaches this (Lee et al.'s filtered variant)")
     f.add_argument("--snr-gamma", type=float, default=0.0,

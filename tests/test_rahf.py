@@ -136,6 +136,8 @@ def test_train_resume_and_evaluate_on_cpu(tmp_path):
     train_rahf(cfg, resume=True)
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())["epochs"]
     assert [e["epoch"] for e in log] == [1, 2]
+    # A finished run calibrates its heatmaps on the dev split.
+    assert set(load_rahf(tmp_path / "run").config.heatmap_scale) == {"implausibility", "misalignment"}
     result = evaluate_rahf(str(tmp_path / "run"), data="shapes:n=240,seed=6", split="test",
                            train_data="shapes:n=240,seed=5", baseline_epochs=1, max_records=40)
     assert set(result["models"]) == {"rahf", "constant", "mean_heatmap", "cnn"}
@@ -192,3 +194,40 @@ def test_cc_loss_matches_pearson_and_skips_empty_or_missing_maps():
     assert float(cc_loss(10 * target - 5, target, collected)) == pytest.approx(0.0, abs=1e-4)
     assert float(cc_loss(5 - 10 * target, target, collected)) == pytest.approx(2.0, abs=1e-4)
     assert float(cc_loss(logits, torch.zeros_like(target), collected)) == 0.0
+
+
+def test_heatmap_calibration_fits_the_least_squares_scale_and_keeps_map_shapes(tmp_path):
+    from rhf_core import metrics as M
+    from rhf_core.data import open_dataset
+    from rhf_core.rahf.calibrate import calibrate_checkpoint, heatmap_gate
+
+    rahf = new_rahf(tiny(), seed=3)
+    rahf.save(tmp_path / "ck")
+    ds = open_dataset("shapes:n=120,seed=9", split="train")
+    scales = calibrate_checkpoint(tmp_path / "ck", ds, max_records=40)
+    assert set(scales) == {"implausibility", "misalignment"} and all(s > 0 for s in scales.values())
+    raw, cal = load_rahf(tmp_path / "ck"), load_rahf(tmp_path / "ck")
+    assert cal.config.heatmap_scale == scales
+    raw.config.heatmap_scale = {}
+    recs = [r for r in (ds[i] for i in range(40)) if r.image is not None]
+    p_raw = raw.predict([r.image for r in recs], [r.prompt for r in recs])
+    p_cal = cal.predict([r.image for r in recs], [r.prompt for r in recs])
+    for h in scales:
+        # Each calibrated map is the raw map times the scale and the model's confidence that it flags anything.
+        gate = heatmap_gate(h, p_raw[0].scores, p_raw[0].words)
+        np.testing.assert_allclose(p_cal[0].heatmaps[h], np.clip(p_raw[0].heatmaps[h] * scales[h] * gate, 0, 1),
+                                   atol=1e-5)
+        labelled = [(p, c, r) for p, c, r in zip(p_raw, p_cal, recs) if h in r.heatmaps]
+
+        def mse(factor):
+            return np.mean([np.mean((np.clip(c.heatmaps[h] * factor, 0, 1) - r.heatmaps[h]) ** 2) for _, c, r in labelled])
+
+        # The fitted scale is the least-squares optimum (nothing clips at these heat levels) ...
+        assert mse(1.0) <= min(mse(0.8), mse(1.25)), h
+        # ... and a per-image factor leaves a map's shape metrics alone.
+        flagged = [(p, c, r) for p, c, r in labelled if r.heatmaps[h].any() and c.heatmaps[h].std() > 0]
+        assert flagged
+        for p, c, r in flagged[:5]:
+            assert M.cc(c.heatmaps[h], r.heatmaps[h]) == pytest.approx(M.cc(p.heatmaps[h], r.heatmaps[h]), abs=1e-4)
+    with pytest.raises(ValueError, match="heatmap_scale"):
+        RAHFConfig.from_dict({**tiny().to_dict(), "heatmap_scale": {"implausibility": -1.0}})

@@ -231,3 +231,27 @@ def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path)
     with pytest.raises(RewardError, match="no sample reaches the reward threshold 2.0"):
         finetune(cfg, generator=gen, reward=brightness, resume=False)  # brightness lies in [0, 1]
     assert not (tmp_path / "adapter").exists()
+
+
+def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
+    """At guidance 1 the guided objective is the plain conditional loss; at guidance 3 it trains other weights."""
+    from safetensors.torch import load_file
+
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+
+    def run(name, **kw):
+        cfg = FinetuneConfig(name=name, out=str(tmp_path / name), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
+                             beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, uncond_prob=0.0, **kw)
+        return load_file(str(finetune(cfg, generator=gen, reward=brightness, resume=False)
+                             / "pytorch_lora_weights.safetensors"))
+
+    plain = run("plain", sample_guidance=3.0)
+    same = run("guided1", sample_guidance=3.0, guided_objective=False)
+    guided = run("guided3", sample_guidance=3.0, guided_objective=True)
+    assert all(torch.equal(plain[k], same[k]) for k in plain)  # deterministic given the config
+    diff = sum(float((guided[k] - plain[k]).abs().sum()) for k in plain)
+    assert diff > 1e-3 and all(torch.isfinite(v).all() for v in guided.values())
+    info = json.loads((tmp_path / "guided3" / "adapter.json").read_text())
+    assert info["config"]["guided_objective"] is True and info["config"]["sample_guidance"] == 3.0

@@ -62,6 +62,9 @@ class RAHFConfig:
     # convolution of the input downsampled to that resolution joins the decoder (U-Net style), so maps
     # can be sharper than the patch grid. Off in checkpoints saved before it existed.
     heatmap_skip: bool = False
+    # Post-hoc calibration (rhf_core.rahf.calibrate, fitted on dev labels): each predicted map times
+    # its scale and the model's confidence that the map flags anything. Empty: raw maps.
+    heatmap_scale: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +89,9 @@ class RAHFConfig:
                 raise ValueError(f"backbone kind must be 'scratch' or 'hf', got {part.kind!r}")
             if part.kind == "hf" and not part.name_or_path:
                 raise ValueError("an 'hf' backbone needs name_or_path")
+        for name, scale in self.heatmap_scale.items():
+            if name not in ("implausibility", "misalignment") or not float(scale) > 0:
+                raise ValueError(f"heatmap_scale needs positive scales of known heatmaps, got {name!r}: {scale!r}")
         p = self.vision.patch_size
         if self.vision.kind == "scratch" and (p & (p - 1) or self.image_size % p):
             raise ValueError(f"patch size {p} must be a power of two dividing the image size {self.image_size}")

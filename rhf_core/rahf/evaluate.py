@@ -316,7 +316,7 @@ def format_tables(result: dict) -> str:
         for m in models:
             r = models[m]["heatmaps"].get(h)
             if r:
-                lines.append(f"  {m:<16}{r['mse_all']:9.4f} {r['mse_empty_gt']:10.4f} {r['cc']:7.3f} {r['kld']:7.3f} "
+                lines.append(f"  {m:<16}{r['mse_all']:9.2e} {r['mse_empty_gt']:10.2e} {r['cc']:7.3f} {r['kld']:7.3f} "
                              f"{r['sim']:7.3f} {r['nss']:7.3f} {r['auc_judd']:9.3f}")
     lines.append("\nMisaligned keywords   precision  recall      F1")
     for m in models:

@@ -22,6 +22,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
 from rhf_core.errors import RHFError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
+from rhf_core.rahf.calibrate import heatmap_gate
 from rhf_core.rahf.config import RAHFConfig
 from rhf_core.rahf.model import RAHFModel
 
@@ -74,8 +75,8 @@ class RAHF:
         self.metrics = {}
         # Identifies the weights as loaded (path + modification time), for prediction caches.
         weights = Path(path) / WEIGHTS if path is not None else None
-        self.weights_key = (f"{Path(path).resolve()}@{weights.stat().st_mtime_ns}" if weights and weights.is_file()
-                            else f"unsaved-{id(self)}")
+        self.weights_key = (f"{Path(path).resolve()}@{weights.stat().st_mtime_ns}@{config.to_dict()}"
+                            if weights and weights.is_file() else f"unsaved-{id(self)}")
         if path is not None and (Path(path) / "metrics.json").is_file():
             self.metrics = json.loads((Path(path) / "metrics.json").read_text())
 
@@ -155,11 +156,14 @@ class RAHF:
             for i, im in enumerate(batch):
                 n = min(len(words[i]), self.config.max_words, word_p.shape[1])
                 probs = [float(word_p[i, j]) if j < n else 0.0 for j in range(len(words[i]))]
-                out.append(Prediction(
-                    heatmaps={h: resize_heatmap(heat[i, k], im.size) for k, h in enumerate(HEATMAP_NAMES)},
-                    scores={s: float(scores[i, k]) for k, s in enumerate(SCORE_NAMES)},
-                    words=list(zip(words[i], probs)),
-                ))
+                pred = Prediction(heatmaps={}, scores={s: float(scores[i, k]) for k, s in enumerate(SCORE_NAMES)},
+                                  words=list(zip(words[i], probs)))
+                for k, h in enumerate(HEATMAP_NAMES):
+                    m = heat[i, k]
+                    if h in self.config.heatmap_scale:  # calibrated (rhf_core.rahf.calibrate)
+                        m = np.clip(m * self.config.heatmap_scale[h] * heatmap_gate(h, pred.scores, pred.words), 0, 1)
+                    pred.heatmaps[h] = resize_heatmap(m.astype(np.float32), im.size)
+                out.append(pred)
             if progress is not None:
                 progress(min(start + batch_size, len(images)), len(images))
         return out

@@ -297,7 +297,15 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
         if should_stop is not None and should_stop():
             break
     accelerator.wait_for_everyone()
-    return RAHF.load(out) if (out / "model.safetensors").is_file() else rahf
+    if not (out / "model.safetensors").is_file():
+        return rahf
+    if accelerator.is_main_process and len(log) == cfg.epochs:  # finished: calibrate the heatmaps on dev
+        from rhf_core.rahf.calibrate import calibrate_checkpoint
+
+        scales = calibrate_checkpoint(out, val_ds)
+        accelerator.print(f"heatmap calibration on {len(val_ds)} dev records: {scales}")
+    accelerator.wait_for_everyone()
+    return RAHF.load(out)
 
 
 def _jsonable(cfg: TrainConfig) -> dict:

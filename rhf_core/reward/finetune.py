@@ -55,6 +55,10 @@ class FinetuneConfig:
     # again at inference guides twice (over-saturated, implausible images); 1.0 samples the
     # conditional model itself, so uniform rewards would leave it where it is.
     sample_guidance: float = 1.0
+    # Fit the sampler that made D_model rather than the conditional branch: the reward-weighted loss
+    # is taken on the classifier-free-guided prediction ε_u + w (ε_c − ε_u) at w = sample_guidance, so
+    # guided samples are fitted as what they are and sampling at that guidance afterwards guides once.
+    guided_objective: bool = False
     # > 0: Lee et al.'s filtered variant: weight 1 for samples whose reward reaches this, 0 otherwise.
     reward_threshold: float = 0.0
     seed: int = 0
@@ -210,6 +214,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
 
     unet.requires_grad_(False)
     unet.to(torch.float32)
+    torch.manual_seed(cfg.seed)  # LoRA's initial A matrices: the same adapter from the same config
     add_lora(unet, cfg.rank)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -236,14 +241,22 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
 
         snr = _snr(sched)
 
-    def denoise_loss(lat, cond):
-        if cfg.uncond_prob > 0:
+    w = cfg.sample_guidance
+
+    def denoise_loss(lat, cond, guided=False):
+        if cfg.uncond_prob > 0 and not guided:
             drop = torch.rand(len(cond), generator=gen) < cfg.uncond_prob
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
         noise = torch.randn(lat.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),), generator=gen)
         noisy = sched.add_noise(lat, noise, t)
-        pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
+        if guided and w != 1.0:  # the guided sampler's prediction, as at inference
+            both = unet_t(torch.cat([noisy, noisy]).to(dev), torch.cat([t, t]).to(dev),
+                          torch.cat([cond, empty.expand_as(cond)]).to(dev)).sample.float()
+            pred_c, pred_u = both.chunk(2)
+            pred = pred_u + w * (pred_c - pred_u)
+        else:
+            pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
         loss = ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
         if snr is not None:  # the generator's own weighting, so the objective is the one it was trained on
             loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
@@ -254,7 +267,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
-        l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx])).mean()
+        l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective)).mean()
         loss = l_model
         l_pre = torch.zeros(())
         if beta > 0:
