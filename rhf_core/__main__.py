@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("train-rahf", help="train a RAHF predictor on a dataset spec")
     t.add_argument("--data", default="shapes:n=10000,seed=0", help="dataset spec (train and dev splits are used)")
     t.add_argument("--out", default="cache/rahf-run", help="folder for the best checkpoint")
-    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--epochs", type=int, default=24)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--variant", choices=["multihead", "augmented"], default="multihead")
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     t.add_argument("--heatmap-pos-weight", type=float, default=1.0, help="extra loss weight of flagged heatmap pixels")
     t.add_argument("--heatmap-cc-loss", type=float, default=1.0,
                    help="weight of 1 − CC between predicted and label heatmaps (non-empty labels)")
-    t.add_argument("--score-loss", type=float, default=1.0, help="weight of the score MSE")
+    t.add_argument("--score-loss", type=float, default=2.0, help="weight of the score MSE")
     t.add_argument("--vision", default="", help="HF vision tower (hub id or local path); default: scratch ViT")
     t.add_argument("--text", default="", help="HF text encoder (hub id or local path); default: scratch")
     t.add_argument("--max-records", type=int, default=0, help="cap on training records (0 = all)")
@@ -304,16 +304,16 @@ def main(argv=None) -> int:
     f.add_argument("--rank", type=int, default=8)
     f.add_argument("--steps", type=int, default=600)
     f.add_argument("--batch-size", type=int, default=32)
-    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--lr", type=float, default=3e-4)
     f.add_argument("--uncond-prob", type=float, default=0.1, help="share of the batch trained with the empty prompt")
-    f.add_argument("--sample-guidance", type=float, default=1.0,
+    f.add_argument("--sample-guidance", type=float, default=7.5,
                    help="classifier-free guidance of the model's own samples (1 = the conditional model, unguided)")
-    f.add_argument("--guided-objective", action="store_true",
+    f.add_argument("--guided-objective", action=argparse.BooleanOptionalAction, default=True,
                    help="take the reward-weighted loss on the guided prediction at --sample-guidance (fit the sampler "
                         "that made the samples, so sampling at that guidance guides once)")
     f.add_argument("--reward-threshold", type=float, default=0.0,
                    help="> 0: train only on samples whose reward reaches this (Lee et al.'s filtered variant)")
-    f.add_argument("--snr-gamma", type=float, default=0.0,
+    f.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
     f.add_argument("--no-resume", action="store_true")
     f.add_argument("--seed", type=int, default=0)

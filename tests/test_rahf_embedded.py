@@ -42,6 +42,21 @@ def test_heatmaps_beat_the_mean_training_heatmap(fresh):
     assert model_nss > 1.0
 
 
+def test_calibrated_heatmaps_beat_a_flat_map_on_mse(fresh):
+    """The shipped maps are calibrated (config heatmap_scale): lower MSE than the flat training-mean
+    map, and for implausibility also where nobody flagged anything."""
+    model, recs, preds, train = fresh
+    assert set(model.config.heatmap_scale) == {"implausibility", "misalignment"}
+    for k, h in enumerate(("implausibility", "misalignment")):
+        flat = float(train.heatmaps[train.heat_mask[:, k], k].astype(np.float64).mean())
+        pairs = [(p.heatmaps[h], r.heatmaps[h]) for p, r in zip(preds, recs) if h in r.heatmaps]
+        model_mse = np.mean([np.mean((p - g) ** 2) for p, g in pairs])
+        assert model_mse < np.mean([np.mean((flat - g) ** 2) for _, g in pairs]), h
+        if h == "implausibility":
+            empty = [p for p, g in pairs if not g.any()]
+            assert len(empty) > 30 and np.mean([np.mean(p ** 2) for p in empty]) < flat ** 2
+
+
 def test_scores_and_words_beat_the_constant_predictor(fresh):
     _, recs, preds, train = fresh
     # A constant predictor has no rank correlation at all; the model must have a clear one.

@@ -121,7 +121,7 @@ def train_cnn(arr: Arrays, epochs: int, seed: int = 0, batch_size: int = 64) -> 
     size = arr.images.shape[1]
     model = CNNBaseline(size)
     # The baseline keeps the loss it has always been reported with: weighted cross-entropy, no CC term.
-    cfg = replace(TrainConfig(), word_loss=0.0, heatmap_pos_weight=30.0, heatmap_cc_loss=0.0)
+    cfg = replace(TrainConfig(), word_loss=0.0, heatmap_pos_weight=30.0, heatmap_cc_loss=0.0, score_loss=1.0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     steps = epochs * math.ceil(len(arr) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 1))

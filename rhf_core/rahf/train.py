@@ -54,7 +54,7 @@ class TrainConfig:
     heatmap_cc_loss: float = 1.0
     # Loss weights of the three heads.
     heatmap_loss: float = 1.0
-    score_loss: float = 1.0
+    score_loss: float = 2.0
     word_loss: float = 0.5
     augment: bool = True
     seed: int = 0

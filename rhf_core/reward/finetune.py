@@ -44,21 +44,21 @@ class FinetuneConfig:
     rank: int = 8
     steps: int = 600
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     # Share of each batch trained with the empty prompt, as the base model was: classifier-free guidance
     # amplifies any untrained drift of the unconditional branch.
     uncond_prob: float = 0.1
     # > 0: min-SNR-γ weighting of the denoising loss per timestep; the embedded generator was trained
     # with γ = 5. 0 = the plain ε-MSE of Stable Diffusion.
-    snr_gamma: float = 0.0
-    # Classifier-free guidance of the samples in D_model. Fitting guided samples and then guiding
-    # again at inference guides twice (over-saturated, implausible images); 1.0 samples the
-    # conditional model itself, so uniform rewards would leave it where it is.
-    sample_guidance: float = 1.0
+    snr_gamma: float = 5.0
+    # Classifier-free guidance of the samples in D_model (the comparison samples at 7.5). Fitting guided
+    # samples with the plain conditional loss and then guiding again at inference guides twice
+    # (over-saturated, implausible images); the guided objective below avoids that.
+    sample_guidance: float = 7.5
     # Fit the sampler that made D_model rather than the conditional branch: the reward-weighted loss
     # is taken on the classifier-free-guided prediction ε_u + w (ε_c − ε_u) at w = sample_guidance, so
     # guided samples are fitted as what they are and sampling at that guidance afterwards guides once.
-    guided_objective: bool = False
+    guided_objective: bool = True
     # > 0: Lee et al.'s filtered variant: weight 1 for samples whose reward reaches this, 0 otherwise.
     reward_threshold: float = 0.0
     seed: int = 0
@@ -136,7 +136,12 @@ def save_adapter(unet, path: Path, info: dict) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(save_directory=str(path), unet_lora_layers=state, safe_serialization=True)
+    tmp = path / ".saving"  # written beside, then renamed: a reader never sees half an adapter
+    StableDiffusionPipeline.save_lora_weights(save_directory=str(tmp), unet_lora_layers=state, safe_serialization=True)
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+        f.replace(path / f.name)
+    tmp.rmdir()
     atomic_write_text(path / "adapter.json", json.dumps(info, indent=2) + "\n")
 
 
