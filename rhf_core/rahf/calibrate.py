@@ -27,8 +27,9 @@ def heatmap_gate(name: str, scores: dict, words: list) -> float:
 
 def fit_heatmap_scale(rahf, ds: Dataset, max_records: int = 0, batch_size: int = 64) -> dict[str, float]:
     """Least-squares scale of each gated map type against the labels of `ds` (records with images)."""
-    n = len(ds) if not max_records else min(max_records, len(ds))
-    recs = [r for r in (ds[i] for i in range(n)) if r.image is not None]
+    from rhf_core.rahf.evaluate import _records  # the records evaluation reads, the same way
+
+    recs = _records(ds, max_records)
     saved, rahf.config.heatmap_scale = rahf.config.heatmap_scale, {}
     try:
         preds = rahf.predict([r.image for r in recs], [r.prompt for r in recs], batch_size=batch_size)

@@ -90,7 +90,7 @@ class RAHFConfig:
             if part.kind == "hf" and not part.name_or_path:
                 raise ValueError("an 'hf' backbone needs name_or_path")
         for name, scale in self.heatmap_scale.items():
-            if name not in ("implausibility", "misalignment") or not float(scale) > 0:
+            if name not in HEATMAP_NAMES or not float(scale) > 0:
                 raise ValueError(f"heatmap_scale needs positive scales of known heatmaps, got {name!r}: {scale!r}")
         p = self.vision.patch_size
         if self.vision.kind == "scratch" and (p & (p - 1) or self.image_size % p):

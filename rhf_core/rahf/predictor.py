@@ -73,7 +73,7 @@ class RAHF:
         self.model = model.to(self.device).eval()
         self.path = path
         self.metrics = {}
-        # Identifies the weights as loaded (path + modification time), for prediction caches.
+        # Identifies the model as loaded (path, weights' modification time, config incl. calibration), for caches.
         weights = Path(path) / WEIGHTS if path is not None else None
         self.weights_key = (f"{Path(path).resolve()}@{weights.stat().st_mtime_ns}@{config.to_dict()}"
                             if weights and weights.is_file() else f"unsaved-{id(self)}")
