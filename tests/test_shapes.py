@@ -80,6 +80,26 @@ def test_heatmap_peaks_lie_inside_the_planted_regions(world):
     assert checked > 60
 
 
+def test_richhf_raters_dot_each_defect_in_proportion_to_its_size(world):
+    areas, clicks, cover = [], [], []
+    for i in range(300):
+        sample = world.sample(i)
+        imp = [d for d in sample.defects if d.type == "implausibility"]
+        if len(imp) != 1:
+            continue
+        areas.append(int(imp[0].region.sum()))
+        clicks.append(sample.feedback.meta["clicks"]["implausibility"])
+        cover.append(float((sample.feedback.heatmaps["implausibility"][imp[0].region] > 0).mean()))
+    assert len(areas) > 60
+    assert spearmanr(areas, clicks).statistic > 0.6  # bigger defects get more points
+    areas, clicks = np.array(areas), np.array(clicks)
+    disk = np.pi * (RICHHF_DISK_RADIUS_FRAC * world.size) ** 2
+    big = areas > 4 * disk
+    assert clicks[big].mean() / 3 > 3 and clicks[~big].mean() / 3 < 3  # per rater
+    assert clicks.max() <= 3 * 10 + 3  # at most 10 points per defect and rater, plus stray clicks
+    assert np.mean(cover) > 0.7  # the label covers most of the defect, not one dot of it
+
+
 def test_clean_images_have_no_planted_regions_and_high_scores(world):
     f = world.frame
     clean = f[(f.n_implausibility_defects == 0) & (f.n_misalignment_defects == 0)]

@@ -1,11 +1,13 @@
 """Simulated annotators: ground truth → rich feedback, the way people produce it.
 
 Each rater has a personal bias (shared over the four criteria) and per-answer noise on 1–5 Likert
-scores; clicks a point inside each defect they notice (with misses and occasional stray clicks);
+scores; clicks points inside each defect they notice (with misses and occasional stray clicks);
 and selects misaligned prompt words with some probability. Aggregation follows the real datasets:
 
 - `richhf` style: 3 raters; scores are the mean rating mapped to [0, 1] by (s − 1) / 4; each click
   becomes a disk of radius 20/512 of the side; heatmaps average the raters' maps (RichHF-18K).
+  RichHF raters dot an artifact with points rather than click it once, so a rater who notices a
+  defect clicks about as many points as disks it takes to cover it (± 50%, 1 to 10).
 - `rapidata` style: 15–25 raters; Gaussian clicks with σ = 5% of the side; heatmaps exist only for
   images whose mean rating on that criterion is low (Rapidata annotated areas only for those).
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rhf_core.dataset import tokenize_prompt
-from rhf_core.heatmaps import annotators_to_heatmap
+from rhf_core.heatmaps import RICHHF_DISK_RADIUS_FRAC, annotators_to_heatmap
 from rhf_core.shapes.render import Defect, Scene
 
 
@@ -38,10 +40,13 @@ class RaterStyle:
     stray_word_prob: float  # chance per rater of selecting one aligned word
     # Rapidata collected area clicks only for low-scoring images; None = always collected.
     heatmap_below: float | None = None
+    # > 0: clicks per noticed defect ≈ this × (defect area / click disk area), capped at
+    # max_clicks_per_defect; 0: uniform between 1 and max_clicks_per_defect.
+    clicks_per_disk: float = 0.0
 
 
 STYLES = {
-    "richhf": RaterStyle("richhf", (3, 3), "disk", 1, 0.35, 0.5, 0.85, 0.05, 0.8, 0.05),
+    "richhf": RaterStyle("richhf", (3, 3), "disk", 10, 0.35, 0.5, 0.85, 0.05, 0.8, 0.05, clicks_per_disk=1.0),
     "rapidata": RaterStyle("rapidata", (15, 25), "gaussian", 2, 0.45, 0.6, 0.7, 0.08, 0.7, 0.08, heatmap_below=0.8),
 }
 
@@ -71,6 +76,16 @@ def _click(region_pixels: tuple[np.ndarray, np.ndarray], rng: np.random.Generato
     ys, xs = region_pixels
     i = rng.integers(len(xs))
     return float(xs[i] + rng.uniform(0.1, 0.9)), float(ys[i] + rng.uniform(0.1, 0.9))
+
+
+def _n_clicks(region_pixels: tuple[np.ndarray, np.ndarray], style: RaterStyle, side: int,
+              rng: np.random.Generator) -> int:
+    """How many points one rater clicks on a defect they noticed."""
+    if style.clicks_per_disk <= 0:
+        return int(rng.integers(1, style.max_clicks_per_defect + 1))
+    disk_area = np.pi * (RICHHF_DISK_RADIUS_FRAC * side) ** 2
+    n = style.clicks_per_disk * len(region_pixels[0]) / disk_area * rng.uniform(0.5, 1.5)
+    return int(np.clip(round(n), 1, style.max_clicks_per_defect))
 
 
 def annotate(
@@ -104,7 +119,7 @@ def annotate(
             pts = []
             for region in regions:
                 if rng.random() < style.notice_prob:
-                    for _ in range(int(rng.integers(1, style.max_clicks_per_defect + 1))):
+                    for _ in range(_n_clicks(region, style, scene.size, rng)):
                         pts.append(_click(region, rng))
             if rng.random() < style.stray_click_prob:
                 pts.append(tuple(rng.uniform(0, scene.size, size=2)))

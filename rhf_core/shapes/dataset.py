@@ -20,8 +20,11 @@ from rhf_core.shapes.annotators import STYLES, Feedback, annotate
 from rhf_core.shapes.grammar import PromptSpec, sample_prompt
 from rhf_core.shapes.render import Defect, Scene, render, sample_scene
 
-# Bump when generation changes, so cached frames are rebuilt.
+# Bump when generation changes, so cached frames are rebuilt. WORLD_VERSION seeds every record
+# (bumping it changes scenes and prompts); ANNOTATION_VERSION only the simulated feedback, which is
+# drawn last from each record's generator, so scenes stay as they were.
 WORLD_VERSION = 1
+ANNOTATION_VERSION = 2  # 2: RichHF raters dot each defect with points to cover it (was one click)
 
 # How many defects of each type an image gets (probabilities for 0, 1, 2, ...).
 IMPLAUSIBLE_COUNTS = (0.45, 0.35, 0.15, 0.05)
@@ -123,7 +126,7 @@ class ShapesDataset(Dataset):
         self.spec = f"shapes:n={n},seed={seed},size={size},raters={raters}"
         build = lambda: self._build_frame(progress)  # noqa: E731
         if cache:
-            key = cache_key("shapes", WORLD_VERSION, self.n, self.seed, self.size, raters)
+            key = cache_key("shapes", WORLD_VERSION, ANNOTATION_VERSION, self.n, self.seed, self.size, raters)
             self._frame = cached_frame("shapes", key, build)
         else:
             self._frame = build()
