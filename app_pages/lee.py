@@ -12,7 +12,7 @@ from rhf_core.cache import cache_dir
 from rhf_core.errors import RHFError
 from rhf_core.reward import REWARD_NAMES, get_reward
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
-from rhf_core.reward.experiment import heldout_prompts
+from rhf_core.reward.experiment import experiment_prompts, heldout_prompts
 from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info
 from rhf_core.shapes.grammar import CATEGORIES, parse_prompt
 from ui.components import upscale
@@ -20,7 +20,7 @@ from ui.loaders import load_encoders, load_reward_model
 from ui.settings import current_generator, current_predictor
 
 SHIPPED = Path(__file__).resolve().parents[1] / "rhf_core" / "assets" / "adapters"
-PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts", "Free text"]
+PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts", "The adapter's training prompts", "Free text"]
 ARM_COLORS = dict(zip(ARMS, px.colors.qualitative.Set2))
 
 st.title("Rejection sampling vs fine-tuning")
@@ -48,6 +48,7 @@ def reward_fn(name: str):
 
 # --- inputs ----------------------------------------------------------------------------------------
 
+found = adapters()
 left, right = st.columns([3, 2])
 with left:
     which = st.radio("Prompts", PROMPT_SETS, key="lee_set", horizontal=True)
@@ -57,7 +58,12 @@ with left:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         cats = st.multiselect("Categories", CATEGORIES, default=list(CATEGORIES), key="lee_cats")
-        pool = heldout_prompts(60)["seen" if which.startswith("Held-out") else "unseen"]
+        if which.startswith("The adapter"):
+            # Lee et al.'s "seen" prompts: the ones the fine-tuning used (the comparison draws new seeds).
+            chosen = found.get(st.session_state.get("lee_adapter", ""), next(iter(found.values()), None))
+            pool = experiment_prompts(chosen, 400).get("trained", []) if chosen else []
+        else:
+            pool = heldout_prompts(60)["seen" if which.startswith("Held-out") else "unseen"]
         pool = [p for p in pool if parse_prompt(p).category in cats]
         count = st.slider("Number of prompts", 1, max(1, len(pool)), min(8, max(1, len(pool))), key="lee_count")
         prompts = pool[:count]
@@ -68,7 +74,6 @@ with right:
     k = c2.slider("k (kept)", 1, 32, 4, key="lee_k")
     reward_name = c1.selectbox("Reward", REWARD_NAMES, key="lee_reward")
     seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key="lee_seed")
-    found = adapters()
     adapter_label = st.selectbox("Fine-tuned adapter", list(found) or ["none found"], key="lee_adapter")
 
 with st.expander("Fine-tune a new adapter now"):

@@ -145,7 +145,7 @@ def _finetune(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob,
                          snr_gamma=args.snr_gamma, sample_guidance=args.sample_guidance,
                          guided_objective=args.guided_objective,
-                         reward_threshold=args.reward_threshold, seed=args.seed)
+                         reward_threshold=args.reward_threshold, reward_t_min=args.reward_t_min, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -313,6 +313,8 @@ def main(argv=None) -> int:
                         "that made the samples, so sampling at that guidance guides once)")
     f.add_argument("--reward-threshold", type=float, default=0.0,
                    help="> 0: train only on samples whose reward reaches this (Lee et al.'s filtered variant)")
+    f.add_argument("--reward-t-min", type=float, default=0.0,
+                   help="train the reward-weighted term on the noisiest (1 − this) share of timesteps only")
     f.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
     f.add_argument("--no-resume", action="store_true")
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
 
     le = sub.add_parser("eval-lee", help="rejection sampling vs fine-tuning on held-out prompts, judged")
     le.add_argument("--adapters", default="rhf_core/assets/adapters/lee-shapes,rhf_core/assets/adapters/lee-shapes-beta0")
-    le.add_argument("--n-prompts", type=int, default=12, help="held-out prompts per split (seen, unseen)")
+    le.add_argument("--n-prompts", type=int, default=12, help="prompts per split (trained, held-out seen, unseen)")
     le.add_argument("--n", type=int, default=16)
     le.add_argument("--k", type=int, default=4)
     le.add_argument("--reward", default="lee")

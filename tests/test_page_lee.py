@@ -57,3 +57,20 @@ def test_bad_inputs_show_messages():
     at.text_area(key="lee_text").input("   \n  ").run()
     assert not at.exception
     assert any("prompt set is empty" in w.value for w in at.warning)
+
+
+def test_training_prompt_set_lists_the_adapters_own_prompts():
+    from rhf_core.reward.finetune import FinetuneConfig, fine_tune_prompts, load_adapter_info
+    from rhf_core.reward.train import default_prompt_split
+
+    at = open_page()
+    at.radio(key="lee_set").set_value("The adapter's training prompts").run()
+    assert not at.exception, at.exception
+    adapter = Path(APP).parent / "rhf_core" / "assets" / "adapters" / "lee-shapes"
+    cfg = load_adapter_info(adapter)["config"]
+    trained = fine_tune_prompts(FinetuneConfig(prompts=cfg["prompts"], n_prompts=cfg["n_prompts"]))
+    assert len(trained) == 200
+    shown = [c.value for c in at.caption if c.value.startswith("8 prompts: ")][0]
+    listed = shown.removeprefix("8 prompts: ").removesuffix(" …").split(" · ")
+    assert listed and set(listed) <= set(trained)
+    assert not set(listed) & set(default_prompt_split()["seen"])  # not the held-out ones

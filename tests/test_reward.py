@@ -214,6 +214,20 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     again = run_comparison(gen, str(adapter), prompts, n=4, k=3, reward_name="brightness", reward=brightness,
                            predictor=rahf, encoders=clip, steps=2)
     assert again.settings["cached"] is True and np.array_equal(again.rewards["fine-tuned"], c.rewards["fine-tuned"])
+    # A new scoring model re-scores the same images from the generation cache, never re-generates.
+    def no_generation(*a, **kw):
+        raise AssertionError("generated again")
+
+    real_generate, gen.generate = gen.generate, no_generation
+    try:
+        dark = run_comparison(gen, str(adapter), prompts, n=4, k=2, reward_name="darkness",
+                              reward=lambda ims, ps: 1 - brightness(ims, ps), predictor=rahf, encoders=clip, steps=2)
+    finally:
+        gen.generate = real_generate
+    assert dark.settings["cached"] is False
+    for model in ("original", "fine-tuned"):
+        assert np.array_equal(dark.images[model], c.images[model])
+        np.testing.assert_allclose(dark.rewards[model], 1 - c.rewards[model], atol=1e-6)
     with pytest.raises(RewardError, match="prompt set is empty"):
         run_comparison(gen, str(adapter), ["  "], reward=brightness)
     with pytest.raises(RewardError, match="best 5 of 4"):
@@ -230,6 +244,15 @@ def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path)
                          per_prompt=2, beta=0.0, rank=4, steps=2, batch_size=2, reward_threshold=2.0)
     with pytest.raises(RewardError, match="no sample reaches the reward threshold 2.0"):
         finetune(cfg, generator=gen, reward=brightness, resume=False)  # brightness lies in [0, 1]
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_reward_t_min_outside_the_schedule_is_refused(gen, tmp_path):
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(name="tmin", out=str(tmp_path / "adapter"), reward_t_min=1.0, steps=2)
+    with pytest.raises(RewardError, match=r"reward_t_min must lie in \[0, 1\)"):
+        finetune(cfg, generator=gen, reward=brightness, resume=False)
     assert not (tmp_path / "adapter").exists()
 
 

@@ -112,6 +112,31 @@ def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance
                      weights_fingerprint(getattr(reward, "path", None)))
 
 
+def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, seed: int, steps: int,
+                    guidance: float, progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
+    """`n` images per prompt from the generator, with the adapter loaded or (None) without; cached on disk
+    by weights and settings, so new scoring models (a retrained RAHF or reward) re-score, not re-generate,
+    and every adapter's comparison shares the original model's images."""
+    key = cache_key("generations", generator.fingerprint(), weights_fingerprint(adapter) if adapter else "original",
+                    list(prompts), n, seed, steps, guidance)
+    path = cache_dir("generations") / f"{key}.npz"
+    if path.is_file():
+        images = np.load(path, allow_pickle=False)["images"]
+        return [[Image.fromarray(im) for im in row] for row in images]
+    try:
+        if adapter:
+            generator.load_lora(adapter)
+        else:
+            generator.unload_lora()
+        imgs = generator.generate(prompts, n=n, seed=seed, steps=steps, guidance=guidance, progress=progress)
+    finally:
+        generator.unload_lora()
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, images=np.stack([[np.asarray(im.convert("RGB")) for im in row] for row in imgs]))
+    tmp.replace(path)
+    return imgs
+
+
 def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: int = 4, reward_name: str = "lee",
                    reward: Callable | None = None, predictor=None, encoders=None, seed: int = 0, steps: int = 25,
                    guidance: float = 7.5, progress: Callable[[str, float], None] | None = None) -> Comparison:
@@ -147,27 +172,20 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
         encoders = load_encoders()
     specs = [parse_prompt(p) for p in prompts]
     res: dict[str, dict] = {x: {} for x in ("images", "rewards", "aligned", "implausible", "plausibility", "embeddings")}
-    try:
-        for model in ("original", "fine-tuned"):
-            if model == "fine-tuned":
-                generator.load_lora(adapter)
-            else:
-                generator.unload_lora()
-            imgs = generator.generate(prompts, n=n, seed=seed, steps=steps, guidance=guidance,
-                                      progress=lambda d, t, m=model: report(f"generating ({m})", d / t))
-            flat = [im for row in imgs for im in row]
-            flat_p = [p for p in prompts for _ in range(n)]
-            report(f"scoring ({model})", 0.0)
-            res["rewards"][model] = np.asarray(reward(flat, flat_p), np.float32).reshape(len(prompts), n)
-            verdicts = [judge(im, s) if s is not None else None for im, s in zip(flat, [s for s in specs for _ in range(n)])]
-            res["aligned"][model] = np.array([float(v.aligned) if v else np.nan for v in verdicts]).reshape(len(prompts), n)
-            res["implausible"][model] = np.array([float(v.implausible) if v else np.nan for v in verdicts]).reshape(len(prompts), n)
-            res["plausibility"][model] = np.array([p.scores["plausibility"] for p in predictor.predict(flat, flat_p)],
-                                                  np.float32).reshape(len(prompts), n)
-            res["embeddings"][model] = encoders.embed_images(flat).reshape(len(prompts), n, -1)
-            res["images"][model] = np.stack([np.asarray(im.convert("RGB")) for im in flat]).reshape(len(prompts), n, *np.asarray(flat[0]).shape)
-    finally:
-        generator.unload_lora()
+    for model in ("original", "fine-tuned"):
+        imgs = generate_cached(generator, adapter if model == "fine-tuned" else None, prompts, n, seed, steps, guidance,
+                               progress=lambda d, t, m=model: report(f"generating ({m})", d / t))
+        flat = [im for row in imgs for im in row]
+        flat_p = [p for p in prompts for _ in range(n)]
+        report(f"scoring ({model})", 0.0)
+        res["rewards"][model] = np.asarray(reward(flat, flat_p), np.float32).reshape(len(prompts), n)
+        verdicts = [judge(im, s) if s is not None else None for im, s in zip(flat, [s for s in specs for _ in range(n)])]
+        res["aligned"][model] = np.array([float(v.aligned) if v else np.nan for v in verdicts]).reshape(len(prompts), n)
+        res["implausible"][model] = np.array([float(v.implausible) if v else np.nan for v in verdicts]).reshape(len(prompts), n)
+        res["plausibility"][model] = np.array([p.scores["plausibility"] for p in predictor.predict(flat, flat_p)],
+                                              np.float32).reshape(len(prompts), n)
+        res["embeddings"][model] = encoders.embed_images(flat).reshape(len(prompts), n, -1)
+        res["images"][model] = np.stack([np.asarray(im.convert("RGB")) for im in flat]).reshape(len(prompts), n, *np.asarray(flat[0]).shape)
     settings = {"generator": generator.name, "adapter": str(adapter), "seed": seed, "steps": steps, "guidance": guidance,
                 "reward": reward_name}
     tmp = path.with_suffix(".tmp.npz")

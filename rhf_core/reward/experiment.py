@@ -1,6 +1,10 @@
-"""The Lee et al. results in miniature, measured by the judge on held-out prompts
+"""The Lee et al. results in miniature, measured by the judge on fresh samples
 (`python -m rhf_core eval-lee --json …`): rejection sampling 16 → 4 against random 4, the fine-tuned
-model against the original on seen and unseen prompts, and the β ablation (fidelity, diversity)."""
+model against the original, and the β ablation (fidelity, diversity), on three prompt splits:
+
+- `trained`: prompts the fine-tuning used, with new seeds: what Lee et al. call *seen* prompts;
+- `seen`: prompts of the seen categories that no training step used (held out);
+- `unseen`: prompts with the grammar's held-out combinations (Lee et al.'s *unseen*)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import time
 from pathlib import Path
 
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
-from rhf_core.reward.finetune import load_adapter_info
+from rhf_core.reward.finetune import FinetuneConfig, fine_tune_prompts, load_adapter_info
+from rhf_core.reward.model import RewardError
 from rhf_core.reward.train import default_prompt_split
 
 
@@ -16,6 +21,18 @@ def heldout_prompts(n_prompts: int) -> dict[str, list[str]]:
     """Seen-combination prompts used by no training step, and unseen-combination prompts."""
     sets = default_prompt_split()
     return {"seen": sets["seen"][:n_prompts], "unseen": sets["unseen"][:n_prompts]}
+
+
+def experiment_prompts(adapter: str, n_prompts: int) -> dict[str, list[str]]:
+    """The adapter's own fine-tuning prompts (`trained`, when they can still be read) and the held-out
+    splits, `n_prompts` each."""
+    cfg = FinetuneConfig(**{k: v for k, v in load_adapter_info(adapter).get("config", {}).items()
+                            if k in FinetuneConfig.__dataclass_fields__})
+    try:
+        trained = {"trained": fine_tune_prompts(cfg)[:n_prompts]}
+    except RewardError:  # a prompt file that is gone: report the held-out splits only
+        trained = {}
+    return {**trained, **heldout_prompts(n_prompts)}
 
 
 def lee_experiment(adapters: list[str], n_prompts: int = 40, n: int = 16, k: int = 4, reward_name: str = "lee",
@@ -26,10 +43,12 @@ def lee_experiment(adapters: list[str], n_prompts: int = 40, n: int = 16, k: int
     t0 = time.time()
     out: dict = {"settings": {"n": n, "k": k, "reward": reward_name, "seed": seed, "prompts_per_split": n_prompts,
                               "generator": generator.name}, "adapters": {}}
+    # Every adapter is measured on the same prompts: the first adapter's training prompts.
+    splits = experiment_prompts(adapters[0], n_prompts) if adapters else {}
     for adapter in adapters:
         info = load_adapter_info(adapter)
         res = {"beta": info["beta_used"], "steps": info["steps_done"], "splits": {}}
-        for split, prompts in heldout_prompts(n_prompts).items():
+        for split, prompts in splits.items():
             c = run_comparison(generator, adapter, prompts, n=n, k=k, reward_name=reward_name, predictor=predictor,
                                encoders=encoders, seed=seed)
             res["splits"][split] = summarize(c)

@@ -61,6 +61,9 @@ class FinetuneConfig:
     guided_objective: bool = True
     # > 0: Lee et al.'s filtered variant: weight 1 for samples whose reward reaches this, 0 otherwise.
     reward_threshold: float = 0.0
+    # > 0: the reward-weighted term draws its timesteps from the noisiest (1 − this) share of the
+    # schedule only, where layout, count and colour are decided; 0 = all timesteps, as Lee et al.
+    reward_t_min: float = 0.0
     seed: int = 0
     save_every: int = 100
 
@@ -183,6 +186,8 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     from rhf_core.reward.rewards import get_reward
     from rhf_core.t2i import load_generator
 
+    if not 0.0 <= cfg.reward_t_min < 1.0:
+        raise RewardError(f"reward_t_min must lie in [0, 1): the share of the schedule skipped, got {cfg.reward_t_min}")
     report = progress or (lambda stage, f: None)
     accelerator = Accelerator()
     generator = generator or load_generator(cfg.generator or None)
@@ -248,12 +253,14 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
 
     w = cfg.sample_guidance
 
-    def denoise_loss(lat, cond, guided=False):
+    t_max = sched.config.num_train_timesteps
+
+    def denoise_loss(lat, cond, guided=False, t_lo=0):
         if cfg.uncond_prob > 0 and not guided:
             drop = torch.rand(len(cond), generator=gen) < cfg.uncond_prob
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
         noise = torch.randn(lat.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),), generator=gen)
+        t = torch.randint(t_lo, t_max, (len(lat),), generator=gen)
         noisy = sched.add_noise(lat, noise, t)
         if guided and w != 1.0:  # the guided sampler's prediction, as at inference
             both = unet_t(torch.cat([noisy, noisy]).to(dev), torch.cat([t, t]).to(dev),
@@ -272,7 +279,8 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
-        l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective)).mean()
+        l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective,
+                                                  int(cfg.reward_t_min * t_max))).mean()
         loss = l_model
         l_pre = torch.zeros(())
         if beta > 0:
