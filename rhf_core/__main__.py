@@ -145,7 +145,8 @@ def _finetune(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, uncond_prob=args.uncond_prob,
                          snr_gamma=args.snr_gamma, sample_guidance=args.sample_guidance,
                          guided_objective=args.guided_objective,
-                         reward_threshold=args.reward_threshold, reward_t_min=args.reward_t_min, seed=args.seed)
+                         reward_threshold=args.reward_threshold, reward_t_min=args.reward_t_min,
+                         lora_convs=args.lora_convs, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -315,6 +316,8 @@ def main(argv=None) -> int:
                    help="> 0: train only on samples whose reward reaches this (Lee et al.'s filtered variant)")
     f.add_argument("--reward-t-min", type=float, default=0.0,
                    help="train the reward-weighted term on the noisiest (1 − this) share of timesteps only")
+    f.add_argument("--lora-convs", action="store_true",
+                   help="LoRA on the residual blocks' convolutions and time projections too (not only attention)")
     f.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
     f.add_argument("--no-resume", action="store_true")

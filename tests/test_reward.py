@@ -256,6 +256,29 @@ def test_reward_t_min_outside_the_schedule_is_refused(gen, tmp_path):
     assert not (tmp_path / "adapter").exists()
 
 
+def test_lora_on_convolutions_is_saved_and_loaded(gen, tmp_path):
+    from safetensors.torch import load_file
+
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    cfg = FinetuneConfig(name="convs", out=str(tmp_path / "convs"), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
+                         beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, lora_convs=True)
+    path = finetune(cfg, generator=gen, reward=brightness, resume=False)
+    saved = load_file(str(path / "pytorch_lora_weights.safetensors"))
+    keys = list(saved)
+    assert any(".resnets.0.conv1.lora_A" in k for k in keys) and any("time_emb_proj.lora_B" in k for k in keys)
+    assert any(".to_q.lora" in k for k in keys)
+    gen.load_lora(path)
+    try:
+        conv = gen.pipe.unet.down_blocks[0].resnets[0].conv1
+        assert "reward" in getattr(conv, "lora_A", {})  # diffusers applied the convolution's adapter
+        trained = saved["unet.down_blocks.0.resnets.0.conv1.lora_B.weight"]
+        assert trained.abs().sum() > 0 and torch.equal(conv.lora_B["reward"].weight.detach().cpu(), trained)
+    finally:
+        gen.unload_lora()
+
+
 def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
     """At guidance 1 the guided objective is the plain conditional loss; at guidance 3 it trains other weights."""
     from safetensors.torch import load_file

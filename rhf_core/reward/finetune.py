@@ -27,6 +27,8 @@ from rhf_core.cache import atomic_write_text, cache_dir
 from rhf_core.reward.model import RewardError
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# With --lora-convs the residual blocks' convolutions and time projections are adapted too.
+LORA_CONV_TARGETS = ["conv1", "conv2", "time_emb_proj"]
 
 
 @dataclass
@@ -64,6 +66,8 @@ class FinetuneConfig:
     # > 0: the reward-weighted term draws its timesteps from the noisiest (1 − this) share of the
     # schedule only, where layout, count and colour are decided; 0 = all timesteps, as Lee et al.
     reward_t_min: float = 0.0
+    # Adapt the residual blocks' convolutions and time projections as well as the attention projections.
+    lora_convs: bool = False
     seed: int = 0
     save_every: int = 100
 
@@ -126,10 +130,11 @@ def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | N
     return None
 
 
-def add_lora(unet, rank: int) -> None:
+def add_lora(unet, rank: int, convs: bool = False) -> None:
     from peft import LoraConfig
 
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    targets = LORA_TARGETS + (LORA_CONV_TARGETS if convs else [])
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
 
 
 def save_adapter(unet, path: Path, info: dict) -> None:
@@ -225,7 +230,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     unet.requires_grad_(False)
     unet.to(torch.float32)
     torch.manual_seed(cfg.seed)  # LoRA's initial A matrices: the same adapter from the same config
-    add_lora(unet, cfg.rank)
+    add_lora(unet, cfg.rank, cfg.lora_convs)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     out = cfg.out_dir
