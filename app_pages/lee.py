@@ -64,7 +64,8 @@ with left:
             pool = experiment_prompts(chosen, 400).get("trained", []) if chosen else []
         else:
             pool = heldout_prompts(60)["seen" if which.startswith("Held-out") else "unseen"]
-        pool = [p for p in pool if parse_prompt(p).category in cats]
+        # A prompt file of free text (an adapter's own prompts) has no grammar category: keep it.
+        pool = [p for p in pool if (spec := parse_prompt(p)) is None or spec.category in cats]
         count = st.slider("Number of prompts", 1, max(1, len(pool)), min(8, max(1, len(pool))), key="lee_count")
         prompts = pool[:count]
     st.caption(f"{len(prompts)} prompts" + (": " + " · ".join(prompts[:6]) + (" …" if len(prompts) > 6 else "") if prompts else ""))
