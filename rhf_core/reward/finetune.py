@@ -139,11 +139,13 @@ def add_lora(unet, rank: int, convs: bool = False) -> None:
 
 def save_adapter(unet, path: Path, info: dict) -> None:
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     path.mkdir(parents=True, exist_ok=True)
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # PEFT's own key names (lora_A / lora_B), which diffusers loads as they are. Converting them to
+    # diffusers' older names covers attention layers only: a file mixing both was read as PEFT and
+    # its attention adapters silently dropped.
+    state = get_peft_model_state_dict(unet)
     tmp = path / ".saving"  # written beside, then renamed: a reader never sees half an adapter
     StableDiffusionPipeline.save_lora_weights(save_directory=str(tmp), unet_lora_layers=state, safe_serialization=True)
     for f in tmp.iterdir():
