@@ -70,7 +70,8 @@ def _train_t2i(args) -> None:
     cfg = T2ITrainConfig(out=args.out, n_images=args.n_images, seed=args.seed, vae_steps=args.vae_steps,
                          unet_steps=args.unet_steps, unet_batch=args.batch_size, unet_lr=args.lr,
                          lr_schedule=args.lr_schedule, ema_decay=args.ema, snr_gamma=args.snr_gamma,
-                         state_dir=args.state_dir or None, init_from=args.init_from or None, model=model)
+                         state_dir=args.state_dir or None, init_from=args.init_from or None,
+                         caption_noise=args.caption_noise, model=model)
     train_t2i(cfg, resume=not args.no_resume)
     print(f"saved the pipeline to {args.out}")
     if args.eval:
@@ -146,7 +147,7 @@ def _finetune(args) -> None:
                          snr_gamma=args.snr_gamma, sample_guidance=args.sample_guidance,
                          guided_objective=args.guided_objective,
                          reward_threshold=args.reward_threshold, reward_t_min=args.reward_t_min,
-                         lora_convs=args.lora_convs, seed=args.seed)
+                         lora_convs=args.lora_convs, reward_x0_cap=args.reward_x0_cap, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -249,6 +250,8 @@ def main(argv=None) -> int:
     g.add_argument("--no-resume", action="store_true")
     g.add_argument("--init-from", default="", help="continue from this saved pipeline's weights (fresh optimizer; "
                                                     "the VAE is kept, --vae-steps ignored)")
+    g.add_argument("--caption-noise", type=float, default=0.0,
+                   help="share of training captions that misstate one attribute, as web captions do (0 = exact)")
     g.add_argument("--eval", action="store_true", help="then write metrics.json beside the pipeline")
     g.add_argument("--per-prompt", type=int, default=4, help="images per evaluation prompt")
     g.add_argument("--seed", type=int, default=0)
@@ -318,6 +321,9 @@ def main(argv=None) -> int:
                    help="train the reward-weighted term on the noisiest (1 − this) share of timesteps only")
     f.add_argument("--lora-convs", action="store_true",
                    help="LoRA on the residual blocks' convolutions and time projections too (not only attention)")
+    f.add_argument("--reward-x0-cap", type=float, default=0.0,
+                   help="> 0: take the reward-weighted term in x0 space (ε-MSE / SNR, the weight capped at this), "
+                        "where count and layout errors at high noise are not swamped by texture")
     f.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
     f.add_argument("--no-resume", action="store_true")

@@ -306,3 +306,25 @@ def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
     assert diff > 1e-3 and all(torch.isfinite(v).all() for v in guided.values())
     info = json.loads((tmp_path / "guided3" / "adapter.json").read_text())
     assert info["config"]["guided_objective"] is True and info["config"]["sample_guidance"] == 3.0
+
+
+def test_x0_space_reward_term_weights_and_trains(gen, tmp_path):
+    """--reward-x0-cap: weights 1/SNR (x0-space error), capped at the noisy end; it trains other weights."""
+    from safetensors.torch import load_file
+
+    from rhf_core.reward.finetune import FinetuneConfig, finetune, x0_weight
+
+    w = x0_weight(torch.tensor([100.0, 1.0, 0.25, 1e-4, 0.0]), 20.0)
+    assert torch.allclose(w, torch.tensor([0.01, 1.0, 4.0, 20.0, 20.0]))
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+
+    def run(name, **kw):
+        cfg = FinetuneConfig(name=name, out=str(tmp_path / name), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
+                             beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, uncond_prob=0.0, **kw)
+        return load_file(str(finetune(cfg, generator=gen, reward=brightness, resume=False)
+                             / "pytorch_lora_weights.safetensors"))
+
+    eps, x0 = run("eps"), run("x0", reward_x0_cap=20.0)
+    assert all(torch.isfinite(v).all() for v in x0.values())
+    assert sum(float((x0[k] - eps[k]).abs().sum()) for k in eps) > 1e-3
+    assert json.loads((tmp_path / "x0" / "adapter.json").read_text())["config"]["reward_x0_cap"] == 20.0

@@ -232,3 +232,21 @@ def test_embedded_generator_draws_scenes_the_judge_parses():
     assert sum(v.aligned for v in verdicts) >= 3  # a real, imperfect generator: some right, many wrong
     red = [o["color"] for v in verdicts[:6] for o in v.scene["objects"]]
     assert red.count("red") >= len(red) / 3  # the colour word steers the colour
+
+
+def test_caption_noise_misstates_one_attribute_and_keeps_the_images():
+    from dataclasses import asdict
+
+    from rhf_core.shapes.grammar import parse_prompt
+    from rhf_core.t2i.train import training_set
+
+    clean_images, clean = training_set(300, 3, 32)
+    noisy_images, noisy = training_set(300, 3, 32, caption_noise=0.3)
+    assert np.array_equal(clean_images, noisy_images)
+    changed = [(a, b) for a, b in zip(clean, noisy) if a != b]
+    assert 0.2 < len(changed) / 300 < 0.4
+    for a, b in changed:  # the image's true prompt and its caption differ in exactly one attribute
+        sa, sb = asdict(parse_prompt(a)), asdict(parse_prompt(b))
+        assert sum(sa[k] != sb[k] for k in ("count", "color", "shape", "background")) == 1, (a, b)
+    with pytest.raises(ValueError, match="caption_noise is a share"):
+        training_set(2, 0, 32, caption_noise=1.5)

@@ -68,12 +68,22 @@ class FinetuneConfig:
     reward_t_min: float = 0.0
     # Adapt the residual blocks' convolutions and time projections as well as the attention projections.
     lora_convs: bool = False
+    # > 0: the reward-weighted term is an x0-space error (ε-MSE / SNR, the weight capped at this) instead
+    # of min-SNR ε-MSE. Count, colour and layout are decided at low SNR, where the ε-error of a wrong
+    # layout is tiny and the low-noise texture error swamps it; in x0 space it is what the loss measures.
+    reward_x0_cap: float = 0.0
     seed: int = 0
     save_every: int = 100
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else cache_dir("adapters") / self.name
+
+
+def x0_weight(snr: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-timestep factor turning an ε-MSE into the x0-space error (‖x̂0 − x0‖² = ‖ε̂ − ε‖² / SNR),
+    capped where the SNR reaches 0 at the end of the schedule."""
+    return (1.0 / snr.clamp(min=1e-12)).clamp(max=cap)
 
 
 def fine_tune_prompts(cfg: FinetuneConfig) -> list[str]:
@@ -259,10 +269,13 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         snr = _snr(sched)
 
     w = cfg.sample_guidance
+    from rhf_core.t2i.train import _snr as _snr_all
+
+    snr_all = _snr_all(sched)
 
     t_max = sched.config.num_train_timesteps
 
-    def denoise_loss(lat, cond, guided=False, t_lo=0):
+    def denoise_loss(lat, cond, guided=False, t_lo=0, x0_cap=0.0):
         if cfg.uncond_prob > 0 and not guided:
             drop = torch.rand(len(cond), generator=gen) < cfg.uncond_prob
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
@@ -277,6 +290,8 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         else:
             pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
         loss = ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
+        if x0_cap > 0:
+            return loss * x0_weight(snr_all[t], x0_cap).to(dev)
         if snr is not None:  # the generator's own weighting, so the objective is the one it was trained on
             loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
         return loss
@@ -287,7 +302,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
         l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective,
-                                                  int(cfg.reward_t_min * t_max))).mean()
+                                                  int(cfg.reward_t_min * t_max), cfg.reward_x0_cap)).mean()
         loss = l_model
         l_pre = torch.zeros(())
         if beta > 0:

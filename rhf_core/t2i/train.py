@@ -46,19 +46,32 @@ class T2ITrainConfig:
     save_every: int = 200
     state_dir: str | None = None
     init_from: str | None = None  # a saved pipeline: start from its weights (VAE kept as is) with a fresh optimizer
+    # Share of training captions that misstate one attribute (count, colour, shape or background), as web
+    # captions do: Lee et al.'s fine-tuning corrects a model whose pre-training text was unreliable.
+    caption_noise: float = 0.0
     model: TinyT2IConfig = field(default_factory=TinyT2IConfig)
 
 
-def training_set(n: int, seed: int, size: int) -> tuple[np.ndarray, list[str]]:
-    """n clean renders (no planted defects) of seen prompts: uint8 N×H×W×3 and their prompts."""
+def training_set(n: int, seed: int, size: int, caption_noise: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """n clean renders (no planted defects) of seen prompts: uint8 N×H×W×3 and their captions. With
+    `caption_noise`, that share of captions misstates one attribute of its image (the images are the
+    same as without)."""
+    if not 0.0 <= caption_noise <= 1.0:
+        raise ValueError(f"caption_noise is a share of captions, in [0, 1]; got {caption_noise}")
     rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng([seed, 7])  # its own stream: the renders do not depend on it
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     prompts = []
     for i in tqdm(range(n), desc="rendering", leave=False):
         spec = sample_prompt(rng, unseen=False)
         scene, _ = sample_scene(spec, rng, size)
         images[i] = np.asarray(render(scene))
-        prompts.append(spec.text)
+        caption = spec.text
+        if caption_noise > 0 and noise_rng.random() < caption_noise:
+            from rhf_core.reward.perturb import perturbed_prompts
+
+            caption = (perturbed_prompts(caption, 1, noise_rng) or [caption])[0]
+        prompts.append(caption)
     return images, prompts
 
 
@@ -207,8 +220,8 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
     torch.manual_seed(cfg.seed)
     comps = build_components(cfg.model, seed=cfg.seed)
     vae, unet, te, tok, sched = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"))
-    images, prompts = training_set(cfg.n_images, cfg.seed, cfg.model.image_size)
-    accelerator.print(f"T2I training: {len(images)} clean renders; VAE {sum(p.numel() for p in vae.parameters()):,} "
+    images, prompts = training_set(cfg.n_images, cfg.seed, cfg.model.image_size, cfg.caption_noise)
+    accelerator.print(f"T2I training: {len(images)} clean renders ({cfg.caption_noise:.0%} of captions misstated); VAE {sum(p.numel() for p in vae.parameters()):,} "
                       f"params, UNet {sum(p.numel() for p in unet.parameters()):,}, text encoder "
                       f"{sum(p.numel() for p in te.parameters()):,}; device {accelerator.device}")
 
