@@ -284,23 +284,23 @@ def test_lora_on_convolutions_is_saved_and_loaded(gen, tmp_path):
         gen.unload_lora()
 
 
-def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
-    """At guidance 1 the guided objective is the plain conditional loss; at guidance 3 it trains other weights."""
+def _two_step_adapter(gen, tmp_path, name, **kw) -> dict:
+    """The LoRA weights of a 2-step fine-tune on one prompt (config overrides in kw)."""
     from safetensors.torch import load_file
 
     from rhf_core.reward.finetune import FinetuneConfig, finetune
 
     (tmp_path / "prompts.txt").write_text("a red circle\n")
+    cfg = FinetuneConfig(name=name, out=str(tmp_path / name), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
+                         beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, uncond_prob=0.0, **kw)
+    return load_file(str(finetune(cfg, generator=gen, reward=brightness, resume=False) / "pytorch_lora_weights.safetensors"))
 
-    def run(name, **kw):
-        cfg = FinetuneConfig(name=name, out=str(tmp_path / name), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
-                             beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, uncond_prob=0.0, **kw)
-        return load_file(str(finetune(cfg, generator=gen, reward=brightness, resume=False)
-                             / "pytorch_lora_weights.safetensors"))
 
-    plain = run("plain", sample_guidance=3.0, guided_objective=False)
-    same = run("guided1", sample_guidance=3.0, guided_objective=False)
-    guided = run("guided3", sample_guidance=3.0, guided_objective=True)
+def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
+    """At guidance 1 the guided objective is the plain conditional loss; at guidance 3 it trains other weights."""
+    plain = _two_step_adapter(gen, tmp_path, "plain", sample_guidance=3.0, guided_objective=False)
+    same = _two_step_adapter(gen, tmp_path, "guided1", sample_guidance=3.0, guided_objective=False)
+    guided = _two_step_adapter(gen, tmp_path, "guided3", sample_guidance=3.0, guided_objective=True)
     assert all(torch.equal(plain[k], same[k]) for k in plain)  # deterministic given the config
     diff = sum(float((guided[k] - plain[k]).abs().sum()) for k in plain)
     assert diff > 1e-3 and all(torch.isfinite(v).all() for v in guided.values())
@@ -310,21 +310,11 @@ def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
 
 def test_x0_space_reward_term_weights_and_trains(gen, tmp_path):
     """--reward-x0-cap: weights 1/SNR (x0-space error), capped at the noisy end; it trains other weights."""
-    from safetensors.torch import load_file
-
-    from rhf_core.reward.finetune import FinetuneConfig, finetune, x0_weight
+    from rhf_core.reward.finetune import x0_weight
 
     w = x0_weight(torch.tensor([100.0, 1.0, 0.25, 1e-4, 0.0]), 20.0)
     assert torch.allclose(w, torch.tensor([0.01, 1.0, 4.0, 20.0, 20.0]))
-    (tmp_path / "prompts.txt").write_text("a red circle\n")
-
-    def run(name, **kw):
-        cfg = FinetuneConfig(name=name, out=str(tmp_path / name), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
-                             beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, uncond_prob=0.0, **kw)
-        return load_file(str(finetune(cfg, generator=gen, reward=brightness, resume=False)
-                             / "pytorch_lora_weights.safetensors"))
-
-    eps, x0 = run("eps"), run("x0", reward_x0_cap=20.0)
+    eps, x0 = _two_step_adapter(gen, tmp_path, "eps"), _two_step_adapter(gen, tmp_path, "x0", reward_x0_cap=20.0)
     assert all(torch.isfinite(v).all() for v in x0.values())
     assert sum(float((x0[k] - eps[k]).abs().sum()) for k in eps) > 1e-3
     assert json.loads((tmp_path / "x0" / "adapter.json").read_text())["config"]["reward_x0_cap"] == 20.0
