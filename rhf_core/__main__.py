@@ -161,9 +161,10 @@ def _finetune(args) -> None:
 
 def _eval_lee(args) -> None:
     from rhf_core.reward.experiment import format_experiment, lee_experiment
+    from rhf_core.t2i import load_generator
 
     result = lee_experiment(adapters=args.adapters.split(","), n_prompts=args.n_prompts, n=args.n, k=args.k,
-                            reward_name=args.reward, seed=args.seed)
+                            reward_name=args.reward, seed=args.seed, generator=load_generator(args.generator or None))
     print(format_experiment(result))
     _write_json(args.json, result)
 
@@ -336,6 +337,7 @@ def main(argv=None) -> int:
     le.add_argument("--n", type=int, default=16)
     le.add_argument("--k", type=int, default=4)
     le.add_argument("--reward", default="lee")
+    le.add_argument("--generator", default="", help="the generator the adapters were trained on (default: embedded)")
     le.add_argument("--seed", type=int, default=11)
     le.add_argument("--json", default="")
     le.set_defaults(func=_eval_lee)
