@@ -262,16 +262,10 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     rw = torch.from_numpy(r)
     t0, parts = time.time(), []
 
-    snr = None
-    if cfg.snr_gamma > 0:
-        from rhf_core.t2i.train import _snr
+    from rhf_core.t2i.train import _snr
 
-        snr = _snr(sched)
-
+    snr = _snr(sched)
     w = cfg.sample_guidance
-    from rhf_core.t2i.train import _snr as _snr_all
-
-    snr_all = _snr_all(sched)
 
     t_max = sched.config.num_train_timesteps
 
@@ -291,8 +285,8 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
         loss = ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
         if x0_cap > 0:
-            return loss * x0_weight(snr_all[t], x0_cap).to(dev)
-        if snr is not None:  # the generator's own weighting, so the objective is the one it was trained on
+            return loss * x0_weight(snr[t], x0_cap).to(dev)
+        if cfg.snr_gamma > 0:  # the generator's own weighting, so the objective is the one it was trained on
             loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
         return loss
 

@@ -58,6 +58,8 @@ def training_set(n: int, seed: int, size: int, caption_noise: float = 0.0) -> tu
     same as without)."""
     if not 0.0 <= caption_noise <= 1.0:
         raise ValueError(f"caption_noise is a share of captions, in [0, 1]; got {caption_noise}")
+    from rhf_core.reward.perturb import perturbed_prompts
+
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng([seed, 7])  # its own stream: the renders do not depend on it
     images = np.empty((n, size, size, 3), dtype=np.uint8)
@@ -68,8 +70,6 @@ def training_set(n: int, seed: int, size: int, caption_noise: float = 0.0) -> tu
         images[i] = np.asarray(render(scene))
         caption = spec.text
         if caption_noise > 0 and noise_rng.random() < caption_noise:
-            from rhf_core.reward.perturb import perturbed_prompts
-
             caption = (perturbed_prompts(caption, 1, noise_rng) or [caption])[0]
         prompts.append(caption)
     return images, prompts
@@ -221,8 +221,8 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
     comps = build_components(cfg.model, seed=cfg.seed)
     vae, unet, te, tok, sched = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"))
     images, prompts = training_set(cfg.n_images, cfg.seed, cfg.model.image_size, cfg.caption_noise)
-    accelerator.print(f"T2I training: {len(images)} clean renders ({cfg.caption_noise:.0%} of captions misstated); VAE {sum(p.numel() for p in vae.parameters()):,} "
-                      f"params, UNet {sum(p.numel() for p in unet.parameters()):,}, text encoder "
+    accelerator.print(f"T2I training: {len(images)} clean renders ({cfg.caption_noise:.0%} of captions misstated); "
+                      f"VAE {sum(p.numel() for p in vae.parameters()):,} params, UNet {sum(p.numel() for p in unet.parameters()):,}, text encoder "
                       f"{sum(p.numel() for p in te.parameters()):,}; device {accelerator.device}")
 
     # 1. VAE (small: single process), or the weights of an earlier run to continue from
