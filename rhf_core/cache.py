@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 CACHE_VERSION = 2  # bump when frame columns change
@@ -62,6 +64,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays) -> None:
+    """np.savez(_compressed) of `arrays` to `path`, written atomically (see atomic_write_bytes)."""
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def cached_frame(kind: str, key: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from rhf_core.cache import cache_dir, cache_key, weights_fingerprint
+from rhf_core.cache import atomic_savez, cache_dir, cache_key, weights_fingerprint
 from rhf_core.reward.model import RewardError
 from rhf_core.reward.sampling import top_k
 
@@ -131,9 +131,7 @@ def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, 
         imgs = generator.generate(prompts, n=n, seed=seed, steps=steps, guidance=guidance, progress=progress)
     finally:
         generator.unload_lora()
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, images=np.stack([[np.asarray(im.convert("RGB")) for im in row] for row in imgs]))
-    tmp.replace(path)
+    atomic_savez(path, images=np.stack([[np.asarray(im.convert("RGB")) for im in row] for row in imgs]))
     return imgs
 
 
@@ -188,9 +186,7 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
         res["images"][model] = np.stack([np.asarray(im.convert("RGB")) for im in flat]).reshape(len(prompts), n, *np.asarray(flat[0]).shape)
     settings = {"generator": generator.name, "adapter": str(adapter), "seed": seed, "steps": steps, "guidance": guidance,
                 "reward": reward_name}
-    tmp = path.with_suffix(".tmp.npz")
     arrays = {f"{name}_{i}": res[name][m] for name in res for i, m in enumerate(("original", "fine-tuned"))}
-    np.savez_compressed(tmp, settings=np.array(json.dumps(settings)), **arrays)
-    tmp.replace(path)
+    atomic_savez(path, settings=np.array(json.dumps(settings)), **arrays)
     return Comparison(prompts, n, k, reward_name, res["images"], res["rewards"], res["aligned"], res["implausible"],
                       res["plausibility"], res["embeddings"], settings | {"cached": False})

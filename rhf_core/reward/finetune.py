@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rhf_core.cache import atomic_write_text, cache_dir
+from rhf_core.cache import atomic_savez, atomic_write_text, cache_dir
 from rhf_core.reward.model import RewardError
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -187,9 +187,7 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
     flat_prompts = [p for p in prompts for _ in range(cfg.per_prompt)]
     progress("scoring", 0.0)
     rewards = np.asarray(reward(flat, flat_prompts), np.float32)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, latents=latents.numpy(), prompts=np.array(flat_prompts), rewards=rewards)
-    tmp.replace(path)
+    atomic_savez(path, compressed=False, latents=latents.numpy(), prompts=np.array(flat_prompts), rewards=rewards)
     return {"latents": latents, "prompts": flat_prompts, "rewards": rewards}
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from rhf_core.cache import cache_dir, cache_key
+from rhf_core.cache import atomic_savez, cache_dir, cache_key
 from rhf_core.reward.model import RewardConfig, RewardHead, RewardModel
 from rhf_core.reward.perturb import perturbed_prompts
 
@@ -82,9 +82,7 @@ def labelled_generations(generator, sets: dict[str, list[str]], per_prompt: int,
                 labels.append(float(judge(im, p).aligned))
                 split.append(name)
     data = Labelled(np.stack(images), prompts, np.asarray(labels, np.float32), split)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, images=data.images, prompts=np.array(prompts), labels=data.labels, split=np.array(split))
-    tmp.replace(path)
+    atomic_savez(path, images=data.images, prompts=np.array(prompts), labels=data.labels, split=np.array(split))
     return data
 
 
