@@ -84,9 +84,13 @@ with st.expander("Fine-tune a new adapter now"):
     ft_steps = f3.number_input("Steps", 10, 5000, 300, 50, key="lee_ft_steps")
     ft_prompts = f4.number_input("Training prompts", 10, 300, 100, 10, key="lee_ft_prompts")
     st.caption(f"Trains LoRA adapters on the UNet with the **{reward_name}** reward on the grammar's training prompts "
-               "(never the held-out ones). Progress is saved as it goes: stopping the page and starting again resumes.")
+               "(never the held-out ones). **Stop fine-tuning** keeps every finished step; Fine-tune again with the same "
+               "settings to resume.")
+    if st.session_state.get("lee_ft_stop"):  # pressing it reran the page, which stopped the training
+        st.info("Fine-tuning stopped; every finished step is kept. Press **Fine-tune** with the same settings to resume.")
     if st.button("Fine-tune", key="lee_ft_run"):
         name = "".join(ch for ch in ft_name if ch.isalnum() or ch in "-_") or "my-adapter"
+        st.button("Stop fine-tuning", key="lee_ft_stop")
         bar = st.progress(0.0, text="Starting…")
         try:
             path = finetune(FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps),
@@ -158,6 +162,14 @@ st.caption("Judge alignment: share of the k kept images the ShapesWorld judge fi
            "cannot read); model alignment pools all n samples of each model, the less noisy estimate of what a random k "
            "gets. Diversity: mean pairwise cosine distance of image embeddings within a prompt. Win rate: "
            "share of prompts where the arm's judge alignment (or reward, off ShapesWorld) beats original random.")
+gains = [{"arm": arm, "against": g["against"], "alignment gain": g["difference"],
+          "95% interval": f"{g['ci95'][0]:+.3f} … {g['ci95'][1]:+.3f}",
+          "verdict": "gain" if g["ci95"][0] > 0 else ("loss" if g["ci95"][1] < 0 else "within noise")}
+         for arm in ARMS if (g := summary[arm].get("alignment_gain"))]
+if gains:
+    st.dataframe(pd.DataFrame(gains).set_index("arm"), width="stretch")
+    st.caption("Alignment gain per judged prompt, paired (same prompts and seeds), with a 95% bootstrap interval "
+               "over prompts: a gain counts only when the interval stays above 0.")
 
 p1, p2, p3 = st.columns(3)
 dist = pd.DataFrame([{"arm": arm, "reward": float(v)} for arm in ARMS for v in comp.arm_values(arm, comp.rewards).ravel()])

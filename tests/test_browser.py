@@ -209,6 +209,37 @@ def test_lee_page_in_the_browser(server, page):
     page.screenshot(path=str(ARTIFACTS / "lee-images.png"))
 
 
+def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
+    """Stop mid-training, then Fine-tune again: the run resumes where it stopped, not from step 0."""
+    import json
+
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/lee?ds={SPEC}")
+    _settled(page)
+    page.get_by_text("Fine-tune a new adapter now").click()
+    page.get_by_label("Name", exact=True).fill("browser-stop")
+    page.get_by_role("spinbutton", name="Steps").fill("60")
+    page.get_by_role("spinbutton", name="Training prompts").fill("10")
+    page.get_by_role("spinbutton", name="Training prompts").press("Enter")
+    _settled(page)
+    page.get_by_role("button", name="Fine-tune", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Fine-tuning… [1-9]"))).to_be_visible(timeout=300_000)
+    page.get_by_role("button", name="Stop fine-tuning").click()
+    expect(page.get_by_text(re.compile("Fine-tuning stopped; every finished step is kept"))).to_be_visible()
+    _settled(page)
+    page.screenshot(path=str(ARTIFACTS / "lee-fine-tune-stopped.png"))
+    page.get_by_role("button", name="Fine-tune", exact=True).click()
+    done = page.get_by_text(re.compile("Saved the adapter to"))
+    expect(done).to_be_visible(timeout=300_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    path = re.search(r"Saved the adapter to (\S+?);", done.inner_text()).group(1)
+    info = json.loads((Path(path) / "adapter.json").read_text())
+    steps = [e["step"] for e in info["log"]]
+    assert info["complete"] and info["steps_done"] == 60
+    assert len(steps) == 2 and 0 < steps[0] < 60, steps  # stopped at steps[0], resumed from there
+
+
 def test_live_rahf_upload_and_predict_in_the_browser(server, page, tmp_path):
     from playwright.sync_api import expect
 

@@ -211,6 +211,12 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     assert s["original random"]["alignment_rate_all_n"] == pytest.approx(float(np.nanmean(c.aligned["original"])), abs=1e-4)
     assert "alignment_rate_all_n" not in s["original best-k"]
     assert 0 <= s["fine-tuned random"]["diversity"] <= 2
+    # Gains are paired per judged prompt: the unreadable prompt is left out, the difference is exact.
+    gain = s["fine-tuned random"]["alignment_gain"]
+    want = float(np.mean(c.aligned["fine-tuned"][:2].mean(1) - c.aligned["original"][:2].mean(1)))
+    assert gain["prompts"] == 2 and gain["against"] == "original, all n"
+    assert gain["difference"] == pytest.approx(want, abs=1e-4) and gain["ci95"][0] <= want + 1e-4 <= gain["ci95"][1] + 2e-4
+    assert s["original random"]["per_prompt"]["alignment"][2] is None and len(s["original random"]["per_prompt"]["diversity"]) == 3
     again = run_comparison(gen, str(adapter), prompts, n=4, k=3, reward_name="brightness", reward=brightness,
                            predictor=rahf, encoders=clip, steps=2)
     assert again.settings["cached"] is True and np.array_equal(again.rewards["fine-tuned"], c.rewards["fine-tuned"])
@@ -318,3 +324,67 @@ def test_x0_space_reward_term_weights_and_trains(gen, tmp_path):
     assert all(torch.isfinite(v).all() for v in x0.values())
     assert sum(float((x0[k] - eps[k]).abs().sum()) for k in eps) > 1e-3
     assert json.loads((tmp_path / "x0" / "adapter.json").read_text())["config"]["reward_x0_cap"] == 20.0
+
+
+def test_paired_bootstrap_interval_separates_a_gain_from_noise():
+    from rhf_core.reward.compare import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.2, 24)
+    tie, gain = paired_bootstrap(noise), paired_bootstrap(noise + 0.3)
+    assert tie["ci95"][0] < 0 < tie["ci95"][1]  # no systematic difference: the interval straddles 0
+    assert gain["ci95"][0] > 0.15 and gain["difference"] == pytest.approx(float(np.mean(noise)) + 0.3, abs=1e-4)
+    assert gain["ci95"][1] - gain["ci95"][0] == pytest.approx(2 * 1.96 * 0.2 / np.sqrt(24), rel=0.35)
+    assert paired_bootstrap([np.nan, np.nan]) is None and paired_bootstrap([0.1, np.nan])["prompts"] == 1
+
+
+def test_claims_need_an_interval_clear_of_zero():
+    from rhf_core.reward.experiment import claims
+
+    def arms(orig_all_n, fine_all_n, best_k, div, imp):
+        from rhf_core.reward.compare import paired_bootstrap
+
+        return {"original best-k": {"alignment_gain": paired_bootstrap(np.subtract(best_k, orig_all_n))},
+                "fine-tuned random": {"alignment_gain": paired_bootstrap(np.subtract(fine_all_n, orig_all_n)),
+                                      "per_prompt": {"diversity": div, "implausible_all_n": imp}}}
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.5, 24)
+    wobble = base + rng.normal(0, 0.1, 24)  # a model that differs by noise only
+    result = {"adapters": {
+        "b1": {"beta": 1.0, "splits": {"seen": arms(base, wobble, base + 0.2, list(base), list(base - 0.1))}},
+        "b0": {"beta": 0.0, "splits": {"seen": arms(base, base + 0.15, base + 0.2, list(wobble), list(base))}}}}
+    c = claims(result)
+    assert c["seen: rejection sampling beats random (alignment)"]["holds"]
+    assert not c["seen: b1 fine-tuned beats original (alignment, all n samples)"]["holds"]  # noise is no win
+    assert c["seen: b0 fine-tuned beats original (alignment, all n samples)"]["holds"]
+    assert c["seen: b0 fine-tuned beats original (alignment, all n samples)"]["difference"] == pytest.approx(0.15, abs=1e-3)
+    assert not c["seen: β>0 keeps more diversity than β=0"]["holds"]
+    assert c["seen: β>0 keeps more fidelity than β=0 (lower judge implausible share, all n)"]["holds"]
+
+
+def test_fine_tune_stops_keeps_every_finished_step_and_resumes(gen, tmp_path):
+    from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    cfg = FinetuneConfig(name="stop-resume", out=str(tmp_path / "adapter"), prompts=str(tmp_path / "prompts.txt"),
+                         per_prompt=2, beta=0.0, rank=4, steps=6, batch_size=2, save_every=100)
+    # The page's stop button: should_stop turns true after step 2; the adapter is saved as incomplete.
+    calls = []
+    path = finetune(cfg, generator=gen, reward=brightness, resume=False, should_stop=lambda: len(calls.append(1) or calls) >= 2)
+    info = load_adapter_info(path)
+    assert info["steps_done"] == 2 and info["complete"] is False
+    # An interruption mid-run (Ctrl-C, or Streamlit stopping a script) keeps the steps finished before it,
+    # though no periodic save (every 100 steps) came.
+    def interrupt(stage, fraction):
+        if stage == "fine-tuning" and fraction >= 4 / 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, generator=gen, reward=brightness, resume=True, progress=interrupt)
+    info = load_adapter_info(path)
+    assert info["steps_done"] == 2  # the saved adapter is untouched by the interrupted run
+    path = finetune(cfg, generator=gen, reward=brightness, resume=True)
+    info = load_adapter_info(path)
+    assert info["complete"] is True and info["steps_done"] == 6
+    assert [e["step"] for e in info["log"]] == [2, 4, 6]  # resumed at 2, then at 4, never from 0

@@ -63,19 +63,40 @@ def diversity(emb: np.ndarray) -> float:
     return float(np.mean([1.0 - float(emb[a] @ emb[b]) for a, b in pairs])) if pairs else 0.0
 
 
+def paired_bootstrap(diff, resamples: int = 4000, seed: int = 0) -> dict | None:
+    """Mean of per-prompt paired differences with its 95% percentile-bootstrap interval, prompts
+    resampled with replacement (prompts the judge cannot read, NaN, left out; None when none is left).
+    A difference counts only when the interval excludes 0: 24 prompts × 16 samples leave a standard
+    error of about 0.03 on an alignment rate."""
+    d = np.asarray(diff, dtype=float)
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return None
+    means = d[np.random.default_rng(seed).integers(d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"difference": round(float(d.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "prompts": int(d.size)}
+
+
+# Each arm's alignment gain is measured against the arm it should beat, prompt by prompt; a random k is
+# compared through its model's rate over all n samples (its expectation, n / k times less noisy).
+GAIN_AGAINST = {"original best-k": "original, all n", "fine-tuned random": "original, all n",
+                "fine-tuned best-k": "original best-k"}
+
+
 def summarize(c: Comparison) -> dict:
     from rhf_core.shapes.grammar import parse_prompt
 
     cats = [getattr(parse_prompt(p), "category", None) for p in c.prompts]
     base = c.arm_values("original random", c.aligned).mean(1)
     base_r = c.arm_values("original random", c.rewards).mean(1)
-    out = {}
+    out, per = {}, {"original, all n": c.aligned["original"].mean(1)}
     for arm in ARMS:
         al = c.arm_values(arm, c.aligned)
         rew = c.arm_values(arm, c.rewards)
         model, idx = c.picks(arm)
         emb = np.take_along_axis(c.embeddings[model], idx[..., None], axis=1)
-        per_prompt_al = al.mean(1)
+        per_prompt_al = per[arm] = al.mean(1)
+        divs = [diversity(e) for e in emb]
         judged = ~np.isnan(per_prompt_al)
         # Win rate against original random: judge alignment where the judge reads the prompt, else reward.
         mine = np.where(judged, per_prompt_al, rew.mean(1))
@@ -85,19 +106,34 @@ def summarize(c: Comparison) -> dict:
             "alignment_rate": round(float(np.nanmean(al)), 4) if judged.any() else None,
             "alignment_by_category": {cat: round(float(np.nanmean(al[[x == cat for x in cats]])), 4)
                                       for cat in sorted({x for x in cats if x})},
-            "diversity": round(float(np.mean([diversity(e) for e in emb])), 4),
+            "diversity": round(float(np.mean(divs)), 4),
             "judge_implausible_share": round(float(np.nanmean(c.arm_values(arm, c.implausible))), 4) if judged.any() else None,
             "rahf_plausibility": round(float(c.arm_values(arm, c.plausibility).mean()), 4),
             "win": round(float(np.mean(mine > theirs)), 4), "tie": round(float(np.mean(mine == theirs)), 4),
             "loss": round(float(np.mean(mine < theirs)), 4),
+            # per prompt, for paired comparisons between arms and between adapters (NaN → None in JSON)
+            "per_prompt": {"alignment": _listed(per_prompt_al), "diversity": _listed(divs),
+                           "implausible": _listed(c.arm_values(arm, c.implausible).mean(1))},
         }
         if arm.endswith("random") and judged.any():
             # A random k's expected alignment is the model's rate over all n samples: n / k times the
             # images behind the same number, so model-vs-model differences stand out of the noise.
             res["alignment_rate_all_n"] = round(float(np.nanmean(c.aligned[model])), 4)
             res["judge_implausible_share_all_n"] = round(float(np.nanmean(c.implausible[model])), 4)
+            res["per_prompt"]["alignment_all_n"] = _listed(c.aligned[model].mean(1))
+            res["per_prompt"]["implausible_all_n"] = _listed(c.implausible[model].mean(1))
         out[arm] = res
+    if not np.isnan(per["original, all n"]).all():  # the judge reads some of the prompts
+        fine_all_n = c.aligned["fine-tuned"].mean(1)
+        for arm, against in GAIN_AGAINST.items():
+            mine = fine_all_n if arm == "fine-tuned random" else per[arm]
+            gain = paired_bootstrap(mine - per[against])
+            out[arm]["alignment_gain"] = gain and {"against": against, **gain}
     return out
+
+
+def _listed(values) -> list:
+    return [None if np.isnan(v) else round(float(v), 4) for v in np.asarray(values, dtype=float)]
 
 
 def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance, predictor=None, reward=None) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
 from rhf_core.reward.finetune import FinetuneConfig, fine_tune_prompts, load_adapter_info
 from rhf_core.reward.model import RewardError
@@ -59,26 +61,39 @@ def lee_experiment(adapters: list[str], n_prompts: int = 40, n: int = 16, k: int
 
 
 def claims(result: dict) -> dict:
-    """The paper's qualitative results, checked on these numbers (True / False, never assumed)."""
+    """The paper's qualitative results, checked on these numbers: each claim holds only when the 95%
+    paired-bootstrap interval over prompts of its difference lies on the claimed side of 0 (a +0.003
+    on 24 prompts is noise, not a win). Each entry: holds, difference, ci95."""
+    from rhf_core.reward.compare import paired_bootstrap
+
+    def verdict(gain: dict | None, sign: int = 1) -> dict:
+        if gain is None:
+            return {"holds": False, "difference": None, "ci95": None}
+        lo, hi = gain["ci95"]
+        return {"holds": bool(lo > 0 if sign > 0 else hi < 0), "difference": gain["difference"], "ci95": gain["ci95"]}
+
+    def values(arms: dict, what: str) -> np.ndarray:
+        return np.array(arms["fine-tuned random"]["per_prompt"][what], dtype=float)
+
     c: dict = {}
     names = list(result["adapters"])
     first = result["adapters"][names[0]]["splits"]
     for split, arms in first.items():
-        c[f"{split}: rejection sampling beats random (alignment)"] = arms["original best-k"]["alignment_rate"] > arms["original random"]["alignment_rate"]
+        c[f"{split}: rejection sampling beats random (alignment)"] = verdict(arms["original best-k"].get("alignment_gain"))
     for name in names:
         for split, arms in result["adapters"][name]["splits"].items():
-            key = "alignment_rate_all_n" if "alignment_rate_all_n" in arms["fine-tuned random"] else "alignment_rate"
-            c[f"{split}: {name} fine-tuned beats original (alignment, all n samples)"] = (
-                arms["fine-tuned random"][key] > arms["original random"][key])
+            c[f"{split}: {name} fine-tuned beats original (alignment, all n samples)"] = verdict(
+                arms["fine-tuned random"].get("alignment_gain"))
     betas = {name: r["beta"] for name, r in result["adapters"].items()}
     zero = [n for n, b in betas.items() if b == 0]
     pos = [n for n, b in betas.items() if b > 0]
     if zero and pos:
         for split in first:
-            a, b = (result["adapters"][zero[0]]["splits"][split]["fine-tuned random"],
-                    result["adapters"][pos[0]]["splits"][split]["fine-tuned random"])
-            c[f"{split}: β>0 keeps more diversity than β=0"] = b["diversity"] > a["diversity"]
-            c[f"{split}: β>0 keeps more fidelity than β=0 (lower judge implausible share)"] = b["judge_implausible_share"] < a["judge_implausible_share"]
+            a, b = result["adapters"][zero[0]]["splits"][split], result["adapters"][pos[0]]["splits"][split]
+            c[f"{split}: β>0 keeps more diversity than β=0"] = verdict(
+                paired_bootstrap(values(b, "diversity") - values(a, "diversity")))
+            c[f"{split}: β>0 keeps more fidelity than β=0 (lower judge implausible share, all n)"] = verdict(
+                paired_bootstrap(values(b, "implausible_all_n") - values(a, "implausible_all_n")), sign=-1)
     return c
 
 
@@ -94,6 +109,8 @@ def format_experiment(result: dict) -> str:
                 all_n = f"{a['alignment_rate_all_n']:6.3f}" if "alignment_rate_all_n" in a else f"{'':6s}"
                 lines.append(f"  {split:7s} {arm:20s} {a['mean_reward']:7.3f} {a['alignment_rate']:8.3f} {all_n} {a['diversity']:8.3f} "
                              f"{a['judge_implausible_share']:8.3f} {a['rahf_plausibility']:8.3f} {a['win']:5.2f}")
-    lines.append("claims:")
-    lines += [f"  [{'x' if v else ' '}] {k}" for k, v in result["claims"].items()]
+    lines.append("claims (held only when the 95% bootstrap interval over prompts excludes 0):")
+    for k, v in result["claims"].items():
+        ci = f"{v['difference']:+.3f}, 95% CI {v['ci95'][0]:+.3f} … {v['ci95'][1]:+.3f}" if v["ci95"] else "no judged prompts"
+        lines.append(f"  [{'x' if v['holds'] else ' '}] {k}  ({ci})")
     return "\n".join(lines)

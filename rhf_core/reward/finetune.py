@@ -288,41 +288,54 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
         return loss
 
-    stopped = False
-    for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
-        l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective,
-                                                  int(cfg.reward_t_min * t_max), cfg.reward_x0_cap)).mean()
-        loss = l_model
-        l_pre = torch.zeros(())
-        if beta > 0:
-            jdx = torch.from_numpy(rng.integers(len(pre_mean), size=cfg.batch_size))
-            lat = pre_mean[jdx] + pre_std[jdx] * torch.randn(pre_mean[jdx].shape, generator=gen)
-            l_pre = denoise_loss(lat, pre_cond[jdx]).mean()
-            loss = loss + beta * l_pre
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step()
-        parts.append((l_model.item(), float(l_pre.detach())))
-        report("fine-tuning", (step + 1) / cfg.steps)
-        stopped = should_stop is not None and should_stop()
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopped:
-            log.append({"step": step + 1, "reward_weighted_loss": round(float(np.mean([p[0] for p in parts])), 5),
-                        "pretrain_loss": round(float(np.mean([p[1] for p in parts])), 5),
-                        "seconds": round(time.time() - t0, 1)})
-            parts, t0 = [], time.time()
-            if accelerator.is_main_process:
-                from peft.utils import get_peft_model_state_dict
+    def checkpoint(done: int) -> None:
+        """Log the steps since the last checkpoint and save the trainer state at `done` steps."""
+        nonlocal parts, t0
+        log.append({"step": done, "reward_weighted_loss": round(float(np.mean([p[0] for p in parts])), 5),
+                    "pretrain_loss": round(float(np.mean([p[1] for p in parts])), 5),
+                    "seconds": round(time.time() - t0, 1)})
+        parts, t0 = [], time.time()
+        if accelerator.is_main_process:
+            from peft.utils import get_peft_model_state_dict
 
-                state.mkdir(parents=True, exist_ok=True)
-                save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet_t)).items()},
-                          str(state / "lora.safetensors"))
-                torch.save({"optimizer": opt.state_dict(), "step": step + 1, "log": json.dumps(log)}, state / "trainer.pt")
-        if stopped:
-            break
+            state.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet_t)).items()},
+                      str(state / "lora.safetensors"))
+            torch.save({"optimizer": opt.state_dict(), "step": done, "log": json.dumps(log)}, state / "trainer.pt")
+
+    stopped, done = False, start
+    try:
+        for step in range(start, cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+            idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
+            l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective,
+                                                      int(cfg.reward_t_min * t_max), cfg.reward_x0_cap)).mean()
+            loss = l_model
+            l_pre = torch.zeros(())
+            if beta > 0:
+                jdx = torch.from_numpy(rng.integers(len(pre_mean), size=cfg.batch_size))
+                lat = pre_mean[jdx] + pre_std[jdx] * torch.randn(pre_mean[jdx].shape, generator=gen)
+                l_pre = denoise_loss(lat, pre_cond[jdx]).mean()
+                loss = loss + beta * l_pre
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, 1.0)
+            opt.step()
+            parts.append((l_model.item(), float(l_pre.detach())))
+            done = step + 1
+            report("fine-tuning", done / cfg.steps)
+            stopped = should_stop is not None and should_stop()
+            if done % cfg.save_every == 0 or done == cfg.steps or stopped:
+                checkpoint(done)
+            if stopped:
+                break
+    except BaseException:
+        # Interrupted (Ctrl-C, or a page that reran while training): keep every finished step, so the
+        # next run resumes from here rather than from the last periodic save.
+        if parts:
+            checkpoint(done)
+        raise
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(unet_t)
     info = {"config": asdict(cfg), "generator": generator.name, "beta_used": beta, "steps_done": log[-1]["step"] if log else start,
