@@ -9,13 +9,12 @@ import streamlit as st
 from PIL import Image
 
 from rhf_core.cache import cache_dir
-from rhf_core.errors import RHFError
 from rhf_core.reward import REWARD_NAMES, get_reward
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
 from rhf_core.reward.experiment import experiment_prompts, heldout_prompts
 from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info
 from rhf_core.shapes.grammar import CATEGORIES, parse_prompt
-from ui.components import upscale
+from ui.components import run_with_progress, upscale
 from ui.loaders import load_encoders, load_reward_model
 from ui.settings import current_generator, current_predictor
 
@@ -91,17 +90,10 @@ with st.expander("Fine-tune a new adapter now"):
     if st.button("Fine-tune", key="lee_ft_run"):
         name = "".join(ch for ch in ft_name if ch.isalnum() or ch in "-_") or "my-adapter"
         st.button("Stop fine-tuning", key="lee_ft_stop")
-        bar = st.progress(0.0, text="Starting…")
-        try:
-            path = finetune(FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps),
-                                           n_prompts=int(ft_prompts)),
-                            generator=gen, reward=reward_fn(reward_name),
-                            progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}… {f:.0%}"))
-        except RHFError as e:
-            bar.empty()
-            st.error(str(e))
-        else:
-            bar.empty()
+        path = run_with_progress("Starting…", lambda progress: finetune(
+            FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps), n_prompts=int(ft_prompts)),
+            generator=gen, reward=reward_fn(reward_name), progress=progress))
+        if path is not None:
             st.success(f"Saved the adapter to `{path}`; pick it above.")
 
 if k > n:
@@ -121,16 +113,11 @@ st.caption(f"Adapter `{Path(adapter).name}`: β = {info['beta_used']}, {info['st
 
 run_key = (gen.name, adapter, tuple(prompts), n, reward_name, int(seed))
 if st.button("Compare", type="primary", key="lee_run"):
-    bar = st.progress(0.0, text="Starting…")
-    try:
-        comp = run_comparison(gen, adapter, prompts, n=n, k=k, reward_name=reward_name, reward=reward_fn(reward_name),
-                              predictor=rahf, encoders=load_encoders(), seed=int(seed),
-                              progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}… {f:.0%}"))
-    except RHFError as e:
-        bar.empty()
-        st.error(str(e))
+    comp = run_with_progress("Starting…", lambda progress: run_comparison(
+        gen, adapter, prompts, n=n, k=k, reward_name=reward_name, reward=reward_fn(reward_name), predictor=rahf,
+        encoders=load_encoders(), seed=int(seed), progress=progress))
+    if comp is None:
         st.stop()
-    bar.empty()
     st.session_state["lee_result"] = (run_key, comp)
 
 stored = st.session_state.get("lee_result")

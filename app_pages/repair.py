@@ -12,7 +12,7 @@ from rhf_core.errors import RHFError
 from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
 from rhf_core.images import load_image
 from rhf_core.repair import RANKINGS, RepairError, repair, repair_mask
-from ui.components import upscale
+from ui.components import run_with_progress, upscale
 from ui.settings import current_dataset, current_generator, current_predictor
 
 SOURCES = ["Dataset record", "Generate", "Upload"]
@@ -180,16 +180,11 @@ run_key = hashlib.sha1(b"".join([png_bytes(image), np.packbits(mask).tobytes(),
                                  repr((prompt, int(n), int(seed), int(steps), float(strength), gen.name, gen.adapter,
                                        rahf.weights_key)).encode()])).hexdigest()
 if st.button("Repair", type="primary", key="rep_run"):
-    bar = st.progress(0.0, text="Predicting…")
-    try:
-        result = repair(image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength),
-                        predictor=rahf, generator=gen, mask=mask,
-                        progress=lambda stage, f: bar.progress(min(f, 1.0), text=f"{stage.capitalize()}…"))
-    except RHFError as e:
-        bar.empty()
-        st.error(str(e))
+    result = run_with_progress("Predicting…", lambda progress: repair(
+        image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength), predictor=rahf,
+        generator=gen, mask=mask, progress=progress), percent=False)
+    if result is None:
         st.stop()
-    bar.empty()
     # the page cut the mask itself: record which map it came from, in repair()'s vocabulary
     result.heatmap = heatmap
     result.heatmap_source = {"Predicted heatmap": "predicted", "Ground-truth heatmap": "ground truth"}.get(

@@ -73,3 +73,26 @@ def word_strength_chart(rec: Record):
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), coloraxis_showscale=False)
     fig.update_xaxes(tickvals=df["label"], ticktext=df["token"])
     return fig
+
+
+def run_with_progress(start: str, job, percent: bool = True):
+    """Run `job(progress)` under a progress bar fed by `progress(stage, fraction)`; a `RHFError` becomes a
+    readable error on the page and None is returned. Any other exception (Streamlit stopping the script
+    included) passes through."""
+    import streamlit as st
+
+    from rhf_core.errors import RHFError
+
+    bar = st.progress(0.0, text=start)
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.progress(min(fraction, 1.0), text=f"{stage.capitalize()}… {fraction:.0%}" if percent else f"{stage.capitalize()}…")
+
+    try:
+        result = job(progress)
+    except RHFError as e:
+        bar.empty()
+        st.error(str(e))
+        return None
+    bar.empty()
+    return result
