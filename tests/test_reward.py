@@ -2,6 +2,7 @@
 a tiny random pipeline, and the four-arm comparison."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -388,3 +389,22 @@ def test_fine_tune_stops_keeps_every_finished_step_and_resumes(gen, tmp_path):
     info = load_adapter_info(path)
     assert info["complete"] is True and info["steps_done"] == 6
     assert [e["step"] for e in info["log"]] == [2, 4, 6]  # resumed at 2, then at 4, never from 0
+
+
+def test_pre_training_renders_for_any_shapesworld_generator(gen, tmp_path):
+    """The β term's renders come for every pipeline train-t2i wrote (its train_log.json), not only for
+    one whose name says "shapes"; any other pipeline has none (the β term is then off, with a warning)."""
+    from rhf_core.reward.finetune import FinetuneConfig, is_shapes_generator, pretrain_pairs
+
+    folder = Path(str(gen.pipe.config._name_or_path))
+    assert "shapes" not in gen.name and not is_shapes_generator(gen)
+    with pytest.warns(UserWarning, match="the β term is off"):
+        assert pretrain_pairs(FinetuneConfig(n_pretrain=4), gen) is None
+    (folder / "train_log.json").write_text("[]")
+    try:
+        assert is_shapes_generator(gen)
+        images, prompts = pretrain_pairs(FinetuneConfig(n_pretrain=4), gen)
+        assert len(images) == 4 and images[0].size == (gen.image_size, gen.image_size)
+        assert all(parse_prompt(p) is not None for p in prompts)
+    finally:
+        (folder / "train_log.json").unlink()

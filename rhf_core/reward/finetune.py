@@ -118,6 +118,13 @@ def encode_latents(generator, images: list, batch: int = 128) -> tuple[torch.Ten
     return torch.cat(means), torch.cat(stds)
 
 
+def is_shapes_generator(generator) -> bool:
+    """A ShapesWorld generator: the embedded one, or any pipeline `train-t2i` wrote (it leaves its
+    train_log.json beside the weights), wherever it was saved and whatever it is called."""
+    root = Path(str(generator.pipe.config._name_or_path))
+    return "shapes" in generator.name or (root / "train_log.json").is_file()
+
+
 def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | None:
     """D_pre: clean ShapesWorld renders (embedded model) or the user's image–caption folder."""
     from PIL import Image
@@ -131,10 +138,10 @@ def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | N
         from rhf_core.images import load_image
 
         return [load_image(p) for p, _ in pairs], [t.read_text().strip() for _, t in pairs]
-    if generator.image_size == 64 and "shapes" in generator.name:
+    if is_shapes_generator(generator):
         from rhf_core.t2i.train import training_set
 
-        images, prompts = training_set(cfg.n_pretrain, cfg.seed + 101, 64)
+        images, prompts = training_set(cfg.n_pretrain, cfg.seed + 101, generator.image_size)
         return [Image.fromarray(a) for a in images], prompts
     warnings.warn("no pre-training folder for this model: the β term is off (pass --pretrain-folder)", stacklevel=2)
     return None
