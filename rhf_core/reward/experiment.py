@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rhf_core.reward.compare import ARMS, run_comparison, summarize
+from rhf_core.reward.compare import ARMS, paired_bootstrap, run_comparison, summarize
 from rhf_core.reward.finetune import FinetuneConfig, fine_tune_prompts, load_adapter_info
 from rhf_core.reward.model import RewardError
 from rhf_core.reward.train import default_prompt_split
@@ -64,8 +64,6 @@ def claims(result: dict) -> dict:
     """The paper's qualitative results, checked on these numbers: each claim holds only when the 95%
     paired-bootstrap interval over prompts of its difference lies on the claimed side of 0 (a +0.003
     on 24 prompts is noise, not a win). Each entry: holds, difference, ci95."""
-    from rhf_core.reward.compare import paired_bootstrap
-
     def verdict(gain: dict | None, sign: int = 1) -> dict:
         if gain is None:
             return {"holds": False, "difference": None, "ci95": None}
