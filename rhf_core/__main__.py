@@ -43,11 +43,7 @@ def _eval_rahf(args) -> None:
                            train_split=args.train_split, baseline_epochs=args.baseline_epochs,
                            max_records=args.max_records, seed=args.seed)
     print(format_tables(result))
-    if args.json:
-        from rhf_core.cache import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
 
 
 def _eval_judge(args) -> None:
@@ -55,10 +51,7 @@ def _eval_judge(args) -> None:
 
     result = {"renders": evaluate_judge(args.n, args.seed), "degraded": evaluate_judge(args.n, args.seed, degraded=True)}
     print(json.dumps(result, indent=2))
-    if args.json:
-        from rhf_core.cache import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    _write_json(args.json, result)
 
 
 def _train_t2i(args) -> None:
@@ -84,11 +77,7 @@ def _eval_t2i(args) -> None:
 
     result = evaluate_generator(args.checkpoint or None, per_prompt=args.per_prompt, seed=args.seed)
     print(format_table(result))
-    if args.json:
-        from rhf_core.cache import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
 
 
 def _sample_grid(args) -> None:
@@ -108,10 +97,10 @@ def _sample_grid(args) -> None:
 
 def _write_json(path: str, result: dict) -> None:
     if path:
-        from rhf_core.cache import atomic_write_text
+        from rhf_core.cache import atomic_write_text, json_text
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(path, json_text(result))
         print(f"wrote {path}")
 
 

@@ -44,6 +44,19 @@ def weights_fingerprint(folder) -> list:
     return file_fingerprint(Path(folder).glob("*.safetensors")) if folder else []
 
 
+def json_text(obj, indent: int = 2) -> str:
+    """JSON as `json.dumps(obj, indent=indent)` writes it, except that a list of plain values (per-prompt
+    numbers, a shape) stays on one line: a results file with long per-prompt lists remains readable."""
+    def enc(o, level: int) -> str:
+        pad, end = " " * (indent * (level + 1)), " " * (indent * level)
+        if isinstance(o, dict) and o:
+            return "{\n" + ",\n".join(f"{pad}{json.dumps(str(k))}: {enc(v, level + 1)}" for k, v in o.items()) + f"\n{end}}}"
+        if isinstance(o, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in o):
+            return "[\n" + ",\n".join(pad + enc(v, level + 1) for v in o) + f"\n{end}]"
+        return json.dumps(o)
+    return enc(obj, 0) + "\n"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename over it: readers never see half a file."""
     path = Path(path)

@@ -185,3 +185,17 @@ def test_frame_is_cached_on_disk(tmp_path, monkeypatch):
     assert len(cached) == 1
     b = open_dataset("shapes", n=40, seed=11)
     assert a.frame.equals(b.frame)
+
+
+def test_results_json_keeps_value_lists_on_one_line_and_round_trips(tmp_path):
+    import json
+
+    from rhf_core.__main__ import _write_json
+
+    result = {"per_prompt": {"alignment": [0.25, 0.5, 1.0], "ids": ["a", "b"]}, "claims": [{"ci95": [-0.1, 0.2]}],
+              "empty": {}, "none": [], "text": "β = 0"}
+    _write_json(str(tmp_path / "sub" / "r.json"), result)
+    text = (tmp_path / "sub" / "r.json").read_text()
+    assert json.loads(text) == result
+    assert '"alignment": [0.25, 0.5, 1.0],' in text and '"ci95": [-0.1, 0.2]' in text
+    assert text.count("\n") == 14 and text.endswith("}\n")  # nested objects still one key per line
