@@ -110,6 +110,9 @@ info = load_adapter_info(adapter)
 st.caption(f"Adapter `{Path(adapter).name}`: β = {info['beta_used']}, {info['steps_done']} steps, reward "
            f"{info['config']['reward']}, trained on {info['prompts']} prompts (mean reward of its samples "
            f"{info['reward_stats']['mean']:.2f}).")
+if not info.get("complete", True):  # stopped by the button, Streamlit's own Stop, or a crash
+    st.warning(f"`{Path(adapter).name}` is unfinished: {info['steps_done']} of {info['config']['steps']} steps. "
+               "Fine-tune again with the same settings to resume, or compare it as it is.")
 
 run_key = (gen.name, adapter, tuple(prompts), n, reward_name, int(seed))
 if st.button("Compare", type="primary", key="lee_run"):

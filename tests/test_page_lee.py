@@ -74,3 +74,21 @@ def test_training_prompt_set_lists_the_adapters_own_prompts():
     listed = shown.removeprefix("8 prompts: ").removesuffix(" …").split(" · ")
     assert listed and set(listed) <= set(trained)
     assert not set(listed) & set(default_prompt_split()["seen"])  # not the held-out ones
+
+
+def test_an_unfinished_adapter_says_so(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    shipped = Path(APP).parent / "rhf_core" / "assets" / "adapters" / "lee-shapes"
+    partial = tmp_path / "adapters" / "half-done"
+    shutil.copytree(shipped, partial)
+    info = json.loads((partial / "adapter.json").read_text())
+    info.update(steps_done=40, complete=False)
+    (partial / "adapter.json").write_text(json.dumps(info))
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path))
+    at = open_page()
+    assert not at.warning or all("unfinished" not in w.value for w in at.warning)  # the shipped one is complete
+    at.selectbox(key="lee_adapter").set_value("half-done (saved)").run()
+    assert not at.exception, at.exception
+    assert any(f"unfinished: 40 of {info['config']['steps']} steps" in w.value for w in at.warning)
