@@ -98,6 +98,18 @@ def test_reward_head_learns_labels_and_prompt_classification():
     assert best_threshold(np.array([0.1, 0.4, 0.6, 0.9]), np.array([0, 0, 1, 1.0])) == 0.6
 
 
+def test_within_prompt_auc_sees_through_a_score_that_tracks_prompt_difficulty():
+    # Prompt "easy": mostly good, low scores; prompt "hard": mostly bad, high scores. Within each prompt the
+    # score ranks good above bad, but pooled it ranks them the wrong way round.
+    scores = np.array([0.1, 0.2, 0.3, 0.05, 0.8, 0.9, 0.95, 0.7])
+    labels = np.array([1, 1, 1, 0, 0, 0, 1, 0], dtype=np.float32)
+    prompts = ["easy"] * 4 + ["hard"] * 4
+    m_ = classification_metrics(scores, labels, 0.5, prompts)
+    assert m_["auc"] < 0.5 and m_["within_prompt_auc"] == 1.0 and m_["prompts_with_both"] == 2
+    only_good = classification_metrics(scores[:3], labels[:3], 0.5, prompts[:3])
+    assert np.isnan(only_good["within_prompt_auc"]) and only_good["prompts_with_both"] == 0
+
+
 def test_reward_model_save_load_scores_identically(clip, tmp_path):
     head = RewardHead(clip.dim, 32)
     model = RewardModel(clip, head, RewardConfig(encoders=str(clip.name), hidden=32))

@@ -8,7 +8,6 @@ reports accuracy and AUC on held-out seen and unseen prompts."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -123,9 +122,19 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    return {"accuracy": round(float(((scores >= threshold) == (labels > 0.5)).mean()), 4),
-            "auc": round(_auc(scores, labels), 4), "n": int(len(labels)), "good_share": round(float(labels.mean()), 4)}
+def classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float, prompts=None) -> dict:
+    """Accuracy at `threshold` and AUC pooled over all images; with `prompts`, also the mean AUC within a
+    prompt (over prompts that have good and bad images), which a score that only tracks prompt difficulty
+    cannot fake and a pooled AUC can hide."""
+    m = {"accuracy": round(float(((scores >= threshold) == (labels > 0.5)).mean()), 4),
+         "auc": round(_auc(scores, labels), 4), "n": int(len(labels)), "good_share": round(float(labels.mean()), 4)}
+    if prompts is not None:
+        prompts = np.asarray(prompts)
+        per = [_auc(scores[prompts == p], labels[prompts == p]) for p in np.unique(prompts)]
+        per = [a for a in per if not np.isnan(a)]
+        m["within_prompt_auc"] = round(float(np.mean(per)), 4) if per else float("nan")
+        m["prompts_with_both"] = len(per)
+    return m
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -174,7 +183,8 @@ def train_reward(cfg: RewardTrainConfig, generator=None, encoders=None, progress
                                   "images": {s: int((split == s).sum()) for s in ("train", "seen", "unseen")}}}
     for name, sc in scores.items():
         thr = best_threshold(sc[tr], data.labels[tr]) if name == "clip_score" else 0.5
-        metrics[name] = {"threshold": round(thr, 4), **{s: classification_metrics(sc[split == s], data.labels[split == s], thr)
+        metrics[name] = {"threshold": round(thr, 4), **{s: classification_metrics(sc[split == s], data.labels[split == s], thr,
+                                                                              np.array(data.prompts)[split == s])
                                                        for s in ("train", "seen", "unseen")}}
         # Prompt classification: does the true prompt outscore its perturbations (good held-out images)?
         if name != "clip_score":
@@ -199,14 +209,11 @@ def train_reward(cfg: RewardTrainConfig, generator=None, encoders=None, progress
 
 
 def format_metrics(m: dict) -> str:
-    lines = [f"{'model':16s} {'split':7s} {'acc':>6s} {'AUC':>6s} {'prompt-cls':>10s} {'n':>5s}"]
+    lines = [f"{'model':16s} {'split':7s} {'acc':>6s} {'AUC':>6s} {'AUC/prompt':>10s} {'prompt-cls':>10s} {'n':>5s}"]
     for name in ("reward", "reward_lambda0", "clip_score"):
         for s in ("seen", "unseen"):
             b = m[name][s]
-            lines.append(f"{name:16s} {s:7s} {b['accuracy']:6.3f} {b['auc']:6.3f} "
+            lines.append(f"{name:16s} {s:7s} {b['accuracy']:6.3f} {b['auc']:6.3f} {b.get('within_prompt_auc', float('nan')):10.3f} "
                          f"{b.get('prompt_classification_accuracy', float('nan')):10.3f} {b['n']:5d}")
     return "\n".join(lines)
 
-
-def jsonable(m: dict) -> str:
-    return json.dumps(m, indent=2)
