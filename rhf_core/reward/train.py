@@ -181,10 +181,11 @@ def train_reward(cfg: RewardTrainConfig, generator=None, encoders=None, progress
             scores[name] = head(torch.from_numpy(img), torch.from_numpy(table[txt_index])).numpy()
     metrics: dict = {"settings": {**asdict(cfg), "generator": generator.name, "encoders": encoders.name,
                                   "images": {s: int((split == s).sum()) for s in ("train", "seen", "unseen")}}}
+    prompts = np.array(data.prompts)
     for name, sc in scores.items():
         thr = best_threshold(sc[tr], data.labels[tr]) if name == "clip_score" else 0.5
         metrics[name] = {"threshold": round(thr, 4), **{s: classification_metrics(sc[split == s], data.labels[split == s], thr,
-                                                                              np.array(data.prompts)[split == s])
+                                                                              prompts[split == s])
                                                        for s in ("train", "seen", "unseen")}}
         # Prompt classification: does the true prompt outscore its perturbations (good held-out images)?
         if name != "clip_score":
