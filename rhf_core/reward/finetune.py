@@ -121,8 +121,7 @@ def encode_latents(generator, images: list, batch: int = 128) -> tuple[torch.Ten
 def is_shapes_generator(generator) -> bool:
     """A ShapesWorld generator: the embedded one, or any pipeline `train-t2i` wrote (it leaves its
     train_log.json beside the weights), wherever it was saved and whatever it is called."""
-    root = Path(str(generator.pipe.config._name_or_path))
-    return "shapes" in generator.name or (root / "train_log.json").is_file()
+    return "shapes" in generator.name or (generator.root / "train_log.json").is_file()
 
 
 def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | None:

@@ -89,11 +89,16 @@ class Generator:
     def is_inpainting_model(self) -> bool:
         return int(self.pipe.unet.config.in_channels) == 9
 
+    @property
+    def root(self) -> Path:
+        """The folder (or hub id, as a path) the pipeline was loaded from."""
+        return Path(str(self.pipe.config._name_or_path))
+
     def fingerprint(self) -> list:
         """What identifies this model's weights for cache keys: its files (size, mtime) and the adapter's."""
         from rhf_core.cache import file_fingerprint, weights_fingerprint
 
-        root = Path(str(self.pipe.config._name_or_path))
+        root = self.root
         files = file_fingerprint(root.rglob("*.safetensors")) if root.exists() else [self.name]
         if self.adapter:
             files += weights_fingerprint(self.adapter)
