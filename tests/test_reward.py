@@ -420,3 +420,41 @@ def test_pre_training_renders_for_any_shapesworld_generator(gen, tmp_path):
         assert all(parse_prompt(p) is not None for p in prompts)
     finally:
         (folder / "train_log.json").unlink()
+
+
+def test_preference_pairs_and_the_dpo_loss():
+    from rhf_core.reward.finetune import dpo_loss, preference_pairs
+
+    prompts = ["a", "a", "a", "b", "b"]
+    rewards = np.array([1.0, 0.0, 0.6, 0.2, 0.3], np.float32)
+    pairs = preference_pairs(prompts, rewards, 0.5)
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (2, 1)]  # "b" differs by 0.1 only: no pair
+    assert preference_pairs(prompts, np.zeros(5), 0.5).shape == (0, 2)
+    same = torch.tensor([0.3, 0.1])
+    np.testing.assert_allclose(dpo_loss(same, same, same, same, 2000.0).numpy(), np.log(2), rtol=1e-6)
+    better = dpo_loss(torch.tensor([0.29]), torch.tensor([0.31]), torch.tensor([0.3]), torch.tensor([0.3]), 2000.0)
+    worse = dpo_loss(torch.tensor([0.31]), torch.tensor([0.29]), torch.tensor([0.3]), torch.tensor([0.3]), 2000.0)
+    assert better.item() < np.log(2) < worse.item()
+    np.testing.assert_allclose(better.item(), -np.log(1 / (1 + np.exp(-20.0))), rtol=1e-4)  # β/2 · 0.02 = 20
+
+
+def test_dpo_fine_tune_learns_the_preference_and_refuses_bad_settings(gen, tmp_path):
+    """A few Diffusion-DPO steps on a tiny pipeline lower the pair loss below the reference's log 2."""
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    base = dict(prompts=str(tmp_path / "prompts.txt"), per_prompt=4, beta=0.0, rank=4, batch_size=4, uncond_prob=0.0,
+                objective="dpo", pair_margin=1e-3, dpo_beta=500.0)
+    cfg = FinetuneConfig(name="dpo", out=str(tmp_path / "dpo"), steps=30, lr=2e-2, save_every=10, **base)
+    path = finetune(cfg, generator=gen, reward=brightness, resume=False)
+    info = json.loads((path / "adapter.json").read_text())
+    losses = [e["dpo_loss"] for e in info["log"]]
+    assert info["pairs"] >= 1 and len(losses) == 3 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0] and losses[-1] < np.log(2) - 0.05
+    with pytest.raises(RewardError, match="unknown objective 'ppo'"):
+        finetune(FinetuneConfig(name="x", out=str(tmp_path / "x"), **{**base, "objective": "ppo"}), generator=gen,
+                 reward=brightness, resume=False)
+    with pytest.raises(RewardError, match="no two samples of one prompt differ in reward by 0.5"):
+        finetune(FinetuneConfig(name="y", out=str(tmp_path / "y"), **{**base, "pair_margin": 0.5}), generator=gen,
+                 reward=lambda ims, ps: np.ones(len(ims), np.float32), resume=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

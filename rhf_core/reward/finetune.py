@@ -72,6 +72,14 @@ class FinetuneConfig:
     # of min-SNR ε-MSE. Count, colour and layout are decided at low SNR, where the ε-error of a wrong
     # layout is tiny and the low-noise texture error swamps it; in x0 space it is what the loss measures.
     reward_x0_cap: float = 0.0
+    # "rwr": Lee et al.'s reward-weighted likelihood. "dpo": Diffusion-DPO (Wallace et al. 2023) on
+    # pairs of samples of one prompt whose rewards differ by at least `pair_margin`: the adapter is
+    # pushed to denoise the better sample of each pair better, and the worse one worse, than the
+    # original model does. Reward-weighted likelihood only fits the good samples, which the model
+    # already fits; the pairs also say what the bad ones got wrong.
+    objective: str = "rwr"
+    dpo_beta: float = 2000.0
+    pair_margin: float = 0.5
     seed: int = 0
     save_every: int = 100
 
@@ -84,6 +92,26 @@ def x0_weight(snr: torch.Tensor, cap: float) -> torch.Tensor:
     """Per-timestep factor turning an ε-MSE into the x0-space error (‖x̂0 − x0‖² = ‖ε̂ − ε‖² / SNR),
     capped where the SNR reaches 0 at the end of the schedule."""
     return (1.0 / snr.clamp(min=1e-12)).clamp(max=cap)
+
+
+OBJECTIVES = ("rwr", "dpo")
+
+
+def preference_pairs(prompts: list[str], rewards: np.ndarray, margin: float) -> np.ndarray:
+    """(better, worse) index pairs of samples of the same prompt whose rewards differ by ≥ margin."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    pairs = [(i, j) for idx in groups.values() for i in idx for j in idx if rewards[i] - rewards[j] >= margin]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """Diffusion-DPO per pair: −log σ(−β/2 · [(e_w − e_w^ref) − (e_l − e_l^ref)]), e being the
+    denoising error at a shared timestep and noise. 0 when the adapter denoises the better sample
+    much better than the original and the worse one much worse; log 2 when it is the original."""
+    return -torch.nn.functional.logsigmoid(-0.5 * beta * ((err_w - ref_w) - (err_l - ref_l)))
 
 
 def fine_tune_prompts(cfg: FinetuneConfig) -> list[str]:
@@ -209,6 +237,10 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
 
     if not 0.0 <= cfg.reward_t_min < 1.0:
         raise RewardError(f"reward_t_min must lie in [0, 1): the share of the schedule skipped, got {cfg.reward_t_min}")
+    if cfg.objective not in OBJECTIVES:
+        raise RewardError(f"unknown objective {cfg.objective!r}: one of {', '.join(OBJECTIVES)}")
+    if cfg.objective == "dpo" and cfg.pair_margin <= 0:
+        raise RewardError(f"pair_margin must be > 0 (a pair needs a better and a worse sample), got {cfg.pair_margin}")
     report = progress or (lambda stage, f: None)
     accelerator = Accelerator()
     generator = generator or load_generator(cfg.generator or None)
@@ -221,6 +253,12 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         r = (data["rewards"] >= cfg.reward_threshold).astype(np.float32)
         if not r.any():
             raise RewardError(f"no sample reaches the reward threshold {cfg.reward_threshold}: lower it")
+    pairs = None
+    if cfg.objective == "dpo":
+        pairs = preference_pairs(data["prompts"], data["rewards"], cfg.pair_margin)
+        if not len(pairs):
+            raise RewardError(f"no two samples of one prompt differ in reward by {cfg.pair_margin}: "
+                              "lower --pair-margin or draw more samples per prompt")
     pre = pretrain_pairs(cfg, generator) if cfg.beta > 0 else None
     pre_mean, pre_std = encode_latents(generator, pre[0]) if pre else (None, None)
     beta = cfg.beta if pre is not None else 0.0
@@ -273,6 +311,15 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
 
     t_max = sched.config.num_train_timesteps
 
+    def predict(net, noisy, t, cond, guided):
+        dt = next(net.parameters()).dtype  # the reference UNet keeps the generator's dtype
+        if guided and w != 1.0:  # the guided sampler's prediction, as at inference
+            both = net(torch.cat([noisy, noisy]).to(dev, dt), torch.cat([t, t]).to(dev),
+                       torch.cat([cond, empty.expand_as(cond)]).to(dev, dt)).sample.float()
+            pred_c, pred_u = both.chunk(2)
+            return pred_u + w * (pred_c - pred_u)
+        return net(noisy.to(dev, dt), t.to(dev), cond.to(dev, dt)).sample.float()
+
     def denoise_loss(lat, cond, guided=False, t_lo=0, x0_cap=0.0):
         if cfg.uncond_prob > 0 and not guided:
             drop = torch.rand(len(cond), generator=gen) < cfg.uncond_prob
@@ -280,13 +327,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         noise = torch.randn(lat.shape, generator=gen)
         t = torch.randint(t_lo, t_max, (len(lat),), generator=gen)
         noisy = sched.add_noise(lat, noise, t)
-        if guided and w != 1.0:  # the guided sampler's prediction, as at inference
-            both = unet_t(torch.cat([noisy, noisy]).to(dev), torch.cat([t, t]).to(dev),
-                          torch.cat([cond, empty.expand_as(cond)]).to(dev)).sample.float()
-            pred_c, pred_u = both.chunk(2)
-            pred = pred_u + w * (pred_c - pred_u)
-        else:
-            pred = unet_t(noisy.to(dev), t.to(dev), cond.to(dev)).sample.float()
+        pred = predict(unet_t, noisy, t, cond, guided)
         loss = ((pred - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
         if x0_cap > 0:
             return loss * x0_weight(snr[t], x0_cap).to(dev)
@@ -294,10 +335,26 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             loss = loss * (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
         return loss
 
+    ref_unet = pipe.unet  # the original model, untouched: Diffusion-DPO's reference
+
+    def preference_loss(pair_idx):
+        """Diffusion-DPO on a batch of (better, worse) pairs, each pair sharing its noise and timestep."""
+        i_w, i_l = pair_idx[:, 0], pair_idx[:, 1]
+        lat = torch.cat([data["latents"][i_w], data["latents"][i_l]])
+        cond = torch.cat([model_cond[i_w], model_cond[i_l]])
+        noise = torch.randn(data["latents"][i_w].shape, generator=gen).repeat(2, 1, 1, 1)
+        t = torch.randint(int(cfg.reward_t_min * t_max), t_max, (len(i_w),), generator=gen).repeat(2)
+        noisy = sched.add_noise(lat, noise, t)
+        err = ((predict(unet_t, noisy, t, cond, cfg.guided_objective) - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
+        with torch.no_grad():
+            ref = ((predict(ref_unet, noisy, t, cond, cfg.guided_objective) - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
+        n = len(i_w)
+        return dpo_loss(err[:n], err[n:], ref[:n], ref[n:], cfg.dpo_beta).mean()
+
     def checkpoint(done: int) -> None:
         """Log the steps since the last checkpoint and save the trainer state at `done` steps."""
         nonlocal parts, t0
-        log.append({"step": done, "reward_weighted_loss": round(float(np.mean([p[0] for p in parts])), 5),
+        log.append({"step": done, ("dpo_loss" if pairs is not None else "reward_weighted_loss"): round(float(np.mean([p[0] for p in parts])), 5),
                     "pretrain_loss": round(float(np.mean([p[1] for p in parts])), 5),
                     "seconds": round(time.time() - t0, 1)})
         parts, t0 = [], time.time()
@@ -314,9 +371,12 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         for step in range(start, cfg.steps):
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-            idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
-            l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective,
-                                                      int(cfg.reward_t_min * t_max), cfg.reward_x0_cap)).mean()
+            if pairs is not None:  # half a batch of pairs is a batch of samples
+                l_model = preference_loss(torch.from_numpy(pairs[rng.integers(len(pairs), size=max(1, cfg.batch_size // 2))]))
+            else:
+                idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
+                l_model = (rw[idx].to(dev) * denoise_loss(data["latents"][idx], model_cond[idx], cfg.guided_objective,
+                                                          int(cfg.reward_t_min * t_max), cfg.reward_x0_cap)).mean()
             loss = l_model
             l_pre = torch.zeros(())
             if beta > 0:
@@ -346,6 +406,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     unet = accelerator.unwrap_model(unet_t)
     info = {"config": asdict(cfg), "generator": generator.name, "beta_used": beta, "steps_done": log[-1]["step"] if log else start,
             "complete": not stopped, "prompts": len(prompts),
+            **({"pairs": int(len(pairs))} if pairs is not None else {}),
             "reward_stats": {"n": int(len(r)), "mean": round(float(np.mean(data["rewards"])), 4),
                              "std": round(float(np.std(data["rewards"])), 4),
                              "share_positive": round(float(np.mean(data["rewards"] > 0.5)), 4)},
