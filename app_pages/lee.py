@@ -18,6 +18,8 @@ from ui.components import run_with_progress, upscale
 from ui.loaders import load_encoders, load_reward_model
 from ui.settings import current_generator, current_predictor
 
+OBJECTIVE_LABELS = {"rwr": "reward-weighted likelihood (Lee et al.)", "dpo": "Diffusion-DPO on reward pairs"}
+
 SHIPPED = Path(__file__).resolve().parents[1] / "rhf_core" / "assets" / "adapters"
 PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts", "The adapter's training prompts", "Free text"]
 ARM_COLORS = dict(zip(ARMS, px.colors.qualitative.Set2))
@@ -82,6 +84,8 @@ with st.expander("Fine-tune a new adapter now"):
     ft_beta = f2.number_input("β (pre-training loss weight)", 0.0, 10.0, 1.0, 0.5, key="lee_ft_beta")
     ft_steps = f3.number_input("Steps", 10, 5000, 300, 50, key="lee_ft_steps")
     ft_prompts = f4.number_input("Training prompts", 10, 300, 100, 10, key="lee_ft_prompts")
+    ft_objective = st.radio("Objective", list(OBJECTIVE_LABELS), format_func=OBJECTIVE_LABELS.get, horizontal=True,
+                            key="lee_ft_objective")
     st.caption(f"Trains LoRA adapters on the UNet with the **{reward_name}** reward on the grammar's training prompts "
                "(never the held-out ones). **Stop fine-tuning** keeps every finished step; Fine-tune again with the same "
                "settings to resume.")
@@ -91,7 +95,8 @@ with st.expander("Fine-tune a new adapter now"):
         name = "".join(ch for ch in ft_name if ch.isalnum() or ch in "-_") or "my-adapter"
         st.button("Stop fine-tuning", key="lee_ft_stop")
         path = run_with_progress("Starting…", lambda progress: finetune(
-            FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps), n_prompts=int(ft_prompts)),
+            FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps), n_prompts=int(ft_prompts),
+                           objective=ft_objective),
             generator=gen, reward=reward_fn(reward_name), progress=progress))
         if path is not None:
             st.success(f"Saved the adapter to `{path}`; pick it above.")
@@ -107,7 +112,8 @@ if not found:
     st.stop()
 adapter = found[adapter_label]
 info = load_adapter_info(adapter)
-st.caption(f"Adapter `{Path(adapter).name}`: β = {info['beta_used']}, {info['steps_done']} steps, reward "
+st.caption(f"Adapter `{Path(adapter).name}`: {OBJECTIVE_LABELS.get(info['config'].get('objective', 'rwr'), '?')}, "
+           f"β = {info['beta_used']}, {info['steps_done']} steps, reward "
            f"{info['config']['reward']}, trained on {info['prompts']} prompts (mean reward of its samples "
            f"{info['reward_stats']['mean']:.2f}).")
 if not info.get("complete", True):  # stopped by the button, Streamlit's own Stop, or a crash

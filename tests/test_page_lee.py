@@ -29,6 +29,8 @@ def compare_two_prompts(at: AppTest) -> AppTest:
 def test_compare_four_arms_on_free_text_prompts():
     at = open_page()
     assert any("lee-shapes (shipped)" == o for o in at.selectbox(key="lee_adapter").options)
+    assert any(c.value.startswith("Adapter `lee-shapes`: reward-weighted likelihood (Lee et al.), β = 1.0")
+               for c in at.caption)
     compare_two_prompts(at)
     assert not at.exception, at.exception
     table = at.dataframe[0].value
@@ -85,6 +87,7 @@ def test_an_unfinished_adapter_says_so(tmp_path, monkeypatch):
     shutil.copytree(shipped, partial)
     info = json.loads((partial / "adapter.json").read_text())
     info.update(steps_done=40, complete=False)
+    info["config"]["objective"] = "dpo"
     (partial / "adapter.json").write_text(json.dumps(info))
     monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path))
     at = open_page()
@@ -92,3 +95,5 @@ def test_an_unfinished_adapter_says_so(tmp_path, monkeypatch):
     at.selectbox(key="lee_adapter").set_value("half-done (saved)").run()
     assert not at.exception, at.exception
     assert any(f"unfinished: 40 of {info['config']['steps']} steps" in w.value for w in at.warning)
+    assert any(c.value.startswith("Adapter `half-done`: Diffusion-DPO on reward pairs, β =") for c in at.caption)
+    assert at.radio(key="lee_ft_objective").value == "rwr"  # Lee et al. unless asked otherwise
