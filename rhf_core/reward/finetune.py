@@ -340,9 +340,10 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     def preference_loss(pair_idx):
         """Diffusion-DPO on a batch of (better, worse) pairs, each pair sharing its noise and timestep."""
         i_w, i_l = pair_idx[:, 0], pair_idx[:, 1]
-        lat = torch.cat([data["latents"][i_w], data["latents"][i_l]])
+        lat_w = data["latents"][i_w]
+        lat = torch.cat([lat_w, data["latents"][i_l]])
         cond = torch.cat([model_cond[i_w], model_cond[i_l]])
-        noise = torch.randn(data["latents"][i_w].shape, generator=gen).repeat(2, 1, 1, 1)
+        noise = torch.randn(lat_w.shape, generator=gen).repeat(2, 1, 1, 1)
         t = torch.randint(int(cfg.reward_t_min * t_max), t_max, (len(i_w),), generator=gen).repeat(2)
         noisy = sched.add_noise(lat, noise, t)
         err = ((predict(unet_t, noisy, t, cond, cfg.guided_objective) - noise.to(dev)) ** 2).mean(dim=(1, 2, 3))
