@@ -18,7 +18,8 @@ from ui.components import run_with_progress, upscale
 from ui.loaders import load_encoders, load_reward_model
 from ui.settings import current_generator, current_predictor
 
-OBJECTIVE_LABELS = {"rwr": "reward-weighted likelihood (Lee et al.)", "dpo": "Diffusion-DPO on reward pairs"}
+OBJECTIVE_LABELS = {"rwr": "reward-weighted likelihood (Lee et al.)", "dpo": "Diffusion-DPO on reward pairs",
+                    "draft": "reward backpropagation (DRaFT; lee reward)"}
 
 SHIPPED = Path(__file__).resolve().parents[1] / "rhf_core" / "assets" / "adapters"
 PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts", "The adapter's training prompts", "Free text"]
@@ -96,7 +97,7 @@ with st.expander("Fine-tune a new adapter now"):
         st.button("Stop fine-tuning", key="lee_ft_stop")
         path = run_with_progress("Starting…", lambda progress: finetune(
             FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps), n_prompts=int(ft_prompts),
-                           objective=ft_objective),
+                           objective=ft_objective, batch_size=8 if ft_objective == "draft" else 32),
             generator=gen, reward=reward_fn(reward_name), progress=progress))
         if path is not None:
             st.success(f"Saved the adapter to `{path}`; pick it above.")
@@ -115,7 +116,7 @@ info = load_adapter_info(adapter)
 st.caption(f"Adapter `{Path(adapter).name}`: {OBJECTIVE_LABELS.get(info['config'].get('objective', 'rwr'), '?')}, "
            f"β = {info['beta_used']}, {info['steps_done']} steps, reward "
            f"{info['config']['reward']}, trained on {info['prompts']} prompts (mean reward of its samples "
-           f"{info['reward_stats']['mean']:.2f}).")
+           f"{info['reward_stats'].get('mean', float('nan')):.2f}).")
 if not info.get("complete", True):  # stopped by the button, Streamlit's own Stop, or a crash
     st.warning(f"`{Path(adapter).name}` is unfinished: {info['steps_done']} of {info['config']['steps']} steps. "
                "Fine-tune again with the same settings to resume, or compare it as it is.")

@@ -137,7 +137,8 @@ def _finetune(args) -> None:
                          guided_objective=args.guided_objective,
                          reward_threshold=args.reward_threshold, reward_t_min=args.reward_t_min,
                          lora_convs=args.lora_convs, reward_x0_cap=args.reward_x0_cap, objective=args.objective,
-                         dpo_beta=args.dpo_beta, pair_margin=args.pair_margin, seed=args.seed)
+                         dpo_beta=args.dpo_beta, pair_margin=args.pair_margin, draft_k=args.draft_k,
+                         sample_steps=args.sample_steps, seed=args.seed)
     bars: dict = {}
 
     def progress(stage: str, frac: float) -> None:
@@ -317,9 +318,13 @@ def main(argv=None) -> int:
                         "where count and layout errors at high noise are not swamped by texture")
     f.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR-γ loss weighting (the embedded generator was trained with 5); 0 = plain ε-MSE")
-    f.add_argument("--objective", default="rwr", choices=["rwr", "dpo"],
-                   help="rwr: Lee et al.'s reward-weighted likelihood; dpo: Diffusion-DPO on pairs of one prompt's samples")
+    f.add_argument("--objective", default="rwr", choices=["rwr", "dpo", "draft"],
+                   help="rwr: Lee et al.'s reward-weighted likelihood; dpo: Diffusion-DPO on pairs of one prompt's samples; "
+                        "draft: reward backpropagation through the sampler (differentiable rewards: lee)")
     f.add_argument("--dpo-beta", type=float, default=2000.0, help="Diffusion-DPO's β (its KL weight)")
+    f.add_argument("--draft-k", type=int, default=0,
+                   help="draft: backpropagate through the last k sampler steps only (0 = all)")
+    f.add_argument("--sample-steps", type=int, default=25, help="draft: sampler steps per training sample")
     f.add_argument("--pair-margin", type=float, default=0.5,
                    help="dpo: the least reward difference between the better and the worse sample of a pair")
     f.add_argument("--no-resume", action="store_true")

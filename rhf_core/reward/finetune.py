@@ -80,6 +80,13 @@ class FinetuneConfig:
     objective: str = "rwr"
     dpo_beta: float = 2000.0
     pair_margin: float = 0.5
+    # "draft": reward backpropagation (DRaFT, Clark et al. 2023; AlignProp): each step samples the batch's
+    # prompts with the adapted model at `sample_guidance`, decodes, scores with a differentiable reward
+    # (lee) and ascends r through the sampler. The gradient reaches the first, noisiest denoising steps,
+    # where count and layout are decided, which no denoising loss on fixed samples does. `draft_k` > 0
+    # backpropagates through the last k sampler steps only (DRaFT-K); 0 = all of them.
+    draft_k: int = 0
+    sample_steps: int = 25
     seed: int = 0
     save_every: int = 100
 
@@ -94,7 +101,7 @@ def x0_weight(snr: torch.Tensor, cap: float) -> torch.Tensor:
     return (1.0 / snr.clamp(min=1e-12)).clamp(max=cap)
 
 
-OBJECTIVES = ("rwr", "dpo")
+OBJECTIVES = ("rwr", "dpo", "draft")
 
 
 def preference_pairs(prompts: list[str], rewards: np.ndarray, margin: float) -> np.ndarray:
@@ -241,13 +248,22 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         raise RewardError(f"unknown objective {cfg.objective!r}: one of {', '.join(OBJECTIVES)}")
     if cfg.objective == "dpo" and cfg.pair_margin <= 0:
         raise RewardError(f"pair_margin must be > 0 (a pair needs a better and a worse sample), got {cfg.pair_margin}")
+    if cfg.objective == "draft" and not 0 <= cfg.draft_k <= cfg.sample_steps:
+        raise RewardError(f"draft_k must lie in [0, {cfg.sample_steps}] (sampler steps to backpropagate through), "
+                          f"got {cfg.draft_k}")
     report = progress or (lambda stage, f: None)
     accelerator = Accelerator()
     generator = generator or load_generator(cfg.generator or None)
     generator.unload_lora()
     reward_fn = reward or get_reward(cfg.reward)
+    if cfg.objective == "draft" and not hasattr(reward_fn, "score_pixels"):
+        raise RewardError(f"the draft objective backpropagates through the reward, so it needs a differentiable "
+                          f"one: {cfg.reward!r} is not (use --reward lee)")
     prompts = fine_tune_prompts(cfg)
-    data = model_dataset(cfg, generator, reward_fn, prompts, report)
+    if cfg.objective == "draft":  # no fixed dataset: the adapted model samples afresh at every step
+        data = {"latents": torch.zeros(0), "prompts": prompts, "rewards": np.zeros(0, np.float32)}
+    else:
+        data = model_dataset(cfg, generator, reward_fn, prompts, report)
     r = np.clip(data["rewards"], 0.0, None)  # reward-weighted likelihood needs weights ≥ 0
     if cfg.reward_threshold > 0:
         r = (data["rewards"] >= cfg.reward_threshold).astype(np.float32)
@@ -352,10 +368,41 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         n = len(i_w)
         return dpo_loss(err[:n], err[n:], ref[:n], ref[n:], cfg.dpo_beta).mean()
 
+    vae = pipe.vae
+    draft_rewards: list[float] = []
+    if cfg.objective == "draft":  # frozen, but the gradient must pass through them to the adapter
+        from rhf_core.reward.model import RewardModel
+
+        vae.requires_grad_(False)
+        if isinstance(reward_fn, RewardModel):
+            reward_fn.encoders.model.requires_grad_(False)
+            reward_fn.head.requires_grad_(False)
+
+    def draft_loss(idx):
+        """−mean r of a batch sampled with the adapter, backpropagated through the last draft_k steps."""
+        sampler = type(sched).from_config(sched.config)
+        sampler.set_timesteps(cfg.sample_steps)
+        side = int(unet.config.sample_size)
+        lat = torch.randn((len(idx), int(unet.config.in_channels), side, side), generator=gen).to(dev)
+        lat = lat * sampler.init_noise_sigma
+        steps = sampler.timesteps
+        first_grad = len(steps) - (cfg.draft_k or len(steps))
+        cond = model_cond[idx]
+        for i, t in enumerate(steps):
+            with torch.set_grad_enabled(i >= first_grad):
+                eps = predict(unet_t, sampler.scale_model_input(lat, t), t.expand(len(idx)), cond, True)
+                lat = sampler.step(eps, t, lat).prev_sample
+        x = vae.decode(lat.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0].float()
+        rew = reward_fn.score_pixels(((x + 1) / 2).clamp(0, 1), [data["prompts"][i] for i in idx.tolist()])
+        draft_rewards.extend(rew.detach().cpu().tolist())
+        return -rew.mean()
+
     def checkpoint(done: int) -> None:
         """Log the steps since the last checkpoint and save the trainer state at `done` steps."""
         nonlocal parts, t0
-        log.append({"step": done, ("dpo_loss" if pairs is not None else "reward_weighted_loss"): round(float(np.mean([p[0] for p in parts])), 5),
+        model_term = float(np.mean([p[0] for p in parts]))
+        key = {"dpo": "dpo_loss", "draft": "sampled_reward"}.get(cfg.objective, "reward_weighted_loss")
+        log.append({"step": done, key: round(-model_term if cfg.objective == "draft" else model_term, 5),
                     "pretrain_loss": round(float(np.mean([p[1] for p in parts])), 5),
                     "seconds": round(time.time() - t0, 1)})
         parts, t0 = [], time.time()
@@ -372,7 +419,9 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         for step in range(start, cfg.steps):
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-            if pairs is not None:  # half a batch of pairs is a batch of samples
+            if cfg.objective == "draft":
+                l_model = draft_loss(torch.from_numpy(rng.integers(len(prompts), size=cfg.batch_size)))
+            elif pairs is not None:  # half a batch of pairs is a batch of samples
                 l_model = preference_loss(torch.from_numpy(pairs[rng.integers(len(pairs), size=max(1, cfg.batch_size // 2))]))
             else:
                 idx = torch.from_numpy(rng.integers(len(rw), size=cfg.batch_size))
@@ -408,13 +457,20 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     info = {"config": asdict(cfg), "generator": generator.name, "beta_used": beta, "steps_done": log[-1]["step"] if log else start,
             "complete": not stopped, "prompts": len(prompts),
             **({"pairs": int(len(pairs))} if pairs is not None else {}),
-            "reward_stats": {"n": int(len(r)), "mean": round(float(np.mean(data["rewards"])), 4),
-                             "std": round(float(np.std(data["rewards"])), 4),
-                             "share_positive": round(float(np.mean(data["rewards"] > 0.5)), 4)},
+            "reward_stats": _reward_stats(draft_rewards if cfg.objective == "draft" else data["rewards"]),
             "log": log}
     if accelerator.is_main_process:
         save_adapter(unet, out, info)
     return out
+
+
+def _reward_stats(rewards) -> dict:
+    """Of D_model's rewards, or for draft of the rewards its samples got while training."""
+    r = np.asarray(rewards, np.float64)
+    if not len(r):
+        return {"n": 0}
+    return {"n": int(len(r)), "mean": round(float(r.mean()), 4), "std": round(float(r.std()), 4),
+            "share_positive": round(float(np.mean(r > 0.5)), 4)}
 
 
 def load_adapter_info(path: str | Path) -> dict:

@@ -52,6 +52,24 @@ class RewardModel:
     def score_embeddings(self, img: np.ndarray, txt: np.ndarray) -> np.ndarray:
         return self.head(torch.as_tensor(img, dtype=torch.float32), torch.as_tensor(txt, dtype=torch.float32)).numpy()
 
+    def score_pixels(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """r for B×3×H×W images with values in [0, 1], differentiable in the pixels (what reward
+        backpropagation fine-tunes through). Preprocessing follows the image processor: resize to its
+        crop size, normalise with its mean and std."""
+        if len(pixels) != len(prompts):
+            raise RewardError(f"{len(pixels)} images but {len(prompts)} prompts")
+        proc = self.encoders.processor
+        size = (int(proc.crop_size["height"]), int(proc.crop_size["width"]))
+        x = pixels.to(self.encoders.device, torch.float32)
+        if tuple(x.shape[-2:]) != size:
+            x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        mean = torch.tensor(proc.image_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(proc.image_std, device=x.device).view(1, 3, 1, 1)
+        uniq = sorted(set(prompts))
+        table = dict(zip(uniq, self.encoders.embed_texts(uniq)))
+        txt = torch.as_tensor(np.stack([table[p] for p in prompts]), device=x.device)
+        return self.head.to(x.device)(self.encoders.image_features((x - mean) / std), txt)
+
     def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         if len(images) != len(prompts):
             raise RewardError(f"{len(images)} images but {len(prompts)} prompts")
