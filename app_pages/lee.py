@@ -26,8 +26,8 @@ PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts", "The adapter's trainin
 ARM_COLORS = dict(zip(ARMS, px.colors.qualitative.Set2))
 
 st.title("Rejection sampling vs fine-tuning")
-st.caption("Spend a reward at inference time (generate n, keep the best k) or at training time (reward-weighted "
-           "LoRA fine-tuning), on the same prompts and seeds, and see which buys more (Lee et al. 2023).")
+st.caption("Spend a reward at inference time (generate n, keep the best k) or at training time (LoRA "
+           "fine-tuning on the reward), on the same prompts and seeds, and see which buys more (Lee et al. 2023).")
 gen = current_generator()
 rahf = current_predictor()
 

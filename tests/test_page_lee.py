@@ -28,8 +28,10 @@ def compare_two_prompts(at: AppTest) -> AppTest:
 
 def test_compare_four_arms_on_free_text_prompts():
     at = open_page()
-    assert any("lee-shapes (shipped)" == o for o in at.selectbox(key="lee_adapter").options)
-    assert any(c.value.startswith("Adapter `lee-shapes`: reward-weighted likelihood (Lee et al.), β = 1.0")
+    options = at.selectbox(key="lee_adapter").options
+    assert {"draft-shapes (shipped)", "lee-shapes (shipped)"} <= set(options)
+    assert at.selectbox(key="lee_adapter").value == "draft-shapes (shipped)"  # the one that raises alignment
+    assert any(c.value.startswith("Adapter `draft-shapes`: reward backpropagation (DRaFT; lee reward), β = 1.0")
                for c in at.caption)
     compare_two_prompts(at)
     assert not at.exception, at.exception
@@ -47,6 +49,9 @@ def test_compare_four_arms_on_free_text_prompts():
     # The same settings in a new session come from the disk cache.
     again = compare_two_prompts(open_page())
     assert any("From the cache" in c.value for c in again.caption)
+    again.selectbox(key="lee_adapter").set_value("lee-shapes (shipped)").run()
+    assert any(c.value.startswith("Adapter `lee-shapes`: reward-weighted likelihood (Lee et al.), β = 1.0")
+               for c in again.caption)
 
 
 def test_bad_inputs_show_messages():

@@ -525,3 +525,27 @@ def test_reward_backprop_fine_tune_raises_the_reward_and_refuses_what_it_cannot_
                  resume=False)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
+
+def test_shipped_adapters_are_complete_measured_and_load():
+    """Every shipped adapter has its config, a metrics.json from eval-lee that measures it, and loads into
+    the embedded generator, changing its samples."""
+    from rhf_core.reward.finetune import load_adapter_info
+
+    root = Path(__file__).resolve().parents[1] / "rhf_core" / "assets" / "adapters"
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    assert {"draft-shapes", "lee-shapes"} <= {p.name for p in folders}
+    g = load_generator()
+    base = np.asarray(g.generate(["two red circles on the grass"], n=1, seed=0, steps=8)[0][0], np.float32)
+    for folder in folders:
+        info = load_adapter_info(folder)
+        assert info["complete"] and info["steps_done"] == info["config"]["steps"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert folder.name in metrics["adapters"], folder
+        assert any(k.endswith(f"{folder.name} fine-tuned beats original (alignment, all n samples)")
+                   for k in metrics["claims"])
+        g.load_lora(folder)
+        try:
+            tuned = np.asarray(g.generate(["two red circles on the grass"], n=1, seed=0, steps=8)[0][0], np.float32)
+        finally:
+            g.unload_lora()
+        assert np.abs(tuned - base).mean() > 0.5, folder
