@@ -65,20 +65,21 @@ class RewardModel:
             x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
         mean = torch.tensor(proc.image_mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(proc.image_std, device=x.device).view(1, 3, 1, 1)
+        txt = torch.as_tensor(self._text_embeddings(prompts), device=x.device)
+        return self.head.to(x.device)(self.encoders.image_features((x - mean) / std), txt)
+
+    def _text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
+        """One embedding per prompt, each distinct prompt encoded once."""
         uniq = sorted(set(prompts))
         table = dict(zip(uniq, self.encoders.embed_texts(uniq)))
-        txt = torch.as_tensor(np.stack([table[p] for p in prompts]), device=x.device)
-        return self.head.to(x.device)(self.encoders.image_features((x - mean) / std), txt)
+        return np.stack([table[p] for p in prompts])
 
     def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         if len(images) != len(prompts):
             raise RewardError(f"{len(images)} images but {len(prompts)} prompts")
         if not len(images):
             return np.zeros(0, np.float32)
-        uniq = sorted(set(prompts))
-        table = dict(zip(uniq, self.encoders.embed_texts(uniq)))
-        txt = np.stack([table[p] for p in prompts])
-        return self.score_embeddings(self.encoders.embed_images(list(images)), txt)
+        return self.score_embeddings(self.encoders.embed_images(list(images)), self._text_embeddings(prompts))
 
     def save(self, path: str | Path, metrics: dict | None = None) -> None:
         from safetensors.torch import save_file
