@@ -26,3 +26,7 @@ class RecordNotFoundError(RHFError, KeyError):
 
 class ImageLoadError(RHFError, ValueError):
     """An image that cannot be decoded, is too large, or is not an image at all."""
+
+
+class InvalidArgumentError(RHFError, ValueError):
+    """A public function's argument that is out of range or of the wrong kind (checked before any work)."""
