@@ -30,3 +30,9 @@ class ImageLoadError(RHFError, ValueError):
 
 class InvalidArgumentError(RHFError, ValueError):
     """A public function's argument that is out of range or of the wrong kind (checked before any work)."""
+
+
+class SharedModeError(RHFError, PermissionError):
+    """Refused by the shared-server policy (a path outside the allowed folders, a cap exceeded).
+
+    Its message never names a server path."""
