@@ -169,7 +169,8 @@ def _eval_repair(args) -> None:
     _write_json(args.json, result)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag (the docs' commands are checked against this parser in tests)."""
     ap = argparse.ArgumentParser(prog="python -m rhf_core", description="Rich Human Feedback Studio commands")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -352,8 +353,11 @@ def main(argv=None) -> int:
     rp.add_argument("--strength", type=float, default=1.0, help="inpainting strength (1 = repaint from noise)")
     rp.add_argument("--json", default="")
     rp.set_defaults(func=_eval_repair)
+    return ap
 
-    args = ap.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except RHFError as err:
