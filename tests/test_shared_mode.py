@@ -1,0 +1,195 @@
+"""Shared-server mode: the path policy (unit), and the app refusing what it refuses (AppTest)."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rhf_core.data import export, open_dataset
+from rhf_core.errors import DatasetSpecError, RHFError, SharedModeError
+from rhf_core.shared import HIDDEN, LIMITS, Policy
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """data/ (a dataset in data/ds, a link inside pointing out), models/, exports/ and outside/."""
+    data, models, exports, outside = (tmp_path / n for n in ("data", "models", "exports", "outside"))
+    for d in (data, models, exports, outside):
+        d.mkdir()
+    export(open_dataset("shapes:n=3,seed=0"), data / "ds")
+    export(open_dataset("shapes:n=2,seed=1"), outside / "secret")
+    (data / "escape").symlink_to(outside)  # a link inside the root that leads out of it
+    (data / "inner").symlink_to(data / "ds")  # a link that stays inside
+    (models / "rahf").mkdir()
+    return tmp_path
+
+
+def policy(tree, **kw) -> Policy:
+    env = {"RHF_SHARED": "1", "RHF_DATA_ROOTS": str(tree / "data"), "RHF_MODEL_ROOTS": str(tree / "models"),
+           "RHF_EXPORT_ROOT": str(tree / "exports")} | kw
+    return Policy.from_env(env)
+
+
+def refused(fn, *args) -> str:
+    with pytest.raises(SharedModeError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def test_shared_mode_is_off_unless_the_variable_says_so(tree):
+    assert not Policy.from_env({}).shared
+    assert not Policy.from_env({"RHF_SHARED": "0"}).shared
+    assert not Policy.from_env({"RHF_SHARED": ""}).shared
+    for on in ("1", "true", "YES", " on "):
+        assert Policy.from_env({"RHF_SHARED": on}).shared
+
+
+def test_roots_split_on_pathsep_and_resolve(tree):
+    p = Policy.from_env({"RHF_SHARED": "1", "RHF_DATA_ROOTS": f"{tree / 'data'}{os.pathsep}{tree / 'outside' / '..' / 'models'}{os.pathsep}"})
+    assert p.data_roots == (tree.resolve() / "data", tree.resolve() / "models")
+
+
+def test_local_mode_passes_everything_through(tree):
+    p = Policy.from_env({})
+    spec = f"folder:{tree / 'outside' / 'secret'}"
+    assert p.check_spec(spec, "/anything") == (spec, "/anything")
+    assert p.model_path("/etc") == "/etc" and p.model_path("org/model") == "org/model"
+    assert p.limit("candidates", 16) == 16 and p.check_limit("shapes_n", 10**8) == 10**8
+    assert p.scrub(f"bad {tree}/x") == f"bad {tree}/x"
+
+
+# --- the path check -----------------------------------------------------------------------------
+
+
+def test_inside_the_root_is_accepted_and_resolved(tree):
+    p = policy(tree)
+    real = (tree / "data" / "ds").resolve()
+    assert p.data_path(str(tree / "data" / "ds")) == real
+    assert p.data_path("ds") == real  # relative: read inside the roots, not the working directory
+    assert p.data_path("./ds/../ds") == real
+    assert p.data_path("inner") == real  # a symlink that stays inside is fine (and resolved)
+    assert p.check_spec(f"folder:{tree / 'data' / 'ds'}") == (f"folder:{real}", None)
+    assert len(open_dataset(p.check_spec("folder:ds")[0])) == 3
+
+
+@pytest.mark.parametrize("value", [
+    "{tree}/outside/secret",  # plainly outside
+    "{tree}/data/../outside/secret",  # `..` out of the root
+    "../outside/secret",  # relative, climbing out
+    "escape/secret",  # a symlink inside the root that leads out
+    "{tree}/data/escape",
+    "/",
+    "/etc/passwd",
+    "{tree}/database",  # a sibling whose name merely starts with the root's
+])
+def test_outside_the_root_is_refused_without_naming_the_path(tree, value):
+    (tree / "database").mkdir()
+    value = value.format(tree=tree)
+    message = refused(policy(tree).data_path, value)
+    assert message == "this path is outside the allowed data folders"
+    message = refused(policy(tree).check_spec, f"folder:{value}")
+    assert str(tree) not in message and value not in message
+
+
+def test_empty_and_nul_paths_are_refused(tree):
+    p = policy(tree)
+    assert "no path given" in refused(p.data_path, "")
+    assert "no path given" in refused(p.data_path, "   ")
+    assert "NUL" in refused(p.data_path, "ds\x00x")
+    assert "no path given" in refused(p.check_spec, "folder:")
+
+
+def test_no_roots_configured_refuses_every_path(tree):
+    p = Policy.from_env({"RHF_SHARED": "1"})
+    assert "allows no data folders" in refused(p.data_path, str(tree / "data" / "ds"))
+    assert "no export folder" in refused(p.export_path, "x")
+    assert p.check_spec("shapes:n=10") == ("shapes:n=10", None)  # the embedded data needs no root
+
+
+def test_specs_in_shared_mode(tree):
+    p = policy(tree)
+    assert "name a dataset as" in refused(p.check_spec, str(tree / "data" / "ds"))  # bare paths: no walking
+    assert "does not download" in refused(p.check_spec, "rapidata:Rapidata/text-2-image-Rich-Human-Feedback")
+    assert "no such file or folder" in refused(p.check_spec, "folder:missing")
+    assert "at most 20,000" in refused(p.check_spec, "shapes:n=100000000")
+    with pytest.raises(DatasetSpecError):
+        p.check_spec("shapes:cache=0")
+    tf = tree / "data" / "tf"
+    tf.mkdir()
+    spec, pick = p.check_spec("richhf18k:tf", "ds")
+    assert spec == f"richhf18k:{tf.resolve()}" and pick == str((tree / "data" / "ds").resolve())
+    assert "outside" in refused(p.check_spec, "richhf18k:tf", str(tree / "outside"))
+    assert "outside" in refused(p.check_spec, "richhf:tf", "/")  # the Pick-a-Pic field walks its folder
+
+
+def test_model_paths(tree):
+    p = policy(tree)
+    assert p.model_path("") == ""  # the embedded checkpoint
+    assert p.model_path("rahf") == str((tree / "models" / "rahf").resolve())
+    assert "outside the allowed model folders" in refused(p.model_path, str(tree / "data" / "ds"))
+    assert "does not download" in refused(p.model_path, "runwayml/stable-diffusion-v1-5")
+    assert "no model at this path" in refused(p.model_path, "missing-folder")
+
+
+def test_export_only_into_a_new_folder_under_the_export_root(tree):
+    p = policy(tree)
+    assert p.export_path("mine") == (tree / "exports" / "mine").resolve()
+    assert "outside the allowed export folders" in refused(p.export_path, str(tree / "outside" / "x"))
+    assert "outside" in refused(p.export_path, "../outside/x")
+    assert "not the export folder itself" in refused(p.export_path, ".")
+    (tree / "exports" / "taken").mkdir()
+    (tree / "exports" / "taken" / "labels.jsonl").write_text("")
+    assert "already exists" in refused(p.export_path, "taken")
+    (tree / "exports" / "empty").mkdir()
+    assert p.export_path("empty") == (tree / "exports" / "empty").resolve()
+
+
+def test_caps():
+    p = Policy(shared=True)
+    assert p.limit("candidates", 16) == LIMITS["candidates"] and p.limit("candidates", 2) == 2
+    assert p.check_limit("batch_size", 8) == 8
+    with pytest.raises(SharedModeError, match="at most"):
+        p.check_limit("batch_size", LIMITS["batch_size"] + 1)
+
+
+def test_scrub_hides_server_paths(tree):
+    p = policy(tree)
+    data = (tree / "data").resolve()
+    assert p.scrub(f"folder: {data}/ds is not a directory") == "folder: ds is not a directory"
+    assert p.scrub(f"[Errno 2] No such file or directory: '{tree}/outside/x.png'") == \
+        f"[Errno 2] No such file or directory: '{HIDDEN}'"
+    assert p.scrub("shapes: n must be positive; use org/name or 1 / 2") == "shapes: n must be positive; use org/name or 1 / 2"
+    assert p.scrub_obj({"a": [f"{tree}/outside/y"], "n": 3}) == {"a": [HIDDEN], "n": 3}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(["..", ".", "ds", "escape", "inner", "x", "", "~", "data", "outside"]),
+                      max_size=6), absolute=st.booleans())
+def test_property_an_accepted_path_is_always_inside_a_root(tree, parts, absolute):
+    """Whatever mix of `..`, links and names: either refused, or the real path lies inside data/."""
+    p = policy(tree)
+    value = os.path.join(str(tree / "data") if absolute else "", *parts) if parts else ""
+    try:
+        real = p.data_path(value)
+    except SharedModeError as e:
+        assert str(tree) not in str(e)
+        return
+    assert Path(os.path.realpath(real)).is_relative_to((tree / "data").resolve())
+
+
+def test_library_errors_reach_the_user_scrubbed(tree):
+    """A reader's own message about a path inside the root comes back relative to the root."""
+    p = policy(tree)
+    (tree / "data" / "empty").mkdir()
+    spec, _ = p.check_spec("folder:empty")
+    with pytest.raises(RHFError) as info:
+        open_dataset(spec)
+    assert str(tree) in str(info.value)  # the library names the path ...
+    assert str(tree) not in p.scrub(info.value) and "empty" in p.scrub(info.value)  # ... the page does not
