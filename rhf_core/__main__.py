@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.set_defaults(func=_sample_grid)
 
     c = sub.add_parser("train-clip", help="train the small ShapesWorld CLIP (reward encoders) contrastively")
-    c.add_argument("--out", default="rhf_core/assets/clip-shapes")
+    c.add_argument("--out", default="cache/clip-shapes", help="output folder (the shipped one is rebuilt only when named)")
     c.add_argument("--n", type=int, default=20000, help="(render, prompt) pairs")
     c.add_argument("--steps", type=int, default=1500)
     c.add_argument("--batch-size", type=int, default=128)
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_train_clip)
 
     r = sub.add_parser("train-reward", help="Lee et al.'s reward model on judge-labelled generations, with baselines")
-    r.add_argument("--out", default="rhf_core/assets/reward-shapes")
+    r.add_argument("--out", default="cache/reward-shapes", help="output folder (the shipped one is rebuilt only when named)")
     r.add_argument("--generator", default="", help="pipeline whose samples are labelled (default: embedded)")
     r.add_argument("--encoders", default="", help="CLIP hub id or folder (default: the embedded ShapesWorld CLIP)")
     r.add_argument("--per-prompt", type=int, default=6)

@@ -70,3 +70,13 @@ def test_doc_command_parses(where, argv):
     except SystemExit as e:  # argparse prints the unknown flag or command to stderr
         pytest.fail(f"{where}: `{' '.join(argv)}` does not parse (exit {e.code})")
     assert args.command == argv[0]
+
+
+@pytest.mark.parametrize("command", ["train-rahf", "train-t2i", "train-clip", "train-reward", "finetune"])
+def test_training_outputs_default_under_cache(command):
+    # A run with default flags must never overwrite the shipped checkpoints in rhf_core/assets/.
+    args = build_parser().parse_args([command])
+    for key in ("out", "name"):
+        value = getattr(args, key, None)
+        if value and "/" in str(value):
+            assert not str(value).startswith("rhf_core/assets"), f"{command} --{key} defaults to {value}"
