@@ -1,5 +1,5 @@
 """The ShapesWorld judge: a classical-vision oracle that plays the human rater for images of this
-world, rendered or generated (DESIGN.md section 3).
+world, rendered or generated (docs/design.md section 3).
 
     v = judge(image, "two red circles on the grass")
     v.aligned, v.misaligned_words, v.implausibility, v.scene
