@@ -1,4 +1,4 @@
-"""The RAHF network (RichHF, Liang et al. 2024, sec. 4; DESIGN.md section 4).
+"""The RAHF network (RichHF, Liang et al. 2024, sec. 4; docs/design.md section 4).
 
 An image encoder (ViT) and a text encoder; image tokens and prompt-word tokens are concatenated and
 fused by self-attention; three heads read the fused tokens:
