@@ -76,12 +76,14 @@ def apply_filter(frame: pd.DataFrame, f: ExplorerFilter) -> np.ndarray:
         if name in frame and (lo, hi) != (0.0, 1.0):
             values = frame[name].to_numpy(dtype=float)
             keep &= (values >= lo - 1e-9) & (values <= hi + 1e-9)  # NaN (not rated) drops out
+    # Only "yes" and "no" filter. Anything else (None from a cleared widget or an empty `?h_…=` in
+    # the URL) means "any": it used to fall through to "no" and show 0 records.
     for name, state in f.heatmaps.items():
         col = f"has_{name}"
-        if state != "any" and col in frame:
+        if state in ("yes", "no") and col in frame:
             has = frame[col].to_numpy(dtype=bool)
             keep &= has if state == "yes" else ~has
-    if f.flagged != "any" and "n_flagged_words" in frame:
+    if f.flagged in ("yes", "no") and "n_flagged_words" in frame:
         has = frame["n_flagged_words"].to_numpy() > 0
         keep &= has if f.flagged == "yes" else ~has
     for col, values in f.categories.items():

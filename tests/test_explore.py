@@ -64,3 +64,13 @@ def test_folder_paths_cannot_leave_the_folder(tmp_path):
     ds = open_dataset(f"folder:{tmp_path / 'd'}")
     with pytest.raises(DatasetFormatError, match="outside the dataset folder"):
         ds[0].image
+
+
+def test_an_unset_tri_state_filter_means_any_not_no():
+    """A cleared has-heatmap control (None, or an empty URL parameter) used to read as "no": 0 records."""
+    f = frame()
+    for state in (None, "", "any", "bogus"):
+        assert list(apply_filter(f, ExplorerFilter(heatmaps={"implausibility": state}))) == [0, 1, 2]
+        assert list(apply_filter(f, ExplorerFilter(flagged=state))) == [0, 1, 2]
+    assert list(apply_filter(f, ExplorerFilter(heatmaps={"implausibility": "yes"}))) == [0, 2]
+    assert list(apply_filter(f, ExplorerFilter(flagged="no"))) == [1]
