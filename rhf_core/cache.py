@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -12,8 +13,11 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-CACHE_VERSION = 2  # bump when frame columns change
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 3  # bump when frame columns (or which rows readers skip) change
 
 
 def cache_dir(*parts: str) -> Path:
@@ -87,15 +91,26 @@ def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays) -> 
 
 
 def cached_frame(kind: str, key: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """Load the DataFrame cached under `cache/frames/{kind}-{key}.parquet`, or build and store it."""
-    path = cache_dir("frames") / f"{kind}-{key}.parquet"
+    """Load the DataFrame cached under `cache/frames/{kind}-{key}.parquet`, or build and store it.
+
+    The cache only saves time: a frame Arrow cannot store (an object column mixing numbers and text
+    across rows, an int beyond int64) or a cache folder that cannot be written is returned as built,
+    uncached, never lost. Readers keep their skipped rows as frame columns (`_skip_where`,
+    `_skip_reason`), so a cache hit reports the same skips as the first open."""
+    try:
+        path = cache_dir("frames") / f"{kind}-{key}.parquet"
+    except OSError:
+        return build()
     if path.exists():
         try:
             return pd.read_parquet(path)
         except Exception:  # a damaged cache entry is rebuilt, never fatal
             path.unlink(missing_ok=True)
     frame = build()
-    write_parquet(frame, path)
+    try:
+        write_parquet(frame, path)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, OSError) as e:
+        log.info("frame cache %s-%s not written (%s: %s); using the frame uncached", kind, key, type(e).__name__, e)
     return frame
 
 

@@ -1,16 +1,19 @@
 """Rapidata rich feedback: parquet shards written by `datasets` with the hub's schema."""
 
+import json
 
 import datasets
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import Features
 from PIL import Image
 
+from rhf_core.cache import cache_dir
 from rhf_core.data import open_dataset
-from rhf_core.errors import DatasetFormatError, DatasetNotFoundError
+from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, ImageLoadError
 from rhf_core.sources.rapidata import _TableRows, decode_heatmap, parse_word_scores
 from tests.builders import FEATURES, rapidata_rows, build_rapidata
 
@@ -129,3 +132,127 @@ def test_missing_and_wrong_inputs(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(DatasetFormatError, match="Rapidata columns"):
         open_dataset(f"rapidata:{tmp_path / 'other.parquet'}")
+
+
+# --- hardening (issue 23): a bad row is skipped with a reason, never fatal, never clipped ----------
+
+def _good_rows(n):
+    """`n` copies of the first builder row (valid in every field), as columns."""
+    base = {k: v[0] for k, v in rapidata_rows().items()}
+    return {k: [v] * n for k, v in base.items()}
+
+
+def _write(tmp_path, rows, features=FEATURES):
+    data = tmp_path / "rapidata" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    # batch_size: `datasets` would otherwise stat image paths (relative ones fail) to size batches
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(data / "train-00000-of-00001.parquet"), batch_size=64)
+    return tmp_path / "rapidata"
+
+
+def _skips(ds):
+    return {s.where: s.reason for s in ds.skipped}
+
+
+def test_deeply_nested_word_scores_skip_only_that_row(tmp_path):
+    rows = _good_rows(3)
+    rows["word_scores"][1] = "[" * 100_000 + "]" * 100_000
+    ds = open_dataset(f"rapidata:{_write(tmp_path, rows)}")
+    assert ds.ids == ["r000000", "r000002"]
+    assert "nested too deeply" in _skips(ds)["row 1"]
+    assert ds.get("r000002").prompt == "A red apple on a table."
+
+
+def test_one_dimensional_heatmap_column_skips_rows_that_have_one(tmp_path):
+    rows = _good_rows(3)
+    rows["alignment_heatmap"] = [[0.5, 0.5], None, [0.1]]
+    feats = Features({**FEATURES, "alignment_heatmap": datasets.List(datasets.Value("float16"))})
+    ds = open_dataset(f"rapidata:{_write(tmp_path, rows, feats)}")
+    assert ds.ids == ["r000001"]  # null: not collected, the row is fine
+    assert set(_skips(ds)) == {"row 0", "row 2"}
+    assert all("2-D list" in r and "alignment_heatmap" in r for r in _skips(ds).values())
+    assert "misalignment" not in ds[0].heatmaps
+
+
+def test_string_score_column_skips_rows_with_text(tmp_path):
+    rows = _good_rows(3)
+    rows["alignment_score_norm"] = ["0.5", None, "high"]
+    feats = Features({**FEATURES, "alignment_score_norm": datasets.Value("string")})
+    ds = open_dataset(f"rapidata:{_write(tmp_path, rows, feats)}")
+    assert ds.ids == ["r000001"]
+    assert "alignment_score_norm is not a number" in _skips(ds)["row 2"]
+    # no _norm in that row: the 1–5 Likert mean (2.0) gives the score, and says so
+    assert ds[0].scores["alignment"] == pytest.approx(0.25)
+    assert ds[0].meta["scores_from_likert"] == ["alignment"]
+
+
+def test_values_off_their_scale_are_refused_not_clipped(tmp_path):
+    rows = _good_rows(9)
+    rows["alignment_heatmap"][1] = [[0.0, 255.0], [128.0, 0.0]]  # a 0–255 map
+    rows["alignment_score_norm"][2] = 7.0
+    rows["coherence_score_norm"][3] = float("nan")
+    rows["style_score_norm"][4] = float("inf")
+    rows["word_scores"][5] = json.dumps([["[No_mistakes]", 3.0], ["cat", -2.0]])
+    rows["coherence_heatmap"][6] = [[0.5, float("nan")]]  # a NaN pixel (a null pixel means 0)
+    rows["alignment_score"][7] = 9.0  # Likert off its scale, but a valid _norm gives the score
+    rows["alignment_score_norm"][8] = None
+    rows["alignment_score"][8] = 0.0  # ... and here the Likert would have to give it
+    ds = open_dataset(f"rapidata:{_write(tmp_path, rows)}")
+    skips = _skips(ds)
+    assert ds.ids == ["r000000", "r000007"]
+    assert "outside [0, 1]" in skips["row 1"] and "255" in skips["row 1"]
+    assert "alignment_score_norm = 7.0 is outside [0, 1]" in skips["row 2"]
+    assert "coherence_score_norm = nan" in skips["row 3"]
+    assert "style_score_norm = inf" in skips["row 4"]
+    assert "negative count" in skips["row 5"] and "'cat'" in skips["row 5"]
+    assert "NaN" in skips["row 6"]
+    assert "outside the 1–5 scale" in skips["row 8"]
+    kept = ds.get("r000007")
+    assert kept.scores["alignment"] == pytest.approx(0.25)
+    assert kept.meta["raw_scores"]["alignment_score"] == 9.0
+    assert "alignment_score = 9.0 is outside the 1–5 scale" in kept.meta["notes"][0]
+    assert ds.frame.loc[1, "alignment_score"] == 9.0
+
+
+def test_image_path_outside_the_dataset_folder_is_refused(tmp_path, monkeypatch):
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "secret.png")
+    root = tmp_path / "rapidata"
+    (root / "data").mkdir(parents=True)
+    Image.new("RGB", (4, 4), (7, 7, 7)).save(root / "data" / "ok.png")
+    rows = _good_rows(4)
+    rows["image"] = [{"path": p, "bytes": None} for p in
+                     ["../secret.png", str(tmp_path / "secret.png"), "data/ok.png", "data/../../secret.png"]]
+    ds = open_dataset(f"rapidata:{_write(tmp_path, rows)}")
+    assert len(ds) == 4  # the rows are fine; their images are refused when read
+    for pos in (0, 1, 3):
+        with pytest.raises(ImageLoadError, match="points outside the dataset folder"):
+            ds[pos].image
+    assert ds[2].image.getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_skipped_rows_survive_a_frame_cache_hit(tmp_path):
+    rows = _good_rows(3)
+    rows["word_scores"][0] = "not json"
+    root = _write(tmp_path, rows)
+    first = open_dataset(f"rapidata:{root}")
+    again = open_dataset(f"rapidata:{root}")  # served from cache/frames
+    assert list(cache_dir("frames").glob("rapidata-*.parquet"))
+    assert [(s.where, s.reason) for s in again.skipped] == [(s.where, s.reason) for s in first.skipped]
+    assert again.n_skipped == 1 and again.ids == first.ids == ["r000001", "r000002"]
+    pd.testing.assert_frame_equal(first.frame, again.frame)
+
+
+def test_word_scores_refusals_are_readable():
+    for bad, match in [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                       ('[["x", -1]]', "negative count"),
+                       ('[["x", 1e999]]', "count of inf"),
+                       ('[["x", ' + "9" * 400 + "]]", "not a \\[word, number\\] pair"),
+                       ('[["x", true]]', "not a \\[word, number\\] pair")]:
+        with pytest.raises(DatasetFormatError, match=match) as err:
+            parse_word_scores(bad)
+        assert len(str(err.value)) < 300
+    deep = [[]]
+    for _ in range(50_000):
+        deep = [deep]
+    with pytest.raises(DatasetFormatError, match="not a \\[word, number\\] pair"):
+        parse_word_scores(deep)  # a list value (not text) nested deep: the message stays short

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ast
 import json
+import math
+import reprlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,14 +46,32 @@ HEATMAP_COLUMNS = {"coherence_heatmap": "implausibility", "alignment_heatmap": "
 
 # --- decoding ---------------------------------------------------------------------------------
 
+def _short(value) -> str:
+    """A bounded repr for error messages: safe on values nested 100,000 deep or megabytes long."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist = 3, 60, 60, 6
+
+
+def _is_list_type(t) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
 def decode_heatmap(value) -> np.ndarray | None:
     """A 2-D float16 list (pyarrow ListScalar, or a ListArray of rows) → float32 H×W in [0, 1].
 
     Goes through Arrow's flat value buffer and numpy (no Python loop over pixels); null = not
-    collected (None); per-pixel nulls become 0. Ragged rows raise `DatasetFormatError`."""
+    collected (None); per-pixel nulls become 0 (the dataset's own convention). Raises
+    `DatasetFormatError` for anything else: not a 2-D list of numbers, ragged or null rows, no pixels,
+    NaN / inf pixels, or values outside [0, 1]. Out-of-range values are refused, never clipped: a
+    0–255 map clipped to [0, 1] would read as solid, which is worse than no map."""
     if isinstance(value, pa.Scalar):
         if not value.is_valid:
             return None
+        if not _is_list_type(value.type):
+            raise DatasetFormatError(f"heatmap is not a 2-D list of numbers (column type {value.type})")
         rows = value.values
     else:
         rows = value
@@ -59,49 +79,80 @@ def decode_heatmap(value) -> np.ndarray | None:
         return None
     if isinstance(rows, pa.ChunkedArray):
         rows = rows.combine_chunks()
+    t = rows.type
+    if not (_is_list_type(t) and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type))):
+        raise DatasetFormatError(f"heatmap is not a 2-D list of numbers (rows of type {t})")
     n_rows = len(rows)
     if n_rows == 0:
-        return np.zeros((0, 0), dtype=np.float32)
+        raise DatasetFormatError("heatmap has no pixels (an empty list; null means 'not collected')")
     offsets = rows.offsets.to_numpy()
     widths = np.diff(offsets)
     if rows.null_count or not np.all(widths == widths[0]):
         raise DatasetFormatError("heatmap rows have different lengths (or null rows)")
+    if widths[0] == 0:
+        raise DatasetFormatError("heatmap has no pixels (rows of length 0)")
     flat = rows.values.slice(offsets[0], offsets[-1] - offsets[0])
-    out = flat.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls → NaN
-    np.nan_to_num(out, copy=False, nan=0.0)
-    return np.clip(out.reshape(n_rows, int(widths[0])), 0.0, 1.0)
+    out = flat.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls → NaN, told apart below
+    if flat.null_count:
+        out[flat.is_null().to_numpy(zero_copy_only=False)] = 0.0
+    if not np.all(np.isfinite(out)):
+        raise DatasetFormatError("heatmap holds NaN or infinite values")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DatasetFormatError(f"heatmap values span {lo:g}…{hi:g}, outside [0, 1] (a 0–255 map?)")
+    return out.reshape(n_rows, int(widths[0]))
+
+
+def _number(value) -> float | None:
+    """A finite-or-not float from a real number; None for anything else (bool, str, huge int, ...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range
+        return None
 
 
 def parse_word_scores(text) -> tuple[list[tuple[str, float]], float, list]:
     """`word_scores` → (words with strength in [0, 1], estimated annotator weight, raw pairs).
 
     Accepts JSON (and the Python-literal spelling with single quotes); raises
-    `DatasetFormatError` for anything that is not a list of [word, number] pairs."""
+    `DatasetFormatError` for anything that is not a list of [word, count] pairs with finite,
+    non-negative counts (a negative trust-weighted count is refused, not clipped: it has no meaning)."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return [], 0.0, []
     if isinstance(text, str):
         try:
             pairs = json.loads(text)
+        except RecursionError:
+            raise DatasetFormatError("word_scores is nested too deeply to be a list of pairs") from None
         except json.JSONDecodeError:
             try:
                 pairs = ast.literal_eval(text)  # literals only: safe
-            except (ValueError, SyntaxError):
-                raise DatasetFormatError(f"word_scores is not a JSON list: {text[:60]!r}") from None
+            except RecursionError:
+                raise DatasetFormatError("word_scores is nested too deeply to be a list of pairs") from None
+            except (ValueError, SyntaxError, TypeError, MemoryError):
+                raise DatasetFormatError(f"word_scores is not a JSON list: {_short(text)}") from None
     else:
         pairs = text
     if not isinstance(pairs, (list, tuple)):
-        raise DatasetFormatError(f"word_scores is not a list: {str(text)[:60]!r}")
+        raise DatasetFormatError(f"word_scores is not a list: {_short(text)}")
     raw = []
     for p in pairs:
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str)
-                and isinstance(p[1], (int, float)) and not isinstance(p[1], bool) and np.isfinite(p[1])):
-            raise DatasetFormatError(f"word_scores entry is not a [word, number] pair: {p!r}")
-        raw.append((p[0], float(p[1])))
+        count = _number(p[1]) if isinstance(p, (list, tuple)) and len(p) == 2 else None
+        if count is None or not isinstance(p[0], str):
+            raise DatasetFormatError(f"word_scores entry is not a [word, number] pair: {_short(p)}")
+        if not math.isfinite(count):
+            raise DatasetFormatError(f"word_scores: {_short(p[0])} has a count of {count}")
+        if count < 0:
+            raise DatasetFormatError(f"word_scores: {_short(p[0])} has a negative count ({count:g})")
+        raw.append((p[0], count))
     no_mistakes = sum(s for w, s in raw if w.strip().lower() in NO_MISTAKES)
     word_pairs = [(w, s) for w, s in raw if w.strip().lower() not in NO_MISTAKES]
     top = max((s for _, s in word_pairs), default=0.0)
     total = no_mistakes + top
-    words = [(w, float(np.clip(s / total, 0.0, 1.0)) if total > 0 else 0.0) for w, s in word_pairs]
+    # Every count is ≥ 0 and ≤ top ≤ total, so s / total is already in [0, 1]: nothing to clip.
+    words = [(w, s / total if total > 0 else 0.0) for w, s in word_pairs]
     return words, total, [list(p) for p in raw]
 
 
@@ -142,6 +193,9 @@ class _ParquetRows:
     def group_start(self, g: int) -> int:
         return self._groups[g][2]
 
+    def group_size(self, g: int) -> int:
+        return self._groups[g][3]
+
     def row(self, i: int, columns: list[str]) -> dict:
         g = int(np.searchsorted(self._starts, i, side="right") - 1)
         table = self.read_group(g, columns)
@@ -172,6 +226,9 @@ class _TableRows:
 
     def group_start(self, g: int) -> int:
         return g * self.GROUP
+
+    def group_size(self, g: int) -> int:
+        return min(self.GROUP, self.n - g * self.GROUP)
 
     def row(self, i: int, columns: list[str]) -> dict:
         t = self.table.select(columns).slice(i, 1)
@@ -216,6 +273,8 @@ class RapidataDataset(Dataset):
         else:
             raise DatasetNotFoundError(f"rapidata: {path} does not exist")
         self.path = str(path)
+        # Image paths in the rows are resolved against (and kept inside) this folder.
+        self._base = (local if local.is_dir() else local.parent) if local.exists() else None
         self.split_name = split or "train"
         self.spec = f"rapidata:{path}" + (f" (split={self.split_name})" if self.split_name != "train" else "")
         names = set(self._rows.names)
@@ -251,46 +310,80 @@ class RapidataDataset(Dataset):
         return cols
 
     def _pieces(self, values: dict):
-        """Column values of one row → (prompt, scores, words, meta); raises DatasetFormatError."""
+        """Column values of one row → (prompt, scores, words, meta); raises DatasetFormatError.
+
+        Scores: the `_norm` column (or, in older revisions, the 1–5 Likert mean as (s − 1) / 4) must
+        be a finite number on its scale, else the row is skipped with the column and value named: a
+        score off its scale means the row is not what we think it is, and clipping 7.0 to 1.0 would
+        invent a rating. A Likert mean that is only informational (a valid `_norm` exists) is kept
+        raw in `meta["raw_scores"]` and the frame, with a note in `meta["notes"]`."""
         prompt = values[self.prompt_col]
-        prompt = "" if prompt is None else str(prompt)
+        if prompt is None:
+            raise DatasetFormatError(f"{self.prompt_col} is missing (null)")
+        if not isinstance(prompt, str):
+            raise DatasetFormatError(f"{self.prompt_col} is not text: {_short(prompt)}")
         words, total, raw_pairs = parse_word_scores(values["word_scores"])
-        scores, raw_scores = {}, {}
+        scores, raw_scores, notes = {}, {}, []
         derived = []
         for canon, (norm_col, raw_col) in self.score_cols.items():
             raw = values.get(raw_col) if raw_col else None
             norm = values.get(norm_col) if norm_col else None
+            for col, v in ((norm_col, norm), (raw_col, raw)):
+                if v is not None and _number(v) is None:
+                    raise DatasetFormatError(f"{col} is not a number: {_short(v)}")
             if raw is not None:
                 raw_scores[raw_col] = float(raw)
-            if norm is not None and np.isfinite(norm):
-                scores[canon] = float(np.clip(norm, 0.0, 1.0))
-            elif raw is not None and np.isfinite(raw):
-                scores[canon] = float(np.clip((raw - 1.0) / 4.0, 0.0, 1.0))
+            if norm is not None:
+                if not 0.0 <= norm <= 1.0:  # False for NaN too
+                    raise DatasetFormatError(f"{norm_col} = {float(norm)!r} is outside [0, 1]")
+                scores[canon] = float(norm)
+                if raw is not None and not 1.0 <= raw <= 5.0:
+                    notes.append(f"{raw_col} = {float(raw)!r} is outside the 1–5 scale; kept raw, "
+                                 f"the score comes from {norm_col}")
+            elif raw is not None:
+                if not 1.0 <= raw <= 5.0:
+                    raise DatasetFormatError(f"{raw_col} = {float(raw)!r} is outside the 1–5 scale")
+                scores[canon] = (float(raw) - 1.0) / 4.0
                 derived.append(canon)
         meta = {"source": "rapidata", "split": self.split_name, "raw_scores": raw_scores,
                 "word_scores_raw": raw_pairs, "word_annotator_weight": total}
         if derived:
             meta["scores_from_likert"] = derived  # no _norm column: (s − 1) / 4
+        if notes:
+            meta["notes"] = notes
         return prompt, scores, words, meta
+
+    def _heatmaps(self, values: dict) -> dict:
+        heatmaps = {}
+        for c, name in self.heatmap_cols.items():
+            try:
+                hm = decode_heatmap(values[c])
+            except DatasetFormatError as e:
+                raise DatasetFormatError(f"{c}: {e}") from None
+            if hm is not None:
+                heatmaps[name] = hm
+        return heatmaps
 
     def _build_frame(self, progress) -> pd.DataFrame:
         cols = self._scalar_columns()
         rows = []
         groups = list(self._rows.groups())
         for gi, g in enumerate(groups):
-            table = self._rows.read_group(g, cols + list(self.heatmap_cols))
             start = self._rows.group_start(g)
-            scalars = table.select(cols).to_pylist()
+            try:
+                table = self._rows.read_group(g, cols + list(self.heatmap_cols))
+                scalars = table.select(cols).to_pylist()
+            except (pa.ArrowException, OSError) as e:  # a damaged row group costs its rows, not the dataset
+                n = self._rows.group_size(g)
+                rows.append({"id": None, "_row": start, "_skip_where": f"rows {start}–{start + n - 1}",
+                             "_skip_reason": f"row group unreadable ({type(e).__name__}: {_short(str(e))})"})
+                continue
             hm_cols = {c: table.column(c) for c in self.heatmap_cols}
             for k, values in enumerate(scalars):
                 i = start + k
                 try:
                     prompt, scores, words, meta = self._pieces(values)
-                    heatmaps = {}
-                    for c, name in self.heatmap_cols.items():
-                        hm = decode_heatmap(hm_cols[c][k])
-                        if hm is not None:
-                            heatmaps[name] = hm
+                    heatmaps = self._heatmaps({c: col[k] for c, col in hm_cols.items()})
                 except DatasetFormatError as e:
                     rows.append({"id": None, "_row": i, "_skip_where": f"row {i}", "_skip_reason": str(e)})
                     continue
@@ -310,27 +403,36 @@ class RapidataDataset(Dataset):
         values = self._rows.row(i, cols)
         scalars = {c: v.as_py() for c, v in values.items() if c not in self.heatmap_cols}
         prompt, scores, words, meta = self._pieces(scalars)
-        heatmaps = {}
-        for c, name in self.heatmap_cols.items():
-            hm = decode_heatmap(values[c])
-            if hm is not None:
-                heatmaps[name] = hm
+        heatmaps = self._heatmaps(values)
         meta["row"] = i
         loader = None
         if self.image_col is not None:
             rows, col = self._rows, self.image_col
-            base = Path(self.path) if Path(self.path).is_dir() else Path(self.path).parent
+            base = self._base  # None for a hub table: its paths are not relative to anything here
+
+            def read_path(rel) -> bytes | None:
+                # The path comes from the data: refuse one that leaves the dataset folder
+                # (`../../x.png`, an absolute path, a symlink out), and say so.
+                if not isinstance(rel, str) or base is None:
+                    return None
+                try:
+                    path = (base / rel).resolve()
+                    inside = path.is_relative_to(base.resolve())
+                    data = path.read_bytes() if inside and path.is_file() else None
+                except (OSError, ValueError) as e:  # a NUL byte, a name too long, no permission
+                    raise ImageLoadError(f"{rec_id}: image path {_short(rel)} cannot be read ({type(e).__name__})") from None
+                if not inside:
+                    raise ImageLoadError(f"{rec_id}: image path {_short(rel)} points outside the dataset folder")
+                return data
 
             def loader():
                 value = rows.row(i, [col])[col].as_py()
                 if isinstance(value, dict):
                     data = value.get("bytes")
                     if data is None and value.get("path"):
-                        p = base / value["path"]
-                        data = p.read_bytes() if p.is_file() else None
+                        data = read_path(value["path"])
                 elif isinstance(value, str):  # image_name
-                    p = base / value
-                    data = p.read_bytes() if p.is_file() else None
+                    data = read_path(value)
                 else:
                     data = value
                 if not data:
