@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,89 @@ def test_missing_path_and_wrong_type():
         load_image("/nonexistent/picture.png")
     with pytest.raises(RHFError, match="expected a path"):
         load_image(12345)
+
+
+def test_lazily_opened_truncated_image_raises_image_load_error():
+    data = _bytes(Image.new("RGB", (64, 64), (1, 2, 3)))
+    lazy = Image.open(io.BytesIO(data[: len(data) // 2]))  # header read, pixels not decoded yet
+    with pytest.raises(ImageLoadError, match="corrupt or truncated"):
+        load_image(lazy)
+
+
+def test_a_lazily_opened_good_image_is_decoded_and_the_caller_keeps_its_own():
+    src = Image.new("RGB", (8, 8), (9, 8, 7))
+    out = load_image(Image.open(io.BytesIO(_bytes(src))))
+    assert out.getpixel((3, 3)) == (9, 8, 7)
+    again = load_image(src)
+    again.putpixel((0, 0), (0, 0, 0))
+    assert src.getpixel((0, 0)) == (9, 8, 7)  # a copy, not the caller's image
+
+
+def test_a_nan_pixel_in_a_float_tiff_does_not_black_out_the_image():
+    arr = np.ones((6, 6), np.float32) * 0.5
+    arr[0, 0] = np.nan
+    arr[1, 1] = np.inf
+    arr[2, 2] = -np.inf
+    out = np.asarray(load_image(_bytes(Image.fromarray(arr, "F"), "TIFF")))
+    assert out[3, 3, 0] == 128  # 0.5 of 0..1
+    assert out[0, 0, 0] == 0 and out[2, 2, 0] == 0 and out[1, 1, 0] == 255
+    # Floats above 1 scale by the largest finite value, not by an infinite one.
+    big = np.full((4, 4), 10.0, np.float32)
+    big[0, 0], big[1, 1] = 20.0, np.inf
+    out = np.asarray(load_image(_bytes(Image.fromarray(big, "F"), "TIFF")))
+    assert out[2, 2, 0] == 128 and out[0, 0, 0] == 255
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_deep_images_convert_without_whole_image_float_copies(mode):
+    """numpy's allocations are traced: the old conversion made float64 copies of the whole image
+    (≥ 3 × 8 bytes a pixel = 96 MB here); block-wise conversion stays at a few MB plus the 8-bit result."""
+    import tracemalloc
+
+    arr = np.zeros((2000, 2000), np.uint16 if mode == "I;16" else np.float32)
+    arr[::7, ::5] = 60000 if mode == "I;16" else 0.75
+    img = Image.fromarray(arr)
+    assert img.mode == mode
+    del arr
+    tracemalloc.start()
+    try:
+        out = load_image(img, max_side=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.size == (2000, 2000) and out.getpixel((0, 0))[0] > 180
+    assert peak < 24e6, f"{peak / 1e6:.0f} MB of numpy temporaries"
+
+
+def test_a_small_16bit_png_of_a_huge_image_decodes_in_bounded_memory(tmp_path):
+    """The issue's 120 KB 16-bit PNG (7900×7900) peaked at 1.6 GB; decoded buffer is 125 MB."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "deep.png"
+    arr = np.zeros((7900, 7900), np.uint16)
+    arr[::97, ::89] = 60000
+    Image.fromarray(arr).save(path)
+    del arr
+    assert path.stat().st_size < 1_000_000
+    code = (
+        "import resource, sys\n"
+        "from rhf_core.images import load_image\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = load_image(sys.argv[1])\n"
+        "print(out.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert res.returncode == 0, res.stderr
+    size, grown_mb = res.stdout.rsplit(" ", 1)
+    assert size.startswith("(2048, 2048)")
+    assert float(grown_mb) < 400, f"decoding grew the process by {grown_mb} MB"
+
+
+def test_bad_max_side_and_oversized_pil_images_are_refused():
+    with pytest.raises(ImageLoadError, match="max_side"):
+        load_image(Image.new("RGB", (4, 4)), max_side=0)
+    side = int(np.sqrt(MAX_PIXELS)) + 100
+    with pytest.raises(ImageLoadError, match="too large"):
+        load_image(Image.new("1", (side, side)))
