@@ -8,7 +8,9 @@ feature.proto), declared here as a descriptor so no generated code or TensorFlow
 
 from __future__ import annotations
 
+import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,55 +48,115 @@ class RecordSpan:
     length: int
 
 
+# A damaged stretch is crossed by looking for the next place where a whole record checks out (its
+# length CRC and its data CRC). Candidates are positions whose length's high 4 bytes are zero
+# (records under 4 GiB); the search gives up after this many, so a file of noise cannot stall an open.
+MAX_RESYNC_CANDIDATES = 200_000
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def _record_at(mm, pos: int, size: int, verify: bool = True) -> tuple[int | None, str | None]:
+    """(data length, None) if a whole, valid record starts at `pos`, else (None, why not)."""
+    if pos + 12 > size:
+        return None, "truncated record header at end of file"
+    header = mm[pos:pos + 12]
+    if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+        return None, "corrupt record header"
+    (length,) = struct.unpack("<Q", header[:8])
+    if pos + 12 + length + 4 > size:
+        return None, f"truncated record ({length} bytes announced, file ends first)"
+    if verify:
+        end = pos + 12 + length
+        if struct.unpack("<I", mm[end:end + 4])[0] != masked_crc32c(mm[pos + 12:end]):
+            return None, "record data fails its CRC check"
+    return length, None
+
+
+def _next_record(mm, start: int, size: int) -> int | None:
+    """The first position at or after `start` where a whole, valid record starts (None: none found)."""
+    p, tries = start, 0
+    while p + 16 <= size:
+        z = mm.find(b"\x00\x00\x00\x00", p + 4)
+        if z < 0:
+            return None
+        cand = z - 4
+        if mm[cand:cand + 12] == bytes(12):  # inside a run of zeros: no header there, jump past it
+            nz = _NONZERO.search(mm, cand)
+            if nz is None:
+                return None
+            p = max(cand + 1, nz.start() - 11)
+            continue
+        tries += 1
+        if tries > MAX_RESYNC_CANDIDATES:
+            return None
+        if _record_at(mm, cand, size)[0] is not None:
+            return cand
+        p = cand + 1
+    return None
+
+
 def index_tfrecord(path: str | os.PathLike, verify: bool = True) -> tuple[list[RecordSpan], list[SkippedRow]]:
     """Scan a TFRecord file's framing: where each record's data lies, and what could not be read.
 
-    A truncated tail or a record whose data CRC fails is skipped and counted; a length whose CRC
-    fails loses the framing, so the rest of the file is skipped. A file whose very first header is
-    wrong is not a TFRecord file: `DatasetFormatError`.
+    A damaged stretch (a record whose data CRC fails, a corrupt length, a record cut short in the
+    middle of the file) is skipped with a reason, and reading resumes at the next record that checks
+    out, so every whole record is kept. A damaged tail with no valid record after it is skipped as
+    "rest of file". A file with no valid record at its start nor after it is not a TFRecord file:
+    `DatasetFormatError`.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: no such TFRecord file")
     spans: list[RecordSpan] = []
     skipped: list[SkippedRow] = []
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        pos = 0
-        while pos < size:
-            header = f.read(12)
-            where = f"{path.name} @ byte {pos}"
-            if len(header) < 12:
-                skipped.append(SkippedRow(where, "truncated record header at end of file"))
-                break
-            (length,) = struct.unpack("<Q", header[:8])
-            (length_crc,) = struct.unpack("<I", header[8:])
-            if length_crc != masked_crc32c(header[:8]):
-                if not spans and not skipped:
-                    raise DatasetFormatError(f"{path}: not a TFRecord file (bad header at byte 0)")
-                skipped.append(SkippedRow(where, "corrupt record header; rest of file skipped"))
-                break
-            if pos + 12 + length + 4 > size:
-                skipped.append(SkippedRow(where, f"truncated record ({length} bytes announced, file ends first)"))
-                break
-            if verify:
-                data = f.read(length)
-                (data_crc,) = struct.unpack("<I", f.read(4))
-                if data_crc != masked_crc32c(data):
-                    skipped.append(SkippedRow(where, "record data fails its CRC check"))
-                else:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DatasetNotFoundError(f"{path.name}: cannot read ({e.strerror or e})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return spans, skipped
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = 0
+            while pos < size:
+                length, problem = _record_at(mm, pos, size, verify)
+                if problem is None:
                     spans.append(RecordSpan(pos + 12, length))
-            else:
-                spans.append(RecordSpan(pos + 12, length))
-                f.seek(length + 4, os.SEEK_CUR)
-            pos += 12 + length + 4
+                    pos += 12 + length + 4
+                    continue
+                # Look past this header, not past its announced length: a record cut short in the
+                # middle announces a length that runs into (or past) the records after it.
+                header_ok = problem != "corrupt record header" and pos + 12 <= size
+                nxt = _next_record(mm, pos + (12 if header_ok else 1), size)
+                if nxt is None and pos == 0:
+                    raise DatasetFormatError(f"{path.name}: not a TFRecord file (no valid record in it)")
+                where = f"{path.name} @ byte {pos}"
+                if nxt is None:
+                    skipped.append(SkippedRow(where, f"{problem}; rest of file ({size - pos} bytes) skipped, "
+                                                     "no valid record after it"))
+                    break
+                if header_ok and nxt == pos + 16 + struct.unpack("<Q", mm[pos:pos + 8])[0]:
+                    skipped.append(SkippedRow(where, problem))  # one record lost, framing intact
+                else:
+                    skipped.append(SkippedRow(where, f"{problem}; bytes {pos}–{nxt} skipped up to the next "
+                                                     "valid record (any records in them are lost)"))
+                pos = nxt
     return spans, skipped
 
 
 def read_span(path: str | os.PathLike, span: RecordSpan) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(span.offset)
-        return f.read(span.length)
+    """One record's data. The file may have changed since it was indexed: `DatasetFormatError`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            f.seek(span.offset)
+            data = f.read(span.length)
+    except OSError as e:
+        raise DatasetNotFoundError(f"{path.name}: cannot read ({e.strerror or e})") from None
+    if len(data) != span.length:
+        raise DatasetFormatError(f"{path.name} changed since it was opened (record at byte {span.offset} is cut short)")
+    return data
 
 
 # --- tf.train.Example -------------------------------------------------------------------------
