@@ -130,8 +130,13 @@ class Dataset:
             yield self[i]
 
     def index_of(self, rec_id: str) -> int:
+        """Position of the record with this id. Readers keep ids unique (the folder reader skips a
+        later duplicate); should a source still repeat one, the first record wins, as there."""
         if self._id_index is None:
-            self._id_index = {str(v): i for i, v in enumerate(self.frame["id"].tolist())}
+            index: dict[str, int] = {}
+            for i, v in enumerate(self.frame["id"].tolist()):
+                index.setdefault(str(v), i)
+            self._id_index = index
         try:
             return self._id_index[str(rec_id)]
         except KeyError:

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from rhf_core.cache import cache_dir, cached_frame
 from rhf_core.data import export, open_dataset, parse_spec
 from rhf_core.errors import (
     DatasetNotFoundError,
@@ -108,3 +109,169 @@ def test_lookup_split_and_bad_indices():
         ds.get("nope")
     with pytest.raises(TypeError):
         ds["shapes-9-000001"]
+
+
+# --- hardening (issue 23) ------------------------------------------------------------------------
+
+def _labels(folder, *lines):
+    """Write labels.jsonl from dicts (as JSON) and raw bytes/str lines (as they are)."""
+    out = []
+    for x in lines:
+        if isinstance(x, dict):
+            x = json.dumps(x, ensure_ascii=False)
+        out.append(x.encode("utf-8") if isinstance(x, str) else x)
+    (folder / "labels.jsonl").write_bytes(b"\n".join(out) + b"\n")
+
+
+def _skips(ds):
+    return {s.where.removeprefix("labels.jsonl line "): s.reason for s in ds.skipped}
+
+
+def test_a_bad_byte_costs_its_line_not_the_file(tmp_path):
+    _labels(tmp_path,
+            b"\xef\xbb\xbf" + json.dumps({"id": "a", "prompt": "first"}).encode(),  # a BOM is fine
+            b'{"id": "b", "prompt": "caf\xe9"}',  # latin-1, not UTF-8
+            {"id": "c", "prompt": "one\u2028line\x85still"})  # separators str.splitlines would cut at
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.ids == ["a", "c"] and ds.get("c").prompt == "one\u2028line\x85still"
+    assert _skips(ds) == {"2": "not valid UTF-8 (byte 0xe9 at column 27)"}
+
+
+def test_wrong_values_skip_their_line_with_a_reason(tmp_path):
+    np.save(tmp_path / "ok.npy", np.full((2, 3), 0.5, np.float32))
+    np.save(tmp_path / "byte.npy", np.full((2, 3), 200.0, np.float32))  # a 0–255 map
+    np.save(tmp_path / "nan.npy", np.array([[0.5, np.nan]], np.float32))
+    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2), np.float32))
+    (tmp_path.parent / "outside.png").write_bytes(b"x")
+    good = {"id": "good", "prompt": "p", "scores": {"overall": 1.0, "likes": 40},
+            "heatmaps": {"implausibility": "ok.npy"}, "words": [["p", 1]]}
+    bad = [
+        ({"image": 5}, "image must be a path"),
+        ({"heatmaps": {"implausibility": 5}}, "heatmaps.'implausibility' must be a path"),
+        ({"heatmaps": {"implausibility": "../outside.png"}}, "points outside the dataset folder"),
+        ({"image": "../outside.png"}, "points outside the dataset folder"),
+        ({"image": "/etc/passwd"}, "points outside the dataset folder"),
+        ({"scores": {"overall": float("nan")}}, "scores.overall = nan is outside [0, 1]"),
+        ({"scores": {"overall": 7.0}}, "scores.overall = 7.0 is outside [0, 1]"),
+        ({"scores": {"overall": True}}, "scores.overall must be a number"),
+        ({"scores": {"likes": float("inf")}}, "scores.'likes' must be a finite number"),
+        ({"words": [["p", -1]]}, "strength of word 'p' = -1.0 is outside [0, 1]"),
+        ({"id": ["x"]}, "id must be text or an integer"),
+        ({"meta": {"split": 5}}, "split must be text"),
+        ({"columns": {"k": [1, 2]}}, "columns.'k' must be text, a number"),
+        ({"columns": {"_entry": 1}}, "columns._entry is a name the reader uses itself"),
+        ({"heatmaps": {"implausibility": "byte.npy"}}, "byte.npy: heatmap values span 200…200, outside [0, 1]"),
+        ({"heatmaps": {"implausibility": "nan.npy"}}, "nan.npy: the heatmap holds NaN"),
+        ({"heatmaps": {"implausibility": "cube.npy"}}, "non-empty 2-D array"),
+    ]
+    lines = [good] + [{**good, "id": f"bad{k}", **change} for k, (change, _) in enumerate(bad)]
+    lines.append("[" * 100_000 + "]" * 100_000)
+    _labels(tmp_path, *lines, {"id": 7, "prompt": "an integer id"})
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.ids == ["good", "7"]
+    skips = _skips(ds)
+    for k, (_, reason) in enumerate(bad):
+        assert reason in skips[str(k + 2)], (k, skips[str(k + 2)])
+    assert skips[str(len(bad) + 2)] == "nested too deeply to be a labels entry"
+    rec = ds.get("good")
+    assert rec.scores == {"overall": 1.0, "likes": 40.0} and rec.heatmaps["implausibility"].max() == 0.5
+    assert ds.get("7").prompt == "an integer id"
+
+
+def test_mixed_column_types_keep_the_dataset_uncached(tmp_path):
+    _labels(tmp_path, {"id": "a", "columns": {"k": 1, "big": 2**70}}, {"id": "b", "columns": {"k": "one"}},
+            {"id": "c", "columns": {"k": None}})
+    before = set(cache_dir("frames").glob("folder-*.parquet"))
+    for _ in range(2):  # the second open finds no cache entry and builds again
+        ds = open_dataset(f"folder:{tmp_path}")
+        assert ds.ids == ["a", "b", "c"] and ds.frame["k"].tolist() == [1, "one", None]
+        assert ds.frame.loc[0, "big"] == 2**70
+    assert set(cache_dir("frames").glob("folder-*.parquet")) == before
+
+
+def test_a_column_may_share_a_name_with_a_frame_row_argument(tmp_path):
+    _labels(tmp_path, {"id": "a", "columns": {"words": "w", "scores": 1, "rec_id": "r"}})
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.frame.loc[0, ["words", "scores", "rec_id"]].tolist() == ["w", 1, "r"]
+
+
+def test_cached_frame_falls_back_to_the_built_frame():
+    frame = pd.DataFrame({"x": [1, "a", 2.5]})
+    out = cached_frame("test", "mixed", lambda: frame)
+    assert out is frame
+    assert not (cache_dir("frames") / "test-mixed.parquet").exists()
+    ok = cached_frame("test", "plain", lambda: pd.DataFrame({"x": [1.0]}))
+    assert (cache_dir("frames") / "test-plain.parquet").exists() and ok["x"].tolist() == [1.0]
+
+
+def test_duplicate_ids_keep_the_first_and_every_kept_record_is_reachable(tmp_path):
+    _labels(tmp_path, {"id": "a", "prompt": "first a"}, {"id": "b"}, {"id": "a", "prompt": "second a"},
+            {"id": 5}, {"id": "5"}, {"prompt": "no id"}, {"id": "line6"})
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.ids == ["a", "b", "5", "line6"]
+    assert _skips(ds) == {"3": "duplicate id 'a' (first used on line 1)",
+                          "5": "duplicate id '5' (first used on line 4)",
+                          "7": "duplicate id 'line6' (first used on line 6)"}
+    for pos, rec_id in enumerate(ds.ids):
+        assert ds.get(rec_id).id == rec_id and ds.index_of(rec_id) == pos
+    assert ds.get("a").prompt == "first a"
+
+
+def test_base_class_lookup_takes_the_first_of_repeated_ids():
+    from rhf_core.dataset import Dataset, Record
+
+    class Repeats(Dataset):
+        def __init__(self):
+            super().__init__()
+            self._frame = pd.DataFrame({"id": ["x", "y", "x"]})
+
+        def _load(self, pos):
+            return Record(str(self._frame["id"].iat[pos]), f"prompt {pos}")
+
+    assert Repeats().get("x").prompt == "prompt 0" and Repeats().index_of("y") == 1
+
+
+def test_skipped_lines_survive_a_frame_cache_hit(tmp_path):
+    np.save(tmp_path / "byte.npy", np.full((2, 2), 255.0, np.float32))
+    _labels(tmp_path, {"id": "a"}, "{not json", {"id": "b", "heatmaps": {"misalignment": "byte.npy"}}, {"id": "c"})
+    before = set(cache_dir("frames").glob("folder-*.parquet"))
+    first = open_dataset(f"folder:{tmp_path}")
+    assert len(set(cache_dir("frames").glob("folder-*.parquet")) - before) == 1
+    again = open_dataset(f"folder:{tmp_path}")  # a cache hit
+    assert [(s.where, s.reason) for s in again.skipped] == [(s.where, s.reason) for s in first.skipped]
+    assert set(_skips(again)) == {"2", "3"} and again.ids == first.ids == ["a", "c"]
+    assert again.get("c").id == "c"
+    pd.testing.assert_frame_equal(first.frame, again.frame)
+
+
+def test_export_keeps_heatmap_files_inside_the_target(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "h.npy", np.full((2, 2), 0.25, np.float32))
+    names = ["/../../../x", "a/b", "a_b", "..", "implausibility"]
+    _labels(src, {"id": "../../r", "prompt": "p", "heatmaps": {n: "h.npy" for n in names}})
+    out = tmp_path / "deep" / "er" / "out"
+    export(open_dataset(f"folder:{src}"), out)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert [p for p in written if not p.startswith(("src/", "deep/er/out/"))] == []
+    assert len([p for p in written if p.startswith("deep/er/out/heatmaps/")]) == len(names)  # no name collides
+    back = open_dataset(f"folder:{out}")
+    rec = back.get("../../r")
+    assert sorted(rec.heatmaps) == sorted(names)  # the type names themselves are kept
+    assert all(hm.max() == 0.25 for hm in rec.heatmaps.values())
+
+
+def test_export_refuses_a_non_empty_folder_unless_asked(tmp_path):
+    ds = open_dataset("shapes", n=2, seed=1)
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    mine = out / "images" / f"{ds[0].id}.png"
+    mine.write_bytes(b"my own file")
+    with pytest.raises(RHFError, match="is not empty; pass overwrite=True"):
+        export(ds, out)
+    assert mine.read_bytes() == b"my own file"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RHFError, match="not a folder"):
+        export(ds, tmp_path / "file")
+    export(ds, out, overwrite=True)
+    assert mine.read_bytes() != b"my own file" and len(open_dataset(f"folder:{out}")) == 2

@@ -234,9 +234,10 @@ def test_skipped_rows_survive_a_frame_cache_hit(tmp_path):
     rows = _good_rows(3)
     rows["word_scores"][0] = "not json"
     root = _write(tmp_path, rows)
+    before = set(cache_dir("frames").glob("rapidata-*.parquet"))
     first = open_dataset(f"rapidata:{root}")
+    assert len(set(cache_dir("frames").glob("rapidata-*.parquet")) - before) == 1
     again = open_dataset(f"rapidata:{root}")  # served from cache/frames
-    assert list(cache_dir("frames").glob("rapidata-*.parquet"))
     assert [(s.where, s.reason) for s in again.skipped] == [(s.where, s.reason) for s in first.skipped]
     assert again.n_skipped == 1 and again.ids == first.ids == ["r000001", "r000002"]
     pd.testing.assert_frame_equal(first.frame, again.frame)
