@@ -36,3 +36,7 @@ class SharedModeError(RHFError, PermissionError):
     """Refused by the shared-server policy (a path outside the allowed folders, a cap exceeded).
 
     Its message never names a server path."""
+
+
+class FolderBusyError(RHFError, TimeoutError):
+    """Another save held a folder's labels lock for too long (rhf_core.annotation); try again."""
