@@ -6,6 +6,7 @@ shared link reopens the same view.
 
 import hashlib
 import io
+import os
 import tempfile
 import time
 import zipfile
@@ -32,16 +33,20 @@ from rhf_core.explore import (
 from rhf_core.heatmaps import COLOR_MAPS, colorize_heatmap
 from ui.components import highlighted_prompt, placeholder, record_view_image, score_line, upscale, word_strength_chart
 from ui.loaders import load_mean_heatmap
-from ui.settings import current_dataset, current_spec
+from ui.settings import current_dataset, current_spec, error_text, loaded_spec, policy
 
 QP = "query-params"
 VIEWS = ["Gallery", "Record", "Plots", "Export"]
 MAX_DOWNLOAD = 2000
+MAX_SKIPPED_SHOWN = 1000  # rows of the skipped-rows table; the count says how many there are
 
 st.title("Dataset explorer")
 ds = current_dataset()
 frame = ds.frame
-spec, pickapic = current_spec()
+POLICY = policy()
+spec, pickapic = loaded_spec()  # what was opened (shared mode: resolved paths); keys the cached loaders
+# What the page may show as the dataset's name: in shared mode the spec as typed, never the resolved path.
+shown_spec = current_spec()[0] if POLICY.shared else ds.spec
 
 
 # --- 1. Filters (sidebar) --------------------------------------------------------------------
@@ -49,6 +54,18 @@ spec, pickapic = current_spec()
 def initial(key: str, value):
     """A widget's default only on its first run; afterwards its state (or the URL) rules."""
     return None if key in st.session_state else value
+
+
+def tri_state(label: str, key: str) -> str:
+    """An any / yes / no control bound to the URL; never None.
+
+    Its default is always "any" (not `initial`): with `initial`, a run that found the key in Session
+    State but got no value from the browser (an empty `?h_…=`, or a rerun that interrupted the first
+    one, which happens with several sessions on a loaded server) drew it unselected, and the filter
+    then read None as "no": 0 records matched."""
+    if key in st.session_state and st.session_state[key] not in TRI_STATE:
+        del st.session_state[key]  # a cleared value: start again from "any"
+    return st.segmented_control(label, TRI_STATE, default="any", key=key, bind=QP, required=True) or "any"
 
 
 def filter_sidebar() -> ExplorerFilter:
@@ -63,11 +80,9 @@ def filter_sidebar() -> ExplorerFilter:
             f.score_ranges[name] = st.slider(name.capitalize(), 0.0, 1.0, (0.0, 1.0), step=0.05,
                                              key=f"s_{name}", bind=QP)
         for name in heatmap_columns(frame):
-            f.heatmaps[name] = st.segmented_control(f"Has {name} heatmap", TRI_STATE, default=initial(f"h_{name}", "any"),
-                                                    key=f"h_{name}", bind=QP, required=True)
+            f.heatmaps[name] = tri_state(f"Has {name} heatmap", f"h_{name}")
         if "n_flagged_words" in frame and frame["n_flagged_words"].any():
-            f.flagged = st.segmented_control("Has flagged words", TRI_STATE, default=initial("fw", "any"), key="fw",
-                                             bind=QP, required=True)
+            f.flagged = tri_state("Has flagged words", "fw")
         for col, values in category_columns(frame).items():
             label = col.replace("_", " ").capitalize()
             f.categories[col] = tuple(st.multiselect(label, values, key=f"c_{col}", bind=QP))
@@ -88,12 +103,25 @@ st.session_state["explorer_positions"] = positions
 st.session_state["explorer_spec"] = ds.spec
 
 summary = f"**{len(positions):,}** of {len(frame):,} records match"
-st.markdown(summary, help=f"{ds.spec}; filtering took {filter_ms:.0f} ms")
 if ds.n_skipped:
-    with st.expander(f"{ds.n_skipped} source rows were skipped while reading"):
-        st.dataframe(pd.DataFrame([s.__dict__ for s in ds.skipped]), hide_index=True)
+    summary += f" · {ds.n_skipped:,} source rows skipped"
+st.markdown(summary, help=f"{shown_spec}; filtering took {filter_ms:.0f} ms")
 
-view = st.segmented_control("View", VIEWS, default=initial("view", "Gallery"), key="view", bind=QP, required=True)
+
+def skipped_rows() -> None:
+    """Where and why each unusable source row was skipped (first MAX_SKIPPED_SHOWN of them)."""
+    rows = [{"where": POLICY.scrub(s.where), "why": POLICY.scrub(s.reason)} for s in ds.skipped[:MAX_SKIPPED_SHOWN]]
+    with st.expander(f"{ds.n_skipped:,} source rows were skipped while reading"):
+        st.dataframe(pd.DataFrame(rows, columns=["where", "why"]), hide_index=True, key="skipped_table")
+        if ds.n_skipped > MAX_SKIPPED_SHOWN:
+            st.caption(f"The first {MAX_SKIPPED_SHOWN:,} of {ds.n_skipped:,}.")
+
+
+if ds.n_skipped:
+    skipped_rows()
+
+view = st.segmented_control("View", VIEWS, default=initial("view", "Gallery"), key="view", bind=QP,
+                            required=True) or "Gallery"  # None (an empty `?view=`): the gallery
 
 
 # The open record lives in `?id=`. It is kept by hand rather than bound to its text field, because
@@ -133,7 +161,7 @@ def gallery() -> None:
                     img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
                 except RHFError as e:
                     st.image(placeholder(160, "unreadable"), width="stretch")
-                    st.caption(f"{frame['id'].iat[int(pos)]}: {e}")
+                    st.caption(f"{frame['id'].iat[int(pos)]}: {error_text(e)}")
                     continue
                 st.image(img, width="stretch", output_format="PNG")
                 st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}")
@@ -153,7 +181,7 @@ def record_detail() -> None:
     try:
         pos = ds.index_of(rec_id)
     except RHFError as e:
-        st.error(str(e))
+        st.error(error_text(e))
         return
     order = np.flatnonzero(positions == pos)
     if len(order):
@@ -169,7 +197,7 @@ def record_detail() -> None:
     try:
         rec = ds[pos]
     except RHFError as e:
-        st.error(str(e))
+        st.error(error_text(e))
         return
     st.query_params["id"] = rec.id
 
@@ -187,7 +215,7 @@ def record_detail() -> None:
         main = record_view_image(rec, None if heat == "none" else heat, opacity, cmap, 448)
         side = [(h, record_view_image(rec, h, opacity, cmap, 220)) for h in ("implausibility", "misalignment")]
     except RHFError as e:
-        st.error(str(e))
+        st.error(error_text(e))
         return
     with left:
         st.image(main, caption=f"{heat} overlay" if heat != "none" else "image", width="stretch", output_format="PNG")
@@ -205,7 +233,7 @@ def record_detail() -> None:
     elif rec.words:
         st.caption("No annotator flagged a word of this prompt.")
     with st.expander("Raw source fields"):
-        st.json(rec.meta, expanded=1)
+        st.json(POLICY.scrub_obj(rec.meta), expanded=1)
 
 
 # --- 4. Dataset plots ------------------------------------------------------------------------
@@ -278,6 +306,55 @@ def plots() -> None:
 
 # --- 5. Export -------------------------------------------------------------------------------
 
+def local_export_target(text: str, overwrite: bool) -> Path:
+    """Local mode: any folder the server can write, but an existing non-empty one only when the user
+    ticked Overwrite (a relative path is taken against the working directory and shown in full)."""
+    out = Path(text.strip()).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise RHFError(f"`{out}` is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RHFError(f"`{out}` already exists and is not empty; tick *Overwrite* to replace the files "
+                       "the export writes there, or choose a new folder")
+    return out
+
+
+def export_to_folder(subset) -> None:
+    """Export to a folder on the server: anywhere (local mode), or a new folder under the export root
+    (shared mode, never overwriting)."""
+    if POLICY.shared:
+        if POLICY.export_root is None:
+            st.caption("This shared server keeps no exports: use the zip download below.")
+            return
+        path = st.text_input("New folder in this server's export folder", placeholder="my-export", key="export_path")
+        overwrite = False
+    else:
+        path = st.text_input("Folder on the server", placeholder="/path/to/new/folder", key="export_path")
+        overwrite = st.checkbox("Overwrite", key="export_overwrite",
+                                help="Allow a folder that already holds files; the export replaces the ones it writes.")
+    if not st.button("Export to folder", disabled=not path.strip()):
+        return
+    try:
+        POLICY.check_limit("export_records", len(subset), "records in one export")
+        target = POLICY.export_path(path) if POLICY.shared else local_export_target(path, overwrite)
+    except RHFError as e:
+        st.error(f"Export refused: {error_text(e)}")
+        return
+    bar = st.progress(0.0, text="Exporting…")
+    try:
+        out = export(subset, target, overwrite=overwrite,
+                     progress=lambda d, t: bar.progress(d / t, text=f"Exporting {d:,} / {t:,}"))
+    except (RHFError, OSError) as e:
+        st.error(f"Export failed: {error_text(e)}")
+    else:
+        if POLICY.shared:
+            st.success(f"Wrote {len(subset):,} records to `{os.path.relpath(out, POLICY.export_root)}` "
+                       "in the server's export folder.")
+        else:
+            st.success(f"Wrote {len(subset):,} records to `{out}`; open it with `folder:{out}`.")
+    finally:
+        bar.empty()  # the bar used to stay at "Exporting N / N" after the export finished
+
+
 def export_view() -> None:
     subset = ds.subset(positions)
     if len(subset) == 0:
@@ -285,23 +362,17 @@ def export_view() -> None:
         return
     st.write(f"Export the **{len(subset):,}** filtered records to the folder format "
              "(`labels.jsonl` + images + heatmaps), readable with `folder:PATH`.")
-    path = st.text_input("Folder on the server", placeholder="/path/to/new/folder", key="export_path")
-    if st.button("Export to folder", disabled=not path or len(subset) == 0):
-        bar = st.progress(0.0, text="Exporting…")
-        try:
-            out = export(subset, Path(path), progress=lambda d, t: bar.progress(d / t, text=f"Exporting {d:,} / {t:,}"))
-        except (RHFError, OSError) as e:
-            st.error(f"Export failed: {e}")
-        else:
-            st.success(f"Wrote {len(subset):,} records to `{out}`; open it with `folder:{out}`.")
-    if len(subset) > MAX_DOWNLOAD:
-        st.caption(f"Download is offered for up to {MAX_DOWNLOAD:,} records; narrow the filters or export to a folder.")
-    elif len(subset) and st.button("Prepare a zip download"):
+    export_to_folder(subset)
+    max_download = POLICY.limit("download_records", MAX_DOWNLOAD)
+    if len(subset) > max_download:
+        st.caption(f"Download is offered for up to {max_download:,} records; narrow the filters"
+                   + ("." if POLICY.shared else " or export to a folder."))
+    elif st.button("Prepare a zip download"):
         with st.spinner("Packing…"), tempfile.TemporaryDirectory() as tmp:
             try:
                 export(subset, Path(tmp) / "export")
-            except RHFError as e:
-                st.error(f"Export failed: {e}")
+            except (RHFError, OSError) as e:
+                st.error(f"Export failed: {error_text(e)}")
                 return
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

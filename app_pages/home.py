@@ -5,7 +5,7 @@ import platform
 import streamlit as st
 import torch
 
-from ui.settings import current_dataset, current_generator, current_predictor, current_spec
+from ui.settings import current_dataset, current_generator, current_predictor, current_spec, policy
 
 st.title("Rich Human Feedback Studio")
 st.write(
@@ -29,7 +29,7 @@ else:
 c1, c2, c3 = st.columns(3)
 c4, c5, c6 = st.columns(3)
 if ds is not None:
-    c1.metric("Dataset", ds.name, help=ds.spec)
+    c1.metric("Dataset", ds.name, help=spec if policy().shared else ds.spec)  # shared: never the resolved path
     c2.metric("Records", f"{len(ds):,}", delta=f"{ds.n_skipped} rows skipped" if ds.n_skipped else None,
               delta_color="inverse")
 else:
@@ -43,4 +43,6 @@ c5.metric("PyTorch", torch.__version__)
 st.caption(
     f"Dataset spec: `{spec}`. Dataset, predictor and generator are set in the sidebar and are part of the URL, "
     "so links you share open the same ones."
+    + (" This is a shared server: data and models open only from the folders it allows, and exports go to "
+       "its export folder or a download." if policy().shared else "")
 )

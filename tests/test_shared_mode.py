@@ -193,3 +193,119 @@ def test_library_errors_reach_the_user_scrubbed(tree):
         open_dataset(spec)
     assert str(tree) in str(info.value)  # the library names the path ...
     assert str(tree) not in p.scrub(info.value) and "empty" in p.scrub(info.value)  # ... the page does not
+
+
+# --- the app in shared mode (AppTest) -----------------------------------------------------------
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def shared_env(tree, monkeypatch):
+    monkeypatch.setenv("RHF_SHARED", "1")
+    monkeypatch.setenv("RHF_DATA_ROOTS", str(tree / "data"))
+    monkeypatch.setenv("RHF_MODEL_ROOTS", str(tree / "models"))
+    monkeypatch.setenv("RHF_EXPORT_ROOT", str(tree / "exports"))
+    return tree
+
+
+def run_app(page: str | None = "app_pages/explorer.py", **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown_text(at: AppTest) -> str:
+    """Everything a user reads on the page: errors, markdown, captions, successes."""
+    parts = [e.value for e in at.error] + [m.value for m in at.markdown] + [c.value for c in at.caption]
+    return "\n".join(parts + [s.value for s in at.success] + [w.value for w in at.warning])
+
+
+def test_shared_app_refuses_a_dataset_outside_the_roots_without_naming_it(shared_env):
+    tree = shared_env
+    at = run_app(ds="shapes:n=300,seed=1")
+    assert not at.error
+    for spec in (f"folder:{tree / 'outside' / 'secret'}", "folder:../outside/secret", "folder:escape/secret",
+                 "rapidata:/etc", f"richhf18k:{tree / 'outside'}"):
+        at.text_input(key="ds").input(spec).run()  # the sidebar field, as a user types it
+        assert not at.exception and at.error, spec
+        message = at.error[0].value
+        assert "outside the allowed data folders" in message, message
+        path = spec.split(":", 1)[1]
+        assert path not in message and str(tree) not in message and "/etc" not in message
+        assert not [m for m in at.markdown if "records match" in m.value]  # the page stopped: nothing opened
+
+
+def test_shared_app_opens_a_dataset_inside_the_roots_by_a_relative_path(shared_env):
+    at = run_app(ds="folder:ds")
+    assert not at.error
+    assert any("**3** of 3 records match" in m.value for m in at.markdown)
+    assert str(shared_env) not in shown_text(at)
+
+
+def test_shared_app_caps_n_and_refuses_bare_paths_and_hub_ids(shared_env):
+    at = run_app(ds="shapes:n=100000000")  # used to tie up the server
+    assert at.error and "at most 20,000" in at.error[0].value
+    at.text_input(key="ds").input(str(shared_env / "data" / "ds")).run()
+    assert at.error and "name a dataset as" in at.error[0].value and str(shared_env) not in at.error[0].value
+    at.text_input(key="ds").input("rapidata:Rapidata/text-2-image-Rich-Human-Feedback").run()
+    assert at.error and "does not download" in at.error[0].value
+
+
+def test_shared_app_scrubs_a_reader_error_inside_the_roots(shared_env):
+    (shared_env / "data" / "empty").mkdir()
+    at = run_app(ds="folder:empty")
+    assert at.error and "empty" in at.error[0].value and str(shared_env) not in at.error[0].value
+
+
+def test_shared_home_refuses_a_checkpoint_and_generator_outside_the_model_roots(shared_env):
+    tree = shared_env
+    at = run_app(page=None, ds="shapes:n=300,seed=1", rahf=str(tree / "outside"), gen="runwayml/stable-diffusion-v1-5")
+    errors = [e.value for e in at.error]
+    assert any("RAHF checkpoint" in e and "outside the allowed model folders" in e for e in errors), errors
+    assert any("generator" in e and "does not download" in e for e in errors), errors
+    assert all(str(tree) not in e for e in errors)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Predictor (RAHF)"] == "—" and metrics["Dataset"] == "ShapesWorld"
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    at.button[[b.label for b in at.button].index(label)].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_shared_export_only_into_a_new_folder_under_the_export_root(shared_env):
+    tree = shared_env
+    at = run_app(ds="shapes:n=300,seed=1", q="triangle", view="Export")
+    assert not at.checkbox  # no overwrite box on a shared server
+    for outside in (str(tree / "outside" / "new"), "../outside/new", "/tmp/rhf-shared-export-probe"):
+        at.text_input(key="export_path").input(outside).run()
+        click(at, "Export to folder")
+        assert at.error and "Export refused" in at.error[0].value and "outside" in at.error[0].value
+        assert str(tree) not in at.error[0].value and outside not in at.error[0].value
+    assert sorted(p.name for p in (tree / "outside").iterdir()) == ["secret"]  # nothing written
+    assert not Path("/tmp/rhf-shared-export-probe").exists()
+    at.text_input(key="export_path").input("mine").run()
+    click(at, "Export to folder")
+    assert at.success and "`mine`" in at.success[0].value and str(tree) not in at.success[0].value
+    assert len(open_dataset(f"folder:{tree / 'exports' / 'mine'}")) > 0
+    assert not at.get("progress")  # the bar is gone once the export is done
+    click(at, "Export to folder")  # the same name again: another user's export is never replaced
+    assert at.error and "already exists" in at.error[0].value
+
+
+def test_shared_export_without_an_export_root_offers_only_the_download(shared_env, monkeypatch):
+    monkeypatch.delenv("RHF_EXPORT_ROOT")
+    at = run_app(ds="shapes:n=300,seed=1", q="triangle", view="Export")
+    assert not [t for t in at.text_input if t.key == "export_path"]
+    assert any("zip download" in c.value for c in at.caption)
+    click(at, "Prepare a zip download")
+    assert at.get("download_button")

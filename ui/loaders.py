@@ -11,15 +11,17 @@ from rhf_core.explore import mean_heatmap
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def load_dataset(spec: str, pickapic: str | None = None) -> Dataset:
+def load_dataset(spec: str, pickapic: str | None = None, _label: str | None = None) -> Dataset:
     """Open a dataset by spec, with a progress bar while a large index is first built.
 
-    Errors propagate as `RHFError` for the page to show."""
+    `_label` (not part of the cache key) is what the bar names: the spec as the user typed it, since
+    in shared mode `spec` holds the resolved server path. Errors propagate as `RHFError`."""
     options = {"pickapic": pickapic} if pickapic and spec.lower().startswith("richhf") else {}
-    bar = st.progress(0.0, text=f"Opening {spec}…")
+    label = _label or spec
+    bar = st.progress(0.0, text=f"Opening {label}…")
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Building the index of {spec}: {done:,} / {total:,} records")
+        bar.progress(done / max(total, 1), text=f"Building the index of {label}: {done:,} / {total:,} records")
 
     try:
         return open_dataset(spec, progress=progress, **options)

@@ -1,4 +1,8 @@
-"""Sidebar settings shared by every page (drawn by app.py before the page runs)."""
+"""Sidebar settings shared by every page (drawn by app.py before the page runs).
+
+In shared-server mode (`RHF_SHARED=1`, see rhf_core/shared.py) every path typed here is checked
+against the configured roots before anything is opened, and errors are shown without server paths.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,41 @@ import streamlit as st
 from rhf_core.data import DEFAULT_SPEC
 from rhf_core.dataset import Dataset
 from rhf_core.errors import RHFError
+from rhf_core.shared import current_policy
 from ui.loaders import load_dataset
 
 SPEC_HELP = (
     "`shapes` (embedded ShapesWorld; options like `shapes:n=20000,seed=1,raters=rapidata`), "
     "`richhf18k:/dir/with/tfrecords`, `rapidata:/parquet/dir` or `folder:/dir`."
 )
+SHARED_SPEC_HELP = (
+    "`shapes` (embedded ShapesWorld; options like `shapes:n=5000,seed=1,raters=rapidata`), "
+    "`richhf18k:DIR`, `rapidata:DIR` or `folder:DIR`, with DIR inside the folders this shared server "
+    "allows (a relative DIR is read inside them)."
+)
+
+
+def policy():
+    """The shared-server policy in force (local mode: checks nothing)."""
+    return current_policy()
+
+
+def error_text(e: BaseException) -> str:
+    """An error's message as a page may show it: without server paths in shared mode."""
+    return policy().scrub(e)
 
 
 def dataset_settings() -> None:
     """The dataset spec (bound to `?ds=` in the URL) and, for RichHF-18K, the Pick-a-Pic path."""
+    shared = policy().shared
     with st.sidebar:
-        st.text_input("Dataset", value=DEFAULT_SPEC, key="ds", help=SPEC_HELP, bind="query-params")
+        st.text_input("Dataset", value=DEFAULT_SPEC, key="ds", help=SHARED_SPEC_HELP if shared else SPEC_HELP,
+                      bind="query-params")
         if str(st.session_state.get("ds", "")).lower().startswith("richhf"):
             st.text_input("Pick-a-Pic folder (prompts and images)", key="pickapic", bind="query-params",
                           help="Parquet files with caption/image_*_uid/jpg_* columns, or {uid}.png files.")
+        if shared:
+            st.caption("Shared server: paths only inside the allowed folders.")
 
 
 def predictor_settings() -> None:
@@ -34,19 +58,24 @@ def predictor_settings() -> None:
 
 def generator_settings() -> None:
     """The text-to-image pipeline (bound to `?gen=`); empty = the embedded ShapesWorld generator."""
+    shared = policy().shared
     with st.sidebar:
         st.text_input("Generator", key="gen", bind="query-params", placeholder="embedded (t2i-shapes)",
-                      help="A diffusers Stable-Diffusion-style pipeline: a local folder or a hub id you have "
-                           "downloaded. Empty: the embedded ShapesWorld generator.")
+                      help="A diffusers Stable-Diffusion-style pipeline: a local folder" +
+                           (" inside the allowed model folders." if shared else " or a hub id you have downloaded.") +
+                           " Empty: the embedded ShapesWorld generator.")
 
 
 def _load_from_sidebar(key: str, what: str, loader, stop_on_error: bool):
     """`loader(value of the sidebar field key)`; a bad value shows a readable error (and stops the page)."""
+    pol = policy()
     value = str(st.session_state.get(key) or "").strip()
     try:
-        return loader(value)
+        return loader(pol.model_path(value, what.removeprefix("the ")))
     except RHFError as e:
-        st.error(f"Could not load {what} `{value or 'embedded'}`: {e}")
+        # Shared mode never echoes the path: the user typed it, but the message must not confirm server paths.
+        named = "" if pol.shared else f" `{value or 'embedded'}`"
+        st.error(f"Could not load {what}{named}: {pol.scrub(e)}")
         if stop_on_error:
             st.stop()
         return None
@@ -67,20 +96,32 @@ def current_predictor(stop_on_error: bool = True):
 
 
 def current_spec() -> tuple[str, str | None]:
+    """The spec and Pick-a-Pic folder as typed in the sidebar (what the user sees; not yet checked)."""
     spec = str(st.session_state.get("ds") or DEFAULT_SPEC).strip()
     pickapic = st.session_state.get("pickapic") or None
     return spec, pickapic
 
 
+def loaded_spec() -> tuple[str, str | None]:
+    """The (spec, pickapic) `current_dataset` opened: in shared mode with paths resolved inside the roots.
+
+    Pass these to cached loaders keyed by dataset (e.g. `load_mean_heatmap`); show `current_spec()`."""
+    return policy().check_spec(*current_spec())
+
+
 def current_dataset(stop_on_error: bool = True) -> Dataset | None:
     """The dataset named in the sidebar, with a progress bar while a large one is first built.
 
-    A bad spec shows a readable error and stops the page (or returns None)."""
+    A bad spec (or, in shared mode, a path outside the roots) shows a readable error and stops the
+    page (or returns None)."""
+    pol = policy()
     spec, pickapic = current_spec()
     try:
-        ds = load_dataset(spec, pickapic)
+        checked, pick = pol.check_spec(spec, pickapic)
+        ds = load_dataset(checked, pick, _label=spec)
     except RHFError as e:
-        st.error(f"Could not open dataset `{spec}`: {e}")
+        named = "" if pol.shared else f" `{spec}`"
+        st.error(f"Could not open dataset{named}: {pol.scrub(e)}")
         if stop_on_error:
             st.stop()
         return None
