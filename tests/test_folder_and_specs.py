@@ -8,6 +8,7 @@ from PIL import Image
 from rhf_core.cache import cache_dir, cached_frame
 from rhf_core.data import export, open_dataset, parse_spec
 from rhf_core.errors import (
+    DatasetFormatError,
     DatasetNotFoundError,
     DatasetSpecError,
     ImageLoadError,
@@ -149,8 +150,6 @@ def test_wrong_values_skip_their_line_with_a_reason(tmp_path):
         ({"image": 5}, "image must be a path"),
         ({"heatmaps": {"implausibility": 5}}, "heatmaps.'implausibility' must be a path"),
         ({"heatmaps": {"implausibility": "../outside.png"}}, "points outside the dataset folder"),
-        ({"image": "../outside.png"}, "points outside the dataset folder"),
-        ({"image": "/etc/passwd"}, "points outside the dataset folder"),
         ({"scores": {"overall": float("nan")}}, "scores.overall = nan is outside [0, 1]"),
         ({"scores": {"overall": 7.0}}, "scores.overall = 7.0 is outside [0, 1]"),
         ({"scores": {"overall": True}}, "scores.overall must be a number"),
@@ -166,9 +165,13 @@ def test_wrong_values_skip_their_line_with_a_reason(tmp_path):
     ]
     lines = [good] + [{**good, "id": f"bad{k}", **change} for k, (change, _) in enumerate(bad)]
     lines.append("[" * 100_000 + "]" * 100_000)
-    _labels(tmp_path, *lines, {"id": 7, "prompt": "an integer id"})
+    _labels(tmp_path, *lines, {"id": 7, "prompt": "an integer id"},
+            {"id": "out1", "image": "../outside.png"}, {"id": "out2", "image": "/etc/passwd"})
     ds = open_dataset(f"folder:{tmp_path}")
-    assert ds.ids == ["good", "7"]
+    assert ds.ids == ["good", "7", "out1", "out2"]
+    for rec_id in ("out1", "out2"):  # the labels are fine; the image is refused when read
+        with pytest.raises(DatasetFormatError, match="points outside the dataset folder"):
+            ds.get(rec_id).image
     skips = _skips(ds)
     for k, (_, reason) in enumerate(bad):
         assert reason in skips[str(k + 2)], (k, skips[str(k + 2)])

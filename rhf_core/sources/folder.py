@@ -256,7 +256,6 @@ class FolderDataset(Dataset):
         image = entry.get("image")
         if image is not None and not isinstance(image, str):
             raise DatasetFormatError(f"image must be a path relative to the folder (text) or null, got {_short(image)}")
-        image_path = _inside(self.root, image) if image else None
         scores = entry.get("scores") or {}
         if not isinstance(scores, dict):
             raise DatasetFormatError("scores must map names to numbers")
@@ -296,7 +295,7 @@ class FolderDataset(Dataset):
             # Frame cells are plain values: a list or object would not filter, sort or cache.
             if v is not None and not isinstance(v, (str, int, float, bool)):
                 raise DatasetFormatError(f"columns.{_short(k)} must be text, a number, true/false or null, got {_short(v)}")
-        return {"id": rec_id, "prompt": prompt, "image": image_path, "scores": checked_scores,
+        return {"id": rec_id, "prompt": prompt, "image": image or None, "scores": checked_scores,
                 "words": checked_words, "heatmaps": heatmaps, "meta": meta, "split": split or "",
                 "columns": {k: v for k, v in columns.items() if k not in STANDARD_COLUMNS}, "_line": n}
 
@@ -344,9 +343,12 @@ class FolderDataset(Dataset):
             raise DatasetFormatError(f"{rec_id}: heatmap file unreadable ({type(e).__name__})") from None
         loader = None
         if entry["image"] is not None:
-            path = entry["image"]
+            rel = entry["image"]
 
-            def loader(path=path):
+            def loader():
+                # Checked when read, like a missing file: the line stays (its labels are fine) and
+                # an image path out of the folder is refused with DatasetFormatError.
+                path = _inside(self.root, rel)
                 if not path.is_file():
                     raise ImageLoadError(f"{rec_id}: image file {path.name} is missing")
                 return load_image(path, max_side=None, name=rec_id)
