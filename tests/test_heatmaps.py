@@ -111,3 +111,51 @@ def test_mask_threshold_modes_dilation_and_empty():
         heatmap_to_mask(hm, 0.5, dilation=-1)
     with pytest.raises(ValueError, match="threshold mode"):
         heatmap_to_mask(hm, 0.5, mode="percent")
+
+
+def test_a_clean_map_gives_an_empty_relative_mask():
+    """A clean image's prediction peaks near 0 (the page shows 0.00); relative mode cut it at half that
+    peak and repainted ~3% of the image. Below MIN_PEAK nothing is marked, in either mode."""
+    from rhf_core.heatmaps import MIN_PEAK
+
+    faint = np.zeros((64, 64), np.float32)
+    faint[10:21, 10:21] = 0.004  # 121 px ≈ 3% of the image
+    assert not heatmap_to_mask(faint, 0.5, "relative").any()
+    assert not heatmap_to_mask(faint, 0.0, "absolute").any()
+    marked = faint.copy()
+    marked[30, 30] = MIN_PEAK
+    assert heatmap_to_mask(marked, 0.5, "relative").sum() == 1
+
+
+def test_nan_and_inf_pixels_count_as_no_and_full_heat():
+    hm = np.zeros((8, 8), np.float32)
+    hm[2, 2] = np.nan
+    hm[5, 5] = 0.8
+    hm[6, 6] = -np.inf
+    mask = heatmap_to_mask(hm, 0.5, "relative")  # NaN peak used to make every comparison False
+    assert mask.sum() == 1 and mask[5, 5]
+    big = resize_heatmap(hm, (16, 16))
+    assert np.isfinite(big).all() and big.min() >= 0 and big.max() <= 1
+    assert big[4:6, 4:6].max() == 0  # the NaN did not spread over its neighbours
+    hm[1, 1] = np.inf
+    assert resize_heatmap(hm, (8, 8))[1, 1] == 1.0
+    over = np.asarray(overlay_heatmap(Image.new("RGB", (8, 8), (0, 0, 255)), hm))
+    assert over[2, 2].tolist() == [0, 0, 255]  # untouched, not black
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: heatmap_to_mask(np.zeros((3, 4, 2)), 0.5), "2-D"),
+    (lambda: heatmap_to_mask(np.zeros((0, 4)), 0.5), "empty"),
+    (lambda: heatmap_to_mask(np.ones((4, 4)), float("nan")), "threshold"),
+    (lambda: heatmap_to_mask(np.ones((4, 4)), 0.5, dilation=float("inf")), "dilation"),
+    (lambda: resize_heatmap(np.ones((4, 4)), (0, 5)), "size"),
+    (lambda: resize_heatmap(np.ones((4, 4)), (2.5, 5)), "size"),
+    (lambda: resize_heatmap([["a", "b"]], (2, 2)), "numbers"),
+    (lambda: points_to_heatmap([(float("nan"), 1.0)], (8, 8)), "finite"),
+    (lambda: overlay_heatmap(np.zeros((4, 4, 3)), np.ones((4, 4))), "PIL image"),
+])
+def test_bad_heatmap_arguments_raise_readable_errors(call, message):
+    from rhf_core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        call()
