@@ -116,11 +116,12 @@ def _prepare_folder(folder) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(root: Path, timeout: float = LOCK_TIMEOUT_S):
+def folder_lock(root: Path, timeout: float | None = None):
     """Exclusive lock on the folder's labels for the duration of one read-modify-write.
 
     flock locks belong to the open file, so two sessions of one server process exclude each other as
     two processes do; the kernel drops the lock if the holder dies, so a crash never leaves it stuck."""
+    timeout = LOCK_TIMEOUT_S if timeout is None else timeout
     fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

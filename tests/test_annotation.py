@@ -1,0 +1,342 @@
+"""rhf_core.annotation: aggregation by the sources' rules, atomic appends under concurrent writers,
+the double-click guard, agreement on constructed cases, and bad input."""
+
+import json
+import math
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from rhf_core import annotation as A
+from rhf_core.data import open_dataset
+from rhf_core.errors import FolderBusyError, InvalidArgumentError, RecordNotFoundError
+
+ALL4 = {"plausibility": 4, "alignment": 2, "aesthetics": 5, "overall": 1}
+
+
+def _img(w=512, h=256, color=(40, 120, 200)):
+    return Image.new("RGB", (w, h), color)
+
+
+def _labels(folder):
+    return [json.loads(line) for line in (folder / "labels.jsonl").read_text().splitlines() if line.strip()]
+
+
+# --- aggregation against the source rules ------------------------------------------------------------
+
+def test_richhf_disk_radius_is_20_of_512_of_the_smaller_side(tmp_path):
+    # 512×256: radius = 20/512 × 256 = 10 px, measured from pixel centres (computed here, not by the library).
+    s = A.add_annotation(tmp_path, _img(), "a cat", "ann", points={"implausibility": [(100, 50)]}, scores=ALL4)
+    hm = open_dataset(f"folder:{tmp_path}")[0].heatmaps["implausibility"]
+    yy, xx = np.mgrid[0:256, 0:512] + 0.5
+    expected = ((xx - 100) ** 2 + (yy - 50) ** 2 <= 10 ** 2).astype(np.float32)
+    assert hm.shape == (256, 512)
+    np.testing.assert_array_equal(hm, expected)
+    assert hm[49, 109] == 1 and hm[49, 110] == 0  # centre (109.5, 49.5) is 9.5 px away, (110.5, 49.5) 10.5 px
+    assert s.heatmaps.keys() == {"implausibility", "misalignment"}
+    assert not open_dataset(f"folder:{tmp_path}")[0].heatmaps["misalignment"].any()  # nobody marked one: zeros
+
+
+def test_richhf_disks_average_over_annotators_who_clicked_nothing_too(tmp_path):
+    s = A.add_annotation(tmp_path, _img(), "a cat", "a1", points={"implausibility": [(100.5, 50.5)]})
+    A.add_annotation(tmp_path, s.record_id, None, "a2", points={"implausibility": [(100.5, 50.5), (300.5, 100.5)]})
+    A.add_annotation(tmp_path, s.record_id, None, "a3", points={})
+    hm = open_dataset(f"folder:{tmp_path}")[0].heatmaps["implausibility"]
+    assert hm[50, 100] == pytest.approx(2 / 3) and hm[100, 300] == pytest.approx(1 / 3)
+    assert hm.max() == pytest.approx(2 / 3)
+
+
+def test_rapidata_gaussian_sigma_is_5_percent_of_the_smaller_side(tmp_path):
+    # 400×200: σ = 0.05 × 200 = 10 px. The click sits on a pixel centre.
+    s = A.add_annotation(tmp_path, _img(400, 200), "", "ann", points={"misalignment": [(100.5, 50.5)]}, style="rapidata")
+    assert A.folder_style(tmp_path) == "rapidata"
+    hm = open_dataset(f"folder:{tmp_path}").get(s.record_id).heatmaps["misalignment"]
+    assert hm[50, 100] == pytest.approx(1.0)
+    assert hm[50, 110] == pytest.approx(math.exp(-0.5), abs=1e-5)  # one σ to the right
+    assert hm[70, 100] == pytest.approx(math.exp(-2.0), abs=1e-5)  # two σ down
+    assert hm[50, 150] < 1e-3
+
+
+def test_set_style_recomputes_every_record(tmp_path):
+    s = A.add_annotation(tmp_path, _img(400, 200), "", "ann", points={"implausibility": [(100.5, 50.5)]})
+    disk = open_dataset(f"folder:{tmp_path}")[0].heatmaps["implausibility"]
+    assert disk[50, 115] == 0  # 15 px away: outside the disk of 200 × 20/512 = 7.8 px
+    assert A.set_style(tmp_path, "rapidata") == 1
+    gauss = open_dataset(f"folder:{tmp_path}").get(s.record_id).heatmaps["implausibility"]
+    assert gauss[50, 115] == pytest.approx(math.exp(-15 ** 2 / 200), abs=1e-5)
+    with pytest.raises(InvalidArgumentError, match="set_style"):
+        A.add_annotation(tmp_path, s.record_id, None, "b", points={}, style="richhf")
+    assert len(list((tmp_path / "heatmaps").iterdir())) == 2  # the disk maps were replaced, not left behind
+
+
+def test_scores_are_the_mean_of_normalised_likert_and_words_the_share_of_annotators(tmp_path):
+    prompt = "a red cat and a red dog"  # tokens: a red cat and a red dog
+    s = A.add_annotation(tmp_path, _img(), prompt, "a1", words=["red"], scores={"plausibility": 1, "overall": 5})
+    A.add_annotation(tmp_path, s.record_id, prompt, "a2", words=[2], scores={"plausibility": 5})
+    s = A.add_annotation(tmp_path, s.record_id, None, "a3", words=[2, 6], scores={"plausibility": 3.5})
+    rec = open_dataset(f"folder:{tmp_path}")[0]
+    assert rec.scores == pytest.approx({"plausibility": (0 + 1 + 0.625) / 3, "overall": 1.0})
+    assert rec.words == [("a", 0.0), ("red", pytest.approx(1 / 3)), ("cat", pytest.approx(2 / 3)), ("and", 0.0),
+                         ("a", 0.0), ("red", pytest.approx(1 / 3)), ("dog", pytest.approx(1 / 3))]
+    assert s.n_annotators == 3 and rec.meta["annotations"][2]["words"] == [2, 6]
+
+
+def test_a_second_save_by_one_annotator_replaces_theirs_in_the_aggregate_and_keeps_both_raw(tmp_path):
+    s = A.add_annotation(tmp_path, _img(), "x", "ann", scores={"overall": 1}, now=1000.0)
+    s = A.add_annotation(tmp_path, s.record_id, None, "ann", scores={"overall": 5}, now=1001.0)
+    assert s.n_annotations == 2 and s.n_annotators == 1
+    assert open_dataset(f"folder:{tmp_path}")[0].scores == {"overall": 1.0}
+    assert [a["scores"]["overall"] for a in A.annotations_of(tmp_path, s.record_id)] == [1, 5]
+
+
+# --- concurrent writers ------------------------------------------------------------------------------
+
+def _writer(folder, k, n):
+    img = Image.new("RGB", (64, 48), (200, 10, 10))
+    for i in range(n):
+        A.add_annotation(folder, "shared", "a red square", f"p{k}-{i}", image=img,
+                         points={"implausibility": [(k * 30 + 1, i + 1)]}, scores={"overall": 1 + (i % 5)})
+
+
+def test_two_processes_appending_at_once_lose_nothing(tmp_path):
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), k, 20)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    anns = A.annotations_of(tmp_path, "shared")
+    assert len(anns) == 40
+    assert sorted(a["annotator"] for a in anns) == sorted(f"p{k}-{i}" for k in range(2) for i in range(20))
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert len(ds) == 1 and not ds.skipped
+    rec = ds[0]
+    assert rec.scores["overall"] == pytest.approx(np.mean([(i % 5) / 4 for i in range(20)]))
+    assert ds.frame["n_annotators"].iat[0] == 40
+    # One heatmap file per type remains: every superseded aggregate was removed after its commit.
+    assert len(list((tmp_path / "heatmaps").iterdir())) == 2
+
+
+def test_the_lock_excludes_a_second_writer(tmp_path, monkeypatch):
+    A.add_annotation(tmp_path, _img(), "", "a", scores={"overall": 3})
+    monkeypatch.setattr(A, "LOCK_TIMEOUT_S", 0.3)
+    before = (tmp_path / "labels.jsonl").read_bytes()
+    with A.folder_lock(tmp_path):  # another session holds it (flock: a second open file conflicts)
+        with pytest.raises(FolderBusyError, match="try again"):
+            A.add_annotation(tmp_path, "img-x", "", "b", image=_img(), scores={"overall": 3})
+    assert (tmp_path / "labels.jsonl").read_bytes() == before
+
+
+def test_a_crash_before_the_commit_leaves_the_old_labels_consistent(tmp_path, monkeypatch):
+    s = A.add_annotation(tmp_path, _img(), "", "a", points={"implausibility": [(10, 10)]}, scores={"overall": 5})
+    before = (tmp_path / "labels.jsonl").read_bytes()
+    old = open_dataset(f"folder:{tmp_path}", cache=False)[0]
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(A, "_write_lines", crash)
+    with pytest.raises(OSError):
+        A.add_annotation(tmp_path, s.record_id, None, "b", points={"implausibility": [(400, 200)]}, scores={"overall": 1})
+    assert (tmp_path / "labels.jsonl").read_bytes() == before
+    rec = open_dataset(f"folder:{tmp_path}", cache=False)[0]
+    np.testing.assert_array_equal(rec.heatmaps["implausibility"], old.heatmaps["implausibility"])
+    assert rec.scores == old.scores
+
+
+# --- the double-click guard --------------------------------------------------------------------------
+
+def test_a_double_click_appends_once(tmp_path):
+    kw = dict(points={"implausibility": [(5, 6)]}, words=["cat"], scores=ALL4)
+    first = A.add_annotation(tmp_path, _img(), "a cat", "ann", now=100.0, **kw)
+    again = A.add_annotation(tmp_path, _img(), "a cat", "ann", now=100.4, **kw)  # the same image: same record
+    assert again.record_id == first.record_id and again.duplicate and not first.duplicate
+    assert len(A.annotations_of(tmp_path, first.record_id)) == 1
+    # Not a double click: another payload, another annotator, or the same after the window.
+    assert not A.add_annotation(tmp_path, first.record_id, None, "ann", now=101.0, **(kw | {"words": []})).duplicate
+    assert not A.add_annotation(tmp_path, first.record_id, None, "other", now=101.0, **kw).duplicate
+    late = 100.0 + A.DUPLICATE_WINDOW_S + 5
+    assert not A.add_annotation(tmp_path, first.record_id, None, "ann", now=late, **kw).duplicate
+    assert len(A.annotations_of(tmp_path, first.record_id)) == 4
+
+
+def test_an_idempotency_key_appends_once_whatever_the_payload_and_time(tmp_path):
+    s = A.add_annotation(tmp_path, _img(), "", "ann", key="form-1", scores={"overall": 2}, now=0.0)
+    again = A.add_annotation(tmp_path, s.record_id, None, "ann", key="form-1", scores={"overall": 4}, now=500.0)
+    assert again.duplicate and again.n_annotations == 1
+    assert open_dataset(f"folder:{tmp_path}")[0].scores == {"overall": 0.25}
+    assert not A.add_annotation(tmp_path, s.record_id, None, "ann", key="form-2", scores={"overall": 4}).duplicate
+
+
+# --- agreement ---------------------------------------------------------------------------------------
+
+def test_agreement_on_constructed_cases(tmp_path):
+    same = A.add_annotation(tmp_path, _img(color=(1, 1, 1)), "a b c", "x", points={"implausibility": [(50, 50)]},
+                            words=["a"], scores={"plausibility": 1, "overall": 3})
+    A.add_annotation(tmp_path, same.record_id, None, "y", points={"implausibility": [(50, 50)]}, words=["a"],
+                     scores={"plausibility": 5, "overall": 3})
+    apart = A.add_annotation(tmp_path, _img(color=(2, 2, 2)), "a b c", "x", points={"implausibility": [(50, 50)]},
+                             words=["a"])
+    A.add_annotation(tmp_path, apart.record_id, None, "y", points={"implausibility": [(400, 200)]}, words=["b"])
+    A.add_annotation(tmp_path, apart.record_id, None, "z", points={})  # an empty map: its pairs are undefined
+    alone = A.add_annotation(tmp_path, _img(color=(3, 3, 3)), "a", "x", points={"implausibility": [(9, 9)]},
+                             scores={"overall": 2})
+    ag = A.agreement(tmp_path)
+    r = ag.records.set_index("id")
+    assert r.loc[same.record_id, "cc_implausibility"] == pytest.approx(1.0)
+    assert r.loc[same.record_id, "word_jaccard"] == 1.0
+    assert r.loc[same.record_id, "spread_plausibility"] == pytest.approx(0.5)  # ratings 1 and 5 → 0 and 1
+    assert r.loc[same.record_id, "spread_overall"] == 0.0
+    assert math.isnan(r.loc[same.record_id, "cc_misalignment"])  # nobody marked one: CC undefined, not 0
+    assert r.loc[apart.record_id, "cc_implausibility"] == pytest.approx(_pearson_disks((50, 50), (400, 200)))
+    assert r.loc[apart.record_id, "cc_implausibility"] < 0
+    assert r.loc[apart.record_id, "word_jaccard"] == 0.0  # x-y disjoint; pairs with z flag something too
+    assert math.isnan(r.loc[apart.record_id, "spread_overall"])
+    assert r.loc[alone.record_id].drop("n_annotators").isna().all()  # one annotator: nothing defined
+    assert ag.folder["n_records"] == 3 and ag.folder["n_multi"] == 2
+    assert ag.folder["cc_implausibility"] == pytest.approx(np.mean([1.0, r.loc[apart.record_id, "cc_implausibility"]]))
+    assert ag.folder["spread_plausibility"] == pytest.approx(0.5)
+    assert math.isnan(ag.folder["cc_misalignment"])
+
+
+def _pearson_disks(p, q):
+    a = A.points_to_heatmap([p], (512, 256), kind="disk").ravel()
+    b = A.points_to_heatmap([q], (512, 256), kind="disk").ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_word_jaccard_is_undefined_when_nobody_flags_anything():
+    anns = [{"annotator": "x", "words": [], "scores": {}}, {"annotator": "y", "words": [], "scores": {}}]
+    assert math.isnan(A.record_agreement(anns, (10, 10))["word_jaccard"])
+    anns[1]["words"] = [0, 1]
+    anns[0]["words"] = [1]
+    assert A.record_agreement(anns, (10, 10))["word_jaccard"] == 0.5
+
+
+# --- the folder format ---------------------------------------------------------------------------------
+
+def test_the_folder_opens_with_the_aggregated_labels_and_trainable_splits(tmp_path):
+    s = A.add_annotation(tmp_path, _img(), "a cat", "ann", points={"implausibility": [(5, 5)]}, words=["cat"],
+                         scores=ALL4)
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert len(ds) == 1 and not ds.skipped and len(ds.split("train")) == 1
+    rec = ds.get(s.record_id)
+    assert rec.image.size == (512, 256)
+    assert rec.flagged_words == ["cat"]
+    assert rec.scores == {"plausibility": 0.75, "alignment": 0.25, "aesthetics": 1.0, "overall": 0.0}
+    assert ds.frame["has_implausibility"].iat[0] and ds.frame["implausibility_mass"].iat[0] > 0
+
+
+def test_records_of_another_dataset_keep_their_id_source_and_prior_labels(tmp_path):
+    src = open_dataset("shapes:n=4,seed=0")
+    rec = src[1]
+    s = A.add_annotation(tmp_path, rec.id, rec.prompt, "ann", image=rec.image, scores=ALL4,
+                         source={"spec": src.spec, "id": rec.id})
+    assert s.record_id == rec.id and s.created
+    back = open_dataset(f"folder:{tmp_path}").get(rec.id)
+    assert back.meta["source"] == {"spec": src.spec, "id": rec.id}
+    assert np.array_equal(np.asarray(back.image), np.asarray(rec.image))
+    # A folder exported with labels: the first annotation keeps those labels in meta.prior_labels.
+    from rhf_core.data import export
+
+    out = export(src, tmp_path / "exported")
+    target = src[2]
+    A.add_annotation(out, target.id, None, "ann", scores={"overall": 5})
+    got = open_dataset(f"folder:{out}").get(target.id)
+    prior = got.meta["prior_labels"]
+    assert prior["scores"] == pytest.approx(target.scores)
+    assert got.scores == {"overall": 1.0}
+    for rel in prior["heatmaps"].values():
+        assert (out / rel).is_file()  # the exported heatmap files are not deleted
+
+
+def test_lines_the_reader_skips_are_kept_byte_for_byte(tmp_path):
+    _img(32, 32).save(tmp_path / "hand.png")
+    (tmp_path / "labels.jsonl").write_text('{"id": "hand", "prompt": "a dog", "image": "hand.png"}\n'
+                                           'not json at all\n{"id": "x", "scores": {"overall": 7}}\n')
+    A.add_annotation(tmp_path, "hand", None, "ann", words=["dog"], scores={"overall": 4})
+    lines = (tmp_path / "labels.jsonl").read_text().splitlines()
+    assert lines[1:] == ["not json at all", '{"id": "x", "scores": {"overall": 7}}']
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert len(ds.skipped) == 2 and ds.get("hand").scores == {"overall": 0.75}
+
+
+# --- bad input: a readable error, nothing written --------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(annotator="  "), "annotator name"),
+    (dict(points={"implausibility": [(600, 10)]}), "outside the 512×256 image"),
+    (dict(points={"implausibility": [(float("nan"), 10)]}), "outside"),
+    (dict(points={"implausibility": [(1, 2, 3)]}), "pair"),
+    (dict(points={"../evil": [(1, 2)]}), "heatmap type"),
+    (dict(scores={"overall": 6}), "from 1 to 5"),
+    (dict(scores={"overall": float("nan")}), "from 1 to 5"),
+    (dict(scores={"overall": True}), "number"),
+    (dict(scores={"beauty": 3}), "unknown score"),
+    (dict(words=["zebra"]), "not a token"),
+    (dict(words=[9]), "outside the prompt"),
+    (dict(prompt="another prompt"), "word positions"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, match):
+    s = A.add_annotation(tmp_path, _img(), "a cat", "ann", scores={"overall": 3})
+    before = (tmp_path / "labels.jsonl").read_bytes()
+    args = dict(annotator="other", prompt=None) | kwargs
+    with pytest.raises(InvalidArgumentError, match=match):
+        A.add_annotation(tmp_path, s.record_id, args.pop("prompt"), args.pop("annotator"), **args)
+    assert (tmp_path / "labels.jsonl").read_bytes() == before
+
+
+def test_missing_folder_record_or_image_say_what_is_wrong(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="no target folder"):
+        A.add_annotation("  ", _img(), "", "ann")
+    with pytest.raises(RecordNotFoundError, match="pass image="):
+        A.add_annotation(tmp_path, "nope", "", "ann")
+    with pytest.raises(InvalidArgumentError, match="needs its prompt"):
+        A.add_annotation(tmp_path, _img(), None, "ann")
+    from rhf_core.errors import ImageLoadError
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ImageLoadError):
+        A.add_annotation(tmp_path, tmp_path / "broken.png", "", "ann")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgumentError, match="not a folder"):
+        A.add_annotation(tmp_path / "file", _img(), "", "ann")
+
+
+# --- property: any valid annotation reads back through the folder reader -----------------------------------
+
+_coord = st.floats(0, 1, allow_nan=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(w=st.integers(8, 96), h=st.integers(8, 96), style=st.sampled_from(sorted(A.STYLES)),
+       anns=st.lists(st.tuples(st.lists(st.tuples(_coord, _coord), max_size=4), st.lists(st.integers(0, 3), max_size=3),
+                               st.dictionaries(st.sampled_from(["plausibility", "overall"]), st.integers(1, 5))),
+                     min_size=1, max_size=4))
+def test_any_valid_annotations_read_back_in_range(tmp_path_factory, w, h, style, anns):
+    folder = tmp_path_factory.mktemp("prop")
+    rec_id = None
+    for k, (pts, words, scores) in enumerate(anns):
+        s = A.add_annotation(folder, rec_id or _img(w, h), "one two three four", f"a{k}", style=style,
+                             points={"implausibility": [(x * w, y * h) for x, y in pts]}, words=words, scores=scores)
+        rec_id = s.record_id
+    ds = open_dataset(f"folder:{folder}", cache=False)
+    assert not ds.skipped
+    rec = ds[0]
+    for hm in rec.heatmaps.values():
+        assert hm.shape == (h, w) and 0 <= hm.min() and hm.max() <= 1
+    expected = A.annotators_to_heatmap([[(x * w, y * h) for x, y in pts] for pts, _, _ in anns], (w, h),
+                                       kind=A.STYLES[style])
+    # Points are stored rounded to 0.01 px, so a disk's edge pixel may flip: compare on average.
+    assert np.abs(rec.heatmaps["implausibility"] - expected).mean() < 0.02
+    for name in ("plausibility", "overall"):
+        given_ = [(sc[name] - 1) / 4 for _, _, sc in anns if name in sc]
+        assert (name in rec.scores) == bool(given_)
+        if given_:
+            assert rec.scores[name] == pytest.approx(np.mean(given_))
+    assert all(0 <= s <= 1 for _, s in rec.words)
