@@ -5,6 +5,10 @@ ground truth is empty; CC, KLD, SIM, NSS and AUC-Judd over samples with non-empt
 with the MIT saliency benchmark's definitions (Bylinskii et al. 2018). For NSS and AUC-Judd, the
 "fixations" are the pixels where the ground-truth heatmap is non-zero. Keywords: precision, recall
 and F1 of the misaligned class, pooled over all tokens.
+
+A metric that is undefined on its input (a constant series, no flagged word on either side) is NaN,
+never 0, and the aggregations here skip NaN values (`np.nanmean`), so "undefined" does not read as
+"as bad as it gets".
 """
 
 from __future__ import annotations
@@ -12,18 +16,37 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from rhf_core.errors import InvalidArgumentError
+
 EPS = np.finfo(np.float64).eps
 
 
+def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"scores must be numbers ({e})") from None
+    if pred.ndim != 1 or pred.shape != target.shape:
+        raise InvalidArgumentError(f"need two 1-D series of the same length, got shapes {pred.shape} and {target.shape}")
+    return pred, target
+
+
+def _maps(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    if pred.shape != gt.shape:
+        raise InvalidArgumentError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    return pred, gt
+
+
 def plcc(pred, target) -> float:
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    pred, target = _pair(pred, target)
     if len(pred) < 2 or pred.std() == 0 or target.std() == 0:
         return float("nan")
     return float(stats.pearsonr(pred, target).statistic)
 
 
 def srcc(pred, target) -> float:
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    pred, target = _pair(pred, target)
     if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(target) == 0:
         return float("nan")
     return float(stats.spearmanr(pred, target).statistic)
@@ -33,7 +56,7 @@ def srcc(pred, target) -> float:
 
 def cc(pred: np.ndarray, gt: np.ndarray) -> float:
     """Pearson correlation between the two maps' pixels."""
-    p, g = pred.astype(np.float64).ravel(), gt.astype(np.float64).ravel()
+    p, g = (a.ravel() for a in _maps(pred, gt))
     if p.std() == 0 or g.std() == 0:
         return 0.0
     return float(np.corrcoef(p, g)[0, 1])
@@ -41,6 +64,7 @@ def cc(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def kld(pred: np.ndarray, gt: np.ndarray) -> float:
     """KL divergence of the prediction from the ground truth, both normalised to sum 1."""
+    pred, gt = _maps(pred, gt)
     p = pred.astype(np.float64) / (pred.sum() + EPS)
     g = gt.astype(np.float64) / (gt.sum() + EPS)
     return float(np.sum(g * np.log(EPS + g / (p + EPS))))
@@ -48,6 +72,7 @@ def kld(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def sim(pred: np.ndarray, gt: np.ndarray) -> float:
     """Histogram intersection of the two maps normalised to sum 1."""
+    pred, gt = _maps(pred, gt)
     p = pred.astype(np.float64) / (pred.sum() + EPS)
     g = gt.astype(np.float64) / (gt.sum() + EPS)
     return float(np.minimum(p, g).sum())
@@ -55,7 +80,7 @@ def sim(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def nss(pred: np.ndarray, fixations: np.ndarray) -> float:
     """Mean of the standardised prediction at the fixated pixels."""
-    p = pred.astype(np.float64)
+    p, fixations = _maps(pred, fixations)
     sd = p.std()
     if sd == 0 or not fixations.any():
         return 0.0
@@ -65,7 +90,8 @@ def nss(pred: np.ndarray, fixations: np.ndarray) -> float:
 def auc_judd(pred: np.ndarray, fixations: np.ndarray) -> float:
     """AUC-Judd: thresholds at the prediction's values on fixations; true positives are fixations
     above the threshold, false positives the other pixels above it (Judd et al. 2009)."""
-    p = pred.astype(np.float64).ravel()
+    p, fixations = _maps(pred, fixations)
+    p = p.ravel()
     # As the MIT benchmark does, a tiny fixed jitter breaks ties, so a flat map scores 0.5.
     p = p + np.random.default_rng(0).random(p.size) * 1e-7
     fix = fixations.astype(bool).ravel()
@@ -85,12 +111,11 @@ def auc_judd(pred: np.ndarray, fixations: np.ndarray) -> float:
 def heatmap_metrics(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
     """The paper's heatmap table row for one heatmap type over a set of samples."""
     if len(preds) != len(gts):
-        raise ValueError(f"{len(preds)} predictions for {len(gts)} ground-truth maps")
+        raise InvalidArgumentError(f"{len(preds)} predictions for {len(gts)} ground-truth maps")
     mse_all, mse_empty = [], []
     rows = {"cc": [], "kld": [], "sim": [], "nss": [], "auc_judd": []}
     for p, g in zip(preds, gts):
-        if p.shape != g.shape:
-            raise ValueError(f"prediction shape {p.shape} differs from ground truth {g.shape}")
+        p, g = _maps(p, g)
         err = float(np.mean((p.astype(np.float64) - g) ** 2))
         mse_all.append(err)
         if not g.any():
@@ -105,29 +130,50 @@ def heatmap_metrics(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str,
         if not np.isnan(auc):
             rows["auc_judd"].append(auc)
     out = {
-        "mse_all": float(np.mean(mse_all)) if mse_all else float("nan"),
-        "mse_empty_gt": float(np.mean(mse_empty)) if mse_empty else float("nan"),
+        "mse_all": _nanmean(mse_all),
+        "mse_empty_gt": _nanmean(mse_empty),
     }
-    out.update({k: float(np.mean(v)) if v else float("nan") for k, v in rows.items()})
+    # A sample whose metric is undefined (NaN, e.g. a NaN pixel) is skipped, not averaged in.
+    out.update({k: _nanmean(v) for k, v in rows.items()})
     out["n_samples"] = len(gts)
     out["n_nonempty"] = len(rows["cc"])
     return out
 
 
+def _nanmean(values) -> float:
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
 def token_metrics(pred_probs: list[list[float]], gt_strengths: list[list[float]], threshold: float = 0.5) -> dict:
-    """Precision, recall and F1 of 'misaligned' over all tokens pooled (RichHF sec. 5.1)."""
+    """Precision, recall and F1 of 'misaligned' over all tokens pooled (RichHF sec. 5.1).
+
+    Each is NaN where it is undefined: precision when no word is predicted misaligned, recall when
+    none is labelled so, F1 when neither side flags any word (2·tp + fp + fn = 0). F1 is 0 only when
+    one side flags words and the other gets none of them. A token whose probability or label is NaN is
+    unknown and left out."""
+    if not isinstance(threshold, (int, float, np.number)) or not 0.0 <= threshold <= 1.0:
+        raise InvalidArgumentError(f"threshold must be in [0, 1], got {threshold!r}")
+    if len(pred_probs) != len(gt_strengths):
+        raise InvalidArgumentError(f"{len(pred_probs)} predicted prompts for {len(gt_strengths)} labelled ones")
     tp = fp = fn = 0
     for p, g in zip(pred_probs, gt_strengths):
         if len(p) != len(g):
-            raise ValueError(f"{len(p)} token predictions for {len(g)} labels")
-        p = np.asarray(p) >= threshold
-        g = np.asarray(g) >= threshold
+            raise InvalidArgumentError(f"{len(p)} token predictions for {len(g)} labels")
+        try:
+            p, g = np.asarray(p, np.float64).reshape(-1), np.asarray(g, np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"token probabilities and labels must be numbers ({e})") from None
+        known = ~(np.isnan(p) | np.isnan(g))
+        p, g = p[known] >= threshold, g[known] >= threshold
         tp += int((p & g).sum())
         fp += int((p & ~g).sum())
         fn += int((~p & g).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    nan = float("nan")
+    precision = tp / (tp + fp) if tp + fp else nan
+    recall = tp / (tp + fn) if tp + fn else nan
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
@@ -137,7 +183,7 @@ def rater_noise_ceiling(ratings: list[list[float]]) -> dict[str, float]:
     `ratings[i]` are the raters' scores of image i (same number of raters per image)."""
     arr = np.asarray(ratings, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] < 2:
-        raise ValueError("need at least two ratings per image")
+        raise InvalidArgumentError("need at least two ratings per image")
     k = arr.shape[1]
     s, p = [], []
     for j in range(k):

@@ -87,3 +87,41 @@ def test_noise_ceiling_leave_one_out():
     rng = np.random.default_rng(3)
     noisy = M.rater_noise_ceiling(np.stack([truth + rng.normal(0, 2, 30) for _ in range(3)], axis=1))
     assert 0 < noisy["srcc"] < 0.95
+
+
+def test_word_f1_is_undefined_not_zero_when_no_word_is_flagged():
+    none = M.token_metrics([[0.1, 0.2]], [[0.0, 0.0]])
+    assert np.isnan(none["f1"]) and np.isnan(none["precision"]) and np.isnan(none["recall"])
+    missed = M.token_metrics([[0.1, 0.2]], [[1.0, 0.0]])  # one side flags a word, the other misses it
+    assert missed["f1"] == 0.0 and missed["recall"] == 0.0 and np.isnan(missed["precision"])
+    # NaN tokens are unknown and left out; the rest still counts.
+    assert M.token_metrics([[0.9, float("nan")]], [[1.0, 1.0]])["f1"] == 1.0
+
+
+def test_record_analysis_averages_skip_undefined_word_f1():
+    """The per-record word F1 of the error analysis: NaN for a record where neither side flags a
+    word, so the table's mean is over records where F1 is defined (0 would have halved it)."""
+    import pandas as pd
+
+    rows = [M.token_metrics([p], [g])["f1"] for p, g in (([0.9], [1.0]), ([0.1], [0.0]))]
+    assert rows[0] == 1.0 and np.isnan(rows[1])
+    assert pd.Series(rows).mean() == 1.0
+    g = np.zeros((4, 4))
+    g[1, 1] = 1
+    p_nan = np.full((4, 4), np.nan)
+    agg = M.heatmap_metrics([g.copy(), p_nan], [g, g])
+    assert agg["cc"] == pytest.approx(1.0) and agg["n_nonempty"] == 2
+
+
+@pytest.mark.parametrize("call", [
+    lambda: M.token_metrics([[0.1]], [[0.0], [1.0]]),
+    lambda: M.token_metrics([[0.1]], [[0.0]], threshold=float("nan")),
+    lambda: M.plcc([1, 2, 3], [1, 2]),
+    lambda: M.srcc([[1, 2], [3, 4]], [[1, 2], [3, 4]]),
+    lambda: M.kld(np.ones((1, 4)), np.ones((4, 1))),  # used to broadcast to 4×4 silently
+])
+def test_bad_metric_arguments_raise_readable_errors(call):
+    from rhf_core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError):
+        call()
