@@ -101,8 +101,8 @@ def index_tfrecord(path: str | os.PathLike, verify: bool = True) -> tuple[list[R
     A damaged stretch (a record whose data CRC fails, a corrupt length, a record cut short in the
     middle of the file) is skipped with a reason, and reading resumes at the next record that checks
     out, so every whole record is kept. A damaged tail with no valid record after it is skipped as
-    "rest of file". A file with no valid record at its start nor after it is not a TFRecord file:
-    `DatasetFormatError`.
+    "rest of file". A file with neither a valid record header at its start nor a valid record after
+    it is not a TFRecord file: `DatasetFormatError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,8 +129,8 @@ def index_tfrecord(path: str | os.PathLike, verify: bool = True) -> tuple[list[R
                 # middle announces a length that runs into (or past) the records after it.
                 header_ok = problem != "corrupt record header" and pos + 12 <= size
                 nxt = _next_record(mm, pos + (12 if header_ok else 1), size)
-                if nxt is None and pos == 0:
-                    raise DatasetFormatError(f"{path.name}: not a TFRecord file (no valid record in it)")
+                if nxt is None and pos == 0 and not header_ok:
+                    raise DatasetFormatError(f"{path.name}: not a TFRecord file (no valid record header in it)")
                 where = f"{path.name} @ byte {pos}"
                 if nxt is None:
                     skipped.append(SkippedRow(where, f"{problem}; rest of file ({size - pos} bytes) skipped, "
