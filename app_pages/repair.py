@@ -12,7 +12,7 @@ from rhf_core.errors import RHFError
 from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
 from rhf_core.images import load_image
 from rhf_core.repair import RANKINGS, RepairError, repair, repair_mask
-from ui.components import run_with_progress, upscale
+from ui.components import colour_bar, heat_peak, overlay_on_scale, run_with_progress, upscale
 from ui.settings import current_dataset, current_generator, current_predictor
 
 SOURCES = ["Dataset record", "Generate", "Upload"]
@@ -48,10 +48,18 @@ def mask_overlay(img: Image.Image, mask: np.ndarray) -> Image.Image:
 
 # --- 1. The image and its prompt -----------------------------------------------------------------
 
+def pick_random_record(ds) -> None:
+    """Callback: runs before the next rerun draws the field, so it may set the field's value."""
+    if len(ds):
+        st.session_state["rep_record_id"] = ds.ids[np.random.default_rng().integers(len(ds))]
+
+
 def choose_source():
     """(image, prompt, ground-truth heatmaps, label) or None when nothing is chosen yet."""
-    source = st.segmented_control("Image", SOURCES, key="rep_source", required=True,
-                                  default=None if "rep_source" in st.session_state else SOURCES[0])
+    # A constant default: one that changes between reruns makes the browser reset the control to
+    # nothing (a required control then read None). persist_state keeps the choice while hidden.
+    source = st.segmented_control("Image", SOURCES, key="rep_source", required=True, default=SOURCES[0],
+                                  persist_state="session")
     if source == "Upload":
         f = st.file_uploader("An image (PNG, JPEG, WebP)", type=["png", "jpg", "jpeg", "webp"], key="rep_file")
         prompt = st.text_input("Its prompt", key="rep_upload_prompt", placeholder="the prompt it was generated from")
@@ -61,7 +69,7 @@ def choose_source():
         try:
             img = load_image(f.getvalue(), name=f.name)
         except RHFError as e:
-            st.error(f"{f.name}: {e}")
+            st.error(str(e))  # the message already names the file
             return None
         return img, prompt.strip(), {}, f.name
     if source == "Generate":
@@ -75,7 +83,8 @@ def choose_source():
         if st.session_state.get("rep_gen_key") != key:
             with st.spinner("Generating…"):
                 try:
-                    st.session_state["rep_gen_image"] = gen.generate(prompt.strip(), n=1, seed=int(seed))[0][0]
+                    st.session_state["rep_gen_image"] = load_image(
+                        gen.generate(prompt.strip(), n=1, seed=int(seed))[0][0], name="the generated image")
                 except RHFError as e:
                     st.error(str(e))
                     return None
@@ -83,17 +92,17 @@ def choose_source():
         return st.session_state["rep_gen_image"], prompt.strip(), {}, f"generated (seed {seed})"
     ds = current_dataset()
     c1, c2 = st.columns([4, 1])
-    default = st.session_state.get("rep_record_id") or (ds.ids[0] if len(ds) else "")
-    pick = st.session_state.pop("rep_pick", None)
-    if pick:
-        st.session_state["rep_record_id"] = pick
-    rec_id = c1.text_input("Record id", value=default, key="rep_record_id")
-    if c2.button("Random record", key="rep_random"):
-        st.session_state["rep_pick"] = ds.ids[np.random.default_rng().integers(len(ds))]
-        st.rerun()
+    # The field's value lives in session state only (no `value=`): a widget given both a default and a
+    # session-state value logs a warning, and the random pick below writes session state.
+    if "rep_record_id" not in st.session_state:
+        st.session_state["rep_record_id"] = ds.ids[0] if len(ds) else ""
+    rec_id = c1.text_input("Record id", key="rep_record_id", persist_state="session")
+    c2.button("Random record", key="rep_random", on_click=pick_random_record, args=(ds,))
     try:
         rec = ds.get(rec_id)
         img = rec.image
+        if img is not None:
+            img = load_image(img, name=rec.id)
     except RHFError as e:
         st.error(str(e))
         return None
@@ -116,7 +125,7 @@ if not prompt:
 pred = rahf.predict([image], [prompt])[0]
 c1, c2, c3 = st.columns(3)
 heat_type = c1.segmented_control("Heatmap", list(HEATMAP_NAMES), key="rep_heat", required=True,
-                                 default=None if "rep_heat" in st.session_state else HEATMAP_NAMES[0])
+                                 default=HEATMAP_NAMES[0], persist_state="session")  # constant: see rep_source
 mask_options = [m for m in MASK_SOURCES if m != "Ground-truth heatmap" or heat_type in truth]
 if st.session_state.get("rep_mask_source") not in mask_options:
     st.session_state.pop("rep_mask_source", None)
@@ -139,7 +148,7 @@ if mask_source == "Upload a mask":
     try:
         user_mask = load_image(mf.getvalue(), name=mf.name).convert("L")  # white = repaint
     except RHFError as e:
-        st.error(f"{mf.name}: {e}")
+        st.error(str(e))  # the message already names the file
         st.stop()
 elif mask_source == "Ground-truth heatmap":
     heatmap = truth[heat_type]
@@ -217,12 +226,17 @@ def verdict_text(v) -> str:
 
 
 best = result.best
+# One colour scale for every predicted map below (before, after, candidates), so they compare: the
+# hottest of them sets its top. Each map scaled to its own peak would make faint maps look hot.
+vmax = max(heat_peak(c.heatmaps[heat_type]) for c in [result.before, *result.candidates])
 st.subheader("Before and after")
 b1, b2, b3, b4 = st.columns(4)
-b1.image(upscale(overlay_heatmap(result.image, result.before.heatmaps[heat_type], opacity=0.6), VIEW),
-         caption=f"before: predicted {heat_type}", width="stretch")
-b2.image(upscale(overlay_heatmap(best.image, best.heatmaps[heat_type], opacity=0.6), VIEW), width="stretch",
-         caption=f"after (best candidate #{best.index}): predicted {heat_type}")
+b1.image(upscale(overlay_on_scale(result.image, result.before.heatmaps[heat_type], vmax), VIEW),
+         caption=f"before: predicted {heat_type} (peak {heat_peak(result.before.heatmaps[heat_type]):.2f})",
+         width="stretch")
+b2.image(upscale(overlay_on_scale(best.image, best.heatmaps[heat_type], vmax), VIEW), width="stretch",
+         caption=f"after (best candidate #{best.index}): predicted {heat_type} "
+                 f"(peak {heat_peak(best.heatmaps[heat_type]):.2f})")
 b3.image(upscale(result.image, VIEW), caption="original", width="stretch")
 b4.image(upscale(best.image, VIEW), caption="repaired", width="stretch")
 cols = st.columns(len(SCORE_NAMES))
@@ -233,6 +247,8 @@ if result.before.judge is not None:
 d1, d2 = st.columns(2)
 d1.download_button("Download the repaired image", png_bytes(best.image), file_name="repaired.png", mime="image/png")
 d2.download_button("Download the mask", png_bytes(result.mask_image), file_name="mask.png", mime="image/png")
+b1.image(colour_bar(vmax), width="stretch",
+         caption=f"colour scale of every predicted {heat_type} map on this page: 0 … {vmax:.2f}")
 
 st.subheader(f"Candidates, best first by {RANK_LABELS[rank]}")
 per_row = 4
@@ -241,7 +257,8 @@ for start in range(0, len(result.candidates), per_row):
         col.image(upscale(cand.image, VIEW // 2), width="stretch",
                   caption=f"#{cand.index} · plausibility {cand.plausibility:.2f} · "
                           f"alignment {cand.scores['alignment']:.2f}")
-        col.image(upscale(colorize_heatmap(cand.heatmaps[heat_type]), VIEW // 2), width="stretch",
-                  caption=f"predicted {heat_type}")
+        col.image(upscale(overlay_on_scale(cand.image, cand.heatmaps[heat_type], vmax), VIEW // 2), width="stretch",
+                  caption=f"predicted {heat_type} (peak {heat_peak(cand.heatmaps[heat_type]):.2f}, "
+                          f"scale 0 … {vmax:.2f})")
         if cand.judge is not None:
             col.caption(verdict_text(cand.judge))

@@ -10,7 +10,7 @@ import plotly.express as px
 from PIL import Image
 
 from rhf_core.dataset import FLAGGED_WORD_STRENGTH, SCORE_NAMES, Record
-from rhf_core.heatmaps import overlay_heatmap
+from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
 
 SHORT = {"plausibility": "Pl", "alignment": "Al", "aesthetics": "Ae", "overall": "Ov"}
 
@@ -43,6 +43,48 @@ def record_view_image(rec: Record, heatmap: str | None, opacity: float, cmap: st
     if heatmap and heatmap in rec.heatmaps:
         img = overlay_heatmap(img, rec.heatmaps[heatmap], opacity=opacity, cmap=cmap)
     return upscale(img, min_side)
+
+
+def heat_peak(heatmap: np.ndarray | None) -> float:
+    return float(np.max(heatmap)) if heatmap is not None and np.size(heatmap) else 0.0
+
+
+def overlay_on_scale(image: Image.Image, heatmap: np.ndarray, vmax: float, opacity: float = 0.6,
+                     cmap: str = "inferno") -> Image.Image:
+    """`image` with `heatmap` overlaid on the fixed colour scale [0, vmax] (heat ≥ vmax at the top of the map).
+
+    Maps that are compared with each other (before / after / candidates) must share one scale: each one
+    normalised by its own peak would make a faint map look as hot as a strong one, and raw colouring of
+    a faint map is near black."""
+    heat = resize_heatmap(heatmap, image.size)
+    scale = vmax if vmax > 0 else 1.0  # an all-zero map stays cold whatever the scale
+    return overlay_heatmap(image, np.clip(heat / scale, 0.0, 1.0), opacity=opacity, cmap=cmap, normalize=False)
+
+
+def colour_bar(vmax: float, cmap: str = "inferno", width: int = 320, height: int = 12) -> Image.Image:
+    """A horizontal colour bar for the scale [0, vmax], labelled at both ends."""
+    from PIL import ImageDraw
+
+    bar = colorize_heatmap(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1)), cmap)
+    out = Image.new("RGB", (width, height + 14), (255, 255, 255))
+    out.paste(bar, (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((1, height + 1), "0", fill=(60, 60, 60))
+    label = f"{vmax:.2f}"
+    draw.text((width - 7 * len(label) - 1, height + 1), label, fill=(60, 60, 60))
+    return out
+
+
+def format_metric(value, undefined: str = "—") -> str:
+    """A metric for display; NaN / None (undefined, e.g. word F1 when no word is flagged by either side)
+    becomes `undefined`, never 0."""
+    if value is None:
+        return undefined
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return undefined if v != v else f"{v:.3f}"
 
 
 def score_line(scores: dict) -> str:
