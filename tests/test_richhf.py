@@ -356,3 +356,22 @@ def test_a_cached_frame_still_reports_skipped_rows(tmp_path):
     again = open_dataset(f"richhf18k:{tmp_path}")  # from the frame cache
     assert [s.reason for s in again.skipped] == [s.reason for s in first.skipped] and again.n_skipped == 1
     assert again.ids == ["train/ok"]
+
+
+def test_a_file_whose_only_record_is_damaged_is_a_damaged_tfrecord(tmp_path):
+    bad = bytearray(frame_record(richhf_example("x.jpg")))
+    bad[40] ^= 0xFF
+    (tmp_path / "train.tfrecord").write_bytes(bytes(bad))
+    ds = open_dataset(f"richhf18k:{tmp_path}")
+    assert len(ds) == 0 and ds.n_skipped == 1 and "CRC" in ds.skipped[0].reason
+
+
+def test_the_search_past_damage_is_bounded(tmp_path, monkeypatch):
+    from rhf_core.sources import tfrecord
+
+    monkeypatch.setattr(tfrecord, "MAX_RESYNC_CANDIDATES", 50)
+    recs = _records(2)
+    (tmp_path / "train.tfrecord").write_bytes(recs[0] + b"\x00\x00\x00\x00\x01" * 1000 + recs[1])
+    ds = open_dataset(f"richhf18k:{tmp_path}")
+    assert ds.ids == ["train/r0"] and ds.n_skipped == 1
+    assert "gave up after 50 candidates" in ds.skipped[0].reason and "rest of file" in ds.skipped[0].reason

@@ -4,6 +4,10 @@ Each `tf.train.Example` holds `filename`, four scores in [0, 1] (`artifact_score
 `misalignment_score` is alignment), `artifact_map` / `misalignment_map` as encoded single-channel
 512×512 images (0–255), and `prompt_misalignment_label`: one 0/1 label per prompt token, where
 0 means misaligned. Tokens are the prompt split on `,.?!":;` and space.
+
+Each example is checked at the record boundary (`check_example`): one that breaks the schema is
+skipped with its reason in `ds.skipped`; a value off its scale is kept raw in `meta` with a note in
+`meta["notes"]` (and the frame's `notes` column), never clipped.
 """
 
 from __future__ import annotations
@@ -222,10 +226,11 @@ class RichHFDataset(Dataset):
 
         # 2. The frame needs every example parsed (and maps decoded, for heatmap mass): cached. The key
         # holds the reader's version (cached skip reasons and notes go stale with the validation) and
-        # the Pick-a-Pic files (prompts decide the word labels).
+        # the Pick-a-Pic parquet files (captions decide the word labels; image files only has_image).
+        pick = self.pickapic
         key = cache_key("richhf", READER_VERSION, file_fingerprint(files.values()),
-                        str(self.pickapic.root) if self.pickapic else None,
-                        file_fingerprint(self.pickapic.files) if self.pickapic else [])
+                        str(pick.root) if pick else None, len(pick) if pick else 0,
+                        file_fingerprint(p for p in pick.files if p.suffix == ".parquet") if pick else [])
         build = lambda: self._build_frame(progress)  # noqa: E731
         frame = cached_frame("richhf", key, build) if cache else build()
         # Rows whose example could not be used are dropped from the frame, each with its reason.

@@ -73,7 +73,8 @@ def _record_at(mm, pos: int, size: int, verify: bool = True) -> tuple[int | None
 
 
 def _next_record(mm, start: int, size: int) -> int | None:
-    """The first position at or after `start` where a whole, valid record starts (None: none found)."""
+    """The first position at or after `start` where a whole, valid record starts (None: none found;
+    -1: the search gave up after MAX_RESYNC_CANDIDATES candidates)."""
     p, tries = start, 0
     while p + 16 <= size:
         z = mm.find(b"\x00\x00\x00\x00", p + 4)
@@ -88,7 +89,7 @@ def _next_record(mm, start: int, size: int) -> int | None:
             continue
         tries += 1
         if tries > MAX_RESYNC_CANDIDATES:
-            return None
+            return -1
         if _record_at(mm, cand, size)[0] is not None:
             return cand
         p = cand + 1
@@ -129,12 +130,15 @@ def index_tfrecord(path: str | os.PathLike, verify: bool = True) -> tuple[list[R
                 # middle announces a length that runs into (or past) the records after it.
                 header_ok = problem != "corrupt record header" and pos + 12 <= size
                 nxt = _next_record(mm, pos + (12 if header_ok else 1), size)
+                if nxt is not None and nxt < 0:
+                    problem += f" (the search for the next valid record gave up after {MAX_RESYNC_CANDIDATES} candidates)"
+                    nxt = None
                 if nxt is None and pos == 0 and not header_ok:
                     raise DatasetFormatError(f"{path.name}: not a TFRecord file (no valid record header in it)")
                 where = f"{path.name} @ byte {pos}"
                 if nxt is None:
                     skipped.append(SkippedRow(where, f"{problem}; rest of file ({size - pos} bytes) skipped, "
-                                                     "no valid record after it"))
+                                                     "no valid record found after it"))
                     break
                 if header_ok and nxt == pos + 16 + struct.unpack("<Q", mm[pos:pos + 8])[0]:
                     skipped.append(SkippedRow(where, problem))  # one record lost, framing intact
