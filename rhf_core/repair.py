@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from rhf_core.errors import RHFError
+from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import heatmap_to_mask, mask_to_image, resize_heatmap
 from rhf_core.images import load_image
 
@@ -30,7 +30,7 @@ RANKINGS = {
 }
 
 
-class RepairError(RHFError, ValueError):
+class RepairError(InvalidArgumentError):
     """A repair request that cannot be served (bad threshold, mask of the wrong size, ...)."""
 
 
@@ -97,9 +97,25 @@ def repair_mask(image_size: tuple[int, int], *, heatmap_array: np.ndarray | None
     if heatmap_array is None:
         raise RepairError("no heatmap and no mask to repair from")
     try:
-        return heatmap_to_mask(heatmap_array, threshold, threshold_mode, int(dilation), size=image_size)
-    except ValueError as err:
+        return heatmap_to_mask(heatmap_array, threshold, threshold_mode, dilation, size=image_size)
+    except InvalidArgumentError as err:
         raise RepairError(str(err)) from err
+
+
+def _check_heatmap_array(heatmap_array) -> np.ndarray:
+    """A ground-truth heatmap: 2-D, finite, in [0, 1]. Refused otherwise rather than clipped (a 0–255
+    map would become solid, a NaN map empty)."""
+    try:
+        arr = np.asarray(heatmap_array, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise RepairError(f"heatmap_array must be a 2-D array of numbers ({e})") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise RepairError(f"heatmap_array must be a non-empty 2-D (H×W) array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RepairError(f"heatmap_array has {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+    if arr.min() < 0 or arr.max() > 1:
+        raise RepairError(f"heatmap_array values must be in [0, 1], got {arr.min():g} to {arr.max():g}")
+    return arr
 
 
 def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int = 4, seed: int = 0,
@@ -111,17 +127,34 @@ def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int
     `rank`: "plausibility" (RichHF) or "plausibility+alignment" (sum of RAHF's two predicted scores).
     `strength`: how much of the diffusion the masked area goes through: 1.0 repaints it from noise,
     lower values start from the noised original and keep its layout (the object stays, reshaped)."""
-    if not 0.0 < strength <= 1.0:
-        raise RepairError(f"strength must be in (0, 1], got {strength}")
-    if int(steps * strength) < 1:
-        raise RepairError(f"{steps} steps at strength {strength} leave no denoising step: raise either")
+    # Every argument is checked before any work (decoding, predicting, inpainting).
+    from rhf_core.rahf.predictor import check_prompt_words
+    from rhf_core.t2i.generator import MAX_IMAGES_PER_CALL, check_sampling, whole_number
+
+    seed, steps, guidance, strength = check_sampling(seed, steps, guidance, strength, error=RepairError)
+    n = whole_number("n (candidates)", n, 1, MAX_IMAGES_PER_CALL, RepairError)
     if rank not in RANKINGS:
         raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
     if heatmap not in HEATMAP_TYPES:
         raise RepairError(f"unknown heatmap type {heatmap!r}; use one of {', '.join(HEATMAP_TYPES)}")
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        raise RepairError(f"the prompt must be text, got {type(prompt).__name__}")
+    if not prompt.strip():
         raise RepairError("empty prompt: the inpainting model and RAHF both need the image's prompt")
-    img = (image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
+    try:
+        check_prompt_words([prompt])
+    except InvalidArgumentError as err:
+        raise RepairError(str(err)) from None
+    if not isinstance(threshold, (int, float, np.number)) or not 0.0 <= threshold <= 1.0:
+        raise RepairError(f"threshold must be in [0, 1], got {threshold!r}")
+    if threshold_mode not in ("absolute", "relative"):
+        raise RepairError(f"unknown threshold mode {threshold_mode!r}; use 'absolute' or 'relative'")
+    dilation = whole_number("dilation", dilation, 0, None, RepairError)
+    if heatmap_array is not None and mask is None:
+        heatmap_array = _check_heatmap_array(heatmap_array)
+    # One entry for images: 16-bit, alpha, EXIF and lazily opened files are handled; a PIL image keeps its size.
+    img = load_image(image, max_side=None) if isinstance(image, Image.Image) else load_image(image)
+    user_mask = repair_mask(img.size, mask=mask) if mask is not None else None
     if predictor is None:
         from rhf_core.rahf import load_rahf
 
@@ -131,14 +164,15 @@ def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int
     report("predicting", 0.0)
     pred = predictor.predict([img], [prompt])[0]
     before = Candidate(img, pred.scores, pred.heatmaps, -1, judge_if_shapes(img, prompt))
-    if mask is not None:
-        source, used = "user mask", None
-    elif heatmap_array is not None:
-        source, used = "ground truth", resize_heatmap(heatmap_array, img.size)
+    if user_mask is not None:
+        source, used, m = "user mask", None, user_mask
     else:
-        source, used = "predicted", pred.heatmaps[heatmap]
-    m = repair_mask(img.size, heatmap_array=used, mask=mask, threshold=threshold, threshold_mode=threshold_mode,
-                    dilation=dilation)
+        if heatmap_array is not None:
+            source, used = "ground truth", resize_heatmap(heatmap_array, img.size)
+        else:
+            source, used = "predicted", pred.heatmaps[heatmap]
+        m = repair_mask(img.size, heatmap_array=used, threshold=threshold, threshold_mode=threshold_mode,
+                        dilation=dilation)
     result = RepairResult(img, prompt, used, source, m, before)
     if not m.any():
         peak = float(used.max()) if used is not None else 0.0

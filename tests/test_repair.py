@@ -9,6 +9,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from rhf_core.data import open_dataset
+from rhf_core.errors import RHFError
 from rhf_core.rahf import load_rahf
 from rhf_core.repair import RepairError, repair, repair_mask
 from rhf_core.t2i import load_generator
@@ -210,3 +211,65 @@ def test_page_bad_uploads_show_messages(tiny_gen_dir):
     at.file_uploader(key="rep_mask_file").set_value([("m.png", png(Image.new("L", (32, 32), 255)), "image/png")]).run()
     assert not at.exception
     assert any("32×32 but the image is 64×64" in e.value for e in at.error)
+
+
+# --- arguments are checked before any work; images go through load_image -------------------------
+
+class _MustNotRun:
+    """A predictor and generator that fail the test if repair gets as far as using them."""
+
+    def predict(self, *a, **k):
+        raise AssertionError("predict ran before the arguments were checked")
+
+    def inpaint(self, *a, **k):
+        raise AssertionError("inpaint ran before the arguments were checked")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": -1}, "seed must be a whole number"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"steps": 0}, "steps must be a whole number"),
+    ({"guidance": float("inf")}, "guidance must be a number"),
+    ({"guidance": float("nan")}, "guidance must be a number"),
+    ({"n": 0}, "n \\(candidates\\) must be"),
+    ({"n": -3}, "n \\(candidates\\) must be"),
+    ({"n": 2.5}, "n \\(candidates\\) must be"),
+    ({"threshold": -0.1}, "threshold must be in"),
+    ({"threshold": float("nan")}, "threshold must be in"),
+    ({"dilation": -1}, "dilation must be"),
+    ({"threshold_mode": "percent"}, "threshold mode"),
+    ({"heatmap_array": np.zeros((8, 8, 3), np.float32)}, "2-D"),
+    ({"heatmap_array": np.full((8, 8), 255.0)}, "in \\[0, 1\\]"),
+    ({"heatmap_array": np.full((8, 8), np.nan)}, "NaN"),
+    ({"prompt": "."}, "has no words"),
+    ({"prompt": None}, "must be text"),
+    ({"image": b"not an image"}, "not an image"),
+])
+def test_bad_arguments_are_refused_before_any_work(kwargs, message):
+    args = {"image": Image.new("RGB", (16, 16)), "prompt": "two red circles", "predictor": _MustNotRun(),
+            "generator": _MustNotRun(), "steps": 4, **kwargs}
+    with pytest.raises(RHFError, match=message):
+        repair(**args)
+
+
+class _Recorder:
+    """A predictor that records the image it is given and predicts a clean image (empty mask)."""
+
+    def predict(self, images, prompts):
+        from rhf_core.rahf.predictor import Prediction
+
+        self.images = images
+        return [Prediction(heatmaps={h: np.zeros(im.size[::-1], np.float32) for h in ("implausibility", "misalignment")},
+                           scores=dict.fromkeys(("plausibility", "alignment", "aesthetics", "overall"), 0.5),
+                           words=[]) for im in images]
+
+
+def test_repair_decodes_16bit_and_transparent_images_through_load_image():
+    deep = Image.fromarray(np.full((12, 10), 32896, np.uint16))  # mid-gray in 16 bits
+    seen = _Recorder()
+    r = repair(deep, "two red circles", predictor=seen, generator=_MustNotRun())
+    assert r.empty and seen.images[0].mode == "RGB" and seen.images[0].size == (10, 12)
+    assert seen.images[0].getpixel((0, 0)) == (128, 128, 128)  # was clipped to white (255)
+    clear = Image.new("RGBA", (10, 12), (0, 0, 0, 0))  # fully transparent black: white on screen
+    repair(clear, "two red circles", predictor=seen, generator=_MustNotRun())
+    assert seen.images[0].getpixel((0, 0)) == (255, 255, 255)  # was black

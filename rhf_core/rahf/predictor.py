@@ -2,7 +2,7 @@
 
     from rhf_core.rahf import load_rahf
     model = load_rahf()                       # the embedded checkpoint in rhf_core/assets/rahf-shapes
-    preds = model.predict(images, prompts)    # PIL images or paths
+    preds = model.predict(images, prompts)    # PIL images, paths or bytes (all through load_image)
     preds[0].heatmaps["implausibility"]       # float32 H×W in [0, 1] at that image's own size
 """
 
@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
-from rhf_core.errors import RHFError
+from rhf_core.errors import InvalidArgumentError, RHFError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
 from rhf_core.rahf.calibrate import heatmap_gate
@@ -29,6 +29,8 @@ from rhf_core.rahf.model import RAHFModel
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "rahf-shapes"
 WEIGHTS = "model.safetensors"
+# Largest batch `predict` accepts: 1024 images at 224 px are already a 600 MB input tensor.
+MAX_BATCH_SIZE = 1024
 
 
 class CheckpointError(RHFError):
@@ -49,6 +51,34 @@ class Prediction:
     def to_json(self) -> dict:
         return {"scores": self.scores, "words": [[t, round(p, 4)] for t, p in self.words],
                 "heatmap_shape": {k: list(v.shape) for k, v in self.heatmaps.items()}, **self.meta}
+
+
+def check_prompt_words(prompts, what: str = "prompt") -> list[list[str]]:
+    """Each prompt's RichHF tokens; refuses non-strings and prompts without a word.
+
+    A prompt with no word (empty, or only punctuation like ".") is refused rather than predicted:
+    RAHF scores an image against its prompt's words, and with none its text encoder has nothing to
+    attend to (every prediction came out NaN). Any placeholder word would be an invented prompt whose
+    scores look real. `None` is refused too (it was scored as the word "None")."""
+    out = []
+    for i, p in enumerate(prompts):
+        where = f"{what} {i + 1}" if len(prompts) > 1 else what
+        if not isinstance(p, str):
+            raise InvalidArgumentError(f"{where} must be text, got {type(p).__name__}")
+        words = tokenize_prompt(p)
+        if not words:
+            raise InvalidArgumentError(f"{where} {p[:40]!r} has no words: RAHF needs the prompt the image was "
+                                       "generated from")
+        out.append(words)
+    return out
+
+
+def _image(im, index: int) -> Image.Image:
+    """Every image goes through load_image (16-bit, alpha, palette, EXIF, lazily opened files): a PIL
+    image keeps its size, so the heatmaps come back at the caller's size; files are capped as usual."""
+    if isinstance(im, Image.Image):
+        return load_image(im, max_side=None, name=f"image {index + 1}")
+    return load_image(im, name=None if isinstance(im, (str, Path)) else f"image {index + 1}")
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -132,20 +162,29 @@ class RAHF:
         batch_size: int = 32,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[Prediction]:
-        """Predict heatmaps, scores and misaligned words for each (image, prompt) pair."""
+        """Predict heatmaps, scores and misaligned words for each (image, prompt) pair.
+
+        Images: PIL images, paths or bytes, each decoded by `load_image`. Raises InvalidArgumentError
+        (an RHFError) for bad arguments before any work, ImageLoadError for an unreadable image."""
         # 1. Check inputs
-        if isinstance(prompts, str) or isinstance(images, (str, Path, Image.Image)):
-            raise ValueError("pass lists: predict([image, …], [prompt, …])")
-        images = list(images)
-        prompts = list(prompts)
+        if isinstance(prompts, (str, bytes)) or isinstance(images, (str, bytes, Path, Image.Image)):
+            raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])")
+        try:
+            images, prompts = list(images), list(prompts)
+        except TypeError:
+            raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])") from None
         if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+            raise InvalidArgumentError(f"{len(images)} images but {len(prompts)} prompts")
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                or not 1 <= batch_size <= MAX_BATCH_SIZE):
+            raise InvalidArgumentError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+        all_words = check_prompt_words(prompts)
+        batch_size = int(batch_size)
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            # 2. Decode images and split prompts into RichHF tokens
-            batch = [im if isinstance(im, Image.Image) else load_image(im) for im in images[start:start + batch_size]]
-            batch = [im.convert("RGB") for im in batch]
-            words = [tokenize_prompt(str(p)) for p in prompts[start:start + batch_size]]
+            # 2. Decode images; the prompts' RichHF tokens were split above
+            batch = [_image(im, start + i) for i, im in enumerate(images[start:start + batch_size])]
+            words = all_words[start:start + batch_size]
             # 3. Run the network
             pixels = images_to_tensor(batch, self.config.image_size).to(self.device)
             logits = self.model(pixels, words)

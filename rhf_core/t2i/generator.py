@@ -10,6 +10,7 @@ or position it is generated in, so arms of an experiment can share seeds exactly
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +25,10 @@ from rhf_core.images import load_image
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_GENERATOR = ASSETS / "t2i-shapes"
 MAX_IMAGES_PER_CALL = 4096
+# Diffusers' schedulers have 1000 training timesteps: more inference steps than that are refused there.
+MAX_STEPS = 1000
+# Classifier-free guidance beyond this only saturates the image (infinity gave black images, ranked).
+MAX_GUIDANCE = 100.0
 
 
 class GeneratorError(RHFError, ValueError):
@@ -46,10 +51,44 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
-def _check_n(n: int) -> int:
-    if not isinstance(n, (int, np.integer)) or n <= 0:
-        raise GeneratorError(f"n must be a positive number of images, got {n!r}")
+def _check_n(n: int, error: type[Exception] = None) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise (error or GeneratorError)(f"n must be a positive number of images, got {n!r}")
     return int(n)
+
+
+def whole_number(name: str, value, lo: int, hi: int | None, error: type[Exception]) -> int:
+    """`value` as an int in [lo, hi]: ints, numpy ints and whole floats (25.0) pass; 2.5, True, NaN,
+    strings do not."""
+    ok = not isinstance(value, bool) and (
+        isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()))
+    if ok:
+        value = int(value)
+        ok = value >= lo and (hi is None or value <= hi)
+    if not ok:
+        upper = f" to {hi:,}" if hi is not None else " or more"
+        raise error(f"{name} must be a whole number from {lo}{upper}, got {value!r}")
+    return value
+
+
+def check_sampling(seed, steps, guidance, strength=None, error: type[Exception] = None) -> tuple:
+    """(seed, steps, guidance[, strength]) checked before any work, as ints and floats; raises `error`
+    (GeneratorError by default) with a readable message."""
+    error = error or GeneratorError
+    seed = whole_number("seed", seed, 0, None, error)
+    steps = whole_number("steps", steps, 1, MAX_STEPS, error)
+    if (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.number))
+            or not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE):
+        raise error(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance!r}")
+    out = (seed, steps, float(guidance))
+    if strength is None:
+        return out
+    if (isinstance(strength, bool) or not isinstance(strength, (int, float, np.number))
+            or not 0.0 < strength <= 1.0):
+        raise error(f"strength must be in (0, 1], got {strength!r}")
+    if int(steps * strength) < 1:
+        raise error(f"{steps} steps at strength {strength} leave no denoising step: raise either")
+    return out + (float(strength),)
 
 
 def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
@@ -139,6 +178,8 @@ class Generator:
         also the scaled latents the images were decoded from (P×n×C×h×w float32 on the CPU): the model's
         own samples exactly, without the loss of a decode → 8-bit → encode round trip."""
         prompts, n = _check_prompts(prompts), _check_n(n)
+        seed, steps, guidance = check_sampling(seed, steps, guidance)
+        batch_size = whole_number("batch_size", batch_size, 1, MAX_IMAGES_PER_CALL, GeneratorError)
         if len(prompts) * n > MAX_IMAGES_PER_CALL:
             raise GeneratorError(f"{len(prompts) * n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
         if self.is_inpainting_model:
@@ -194,8 +235,11 @@ class Generator:
         The image is resized to the model's resolution for diffusion and the result resized back; the
         unmasked pixels are then copied from the original, so only the mask's inside ever changes."""
         (prompt,), n = _check_prompts([prompt]), _check_n(n)
-        img = image if isinstance(image, Image.Image) else load_image(image)
-        img = img.convert("RGB")
+        seed, steps, guidance, strength = check_sampling(seed, steps, guidance, strength)
+        if n > MAX_IMAGES_PER_CALL:
+            raise GeneratorError(f"{n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
+        # Every image through load_image (16-bit, alpha, EXIF); a PIL image keeps its size.
+        img = load_image(image, max_side=None) if isinstance(image, Image.Image) else load_image(image)
         keep = ~mask_array(mask, img.size)
         if keep.all():
             raise GeneratorError("the mask is empty: nothing to repaint")
