@@ -39,15 +39,17 @@ LABEL = "prompt_misalignment_label"
 KINDS = {"filename": "bytes", LABEL: "bytes", **{f: "float" for f in SCORES}, **{f: "bytes" for f in MAPS}}
 
 TALLY: Counter = Counter()
+ARG_TALLY: Counter = Counter()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_tally(request):
     yield
-    if TALLY["cases"]:
-        line = ("richhf18k fuzz tally: {cases} cases tried, {errors} raised RHFError, {opened} opened; rows: "
+    if TALLY["cases"] or ARG_TALLY["cases"]:
+        line = ("richhf18k fuzz tally: files — {cases} cases tried, {errors} raised RHFError, {opened} opened; rows: "
                 "{good} good kept, {flagged} flagged (kept with a note), {skipped} skipped (bad example), "
                 "{framing} skipped (damaged framing)").format_map(Counter(TALLY))
+        line += ("; arguments — {cases} cases tried, {errors} raised RHFError, {opened} opened").format_map(Counter(ARG_TALLY))
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         if capture is None:
             print(line)
@@ -381,3 +383,45 @@ def test_richhf_reader_keeps_every_good_row_and_skips_every_bad_one(case):
         again = open_dataset(f"richhf18k:{tf}", **opts)  # from the frame cache: the same rows and skips
         assert again.ids == ds.ids
         assert [(s.where, s.reason) for s in again.skipped] == [(s.where, s.reason) for s in ds.skipped]
+
+
+# --- the public arguments: the path, `split` and `pickapic` ------------------------------------
+
+odd_path = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30),
+    st.sampled_from(["", " ", ".", "/", "~", "~no-such-user-rhf", "/dev/null", "/proc", "a\x00b", "x" * 5000,
+                     "../../../../etc", "/etc/passwd"]),
+    st.integers(-3, 3), st.none(), st.binary(max_size=5),
+)
+
+
+@pytest.fixture(scope="module")
+def small_richhf(tmp_path_factory):
+    from tests.builders import build_richhf
+
+    return build_richhf(tmp_path_factory.mktemp("args"))
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(which=st.sampled_from(["path", "split", "pickapic"]),
+       value=st.one_of(odd_path, st.sampled_from([None, "train", "dev", "test"])))
+def test_richhf_arguments_give_a_dataset_or_a_library_error(small_richhf, which, value):
+    tf, pick = small_richhf
+    args = {"path": str(tf), "split": None, "pickapic": str(pick)} | {which: value}
+    ARG_TALLY["cases"] += 1
+    try:
+        ds = open_dataset(f"richhf18k:{args['path']}", split=args["split"], pickapic=args["pickapic"])
+    except RHFError as e:
+        ARG_TALLY["errors"] += 1
+        msg = str(e)
+        assert msg and len(msg) < 600 and "Traceback" not in msg
+        return
+    # Only a usable value opens: the real folders, a real split, or no Pick-a-Pic at all.
+    ARG_TALLY["opened"] += 1
+    assert len(ds) >= 1 and ds.n_skipped == 0
+    if which == "pickapic":
+        assert value is None
+    if which == "split":
+        assert value in (None, "train", "dev", "test")
+

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rhf_core.dataset import SkippedRow
-from rhf_core.errors import DatasetNotFoundError, ImageLoadError
+from rhf_core.errors import DatasetNotFoundError, DatasetSpecError, ImageLoadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 INDEX_COLUMNS = ("caption", "image_0_uid", "image_1_uid")
@@ -49,6 +49,31 @@ def _is_image_bytes(t: pa.DataType) -> bool:
     return False
 
 
+def user_path(value, what: str) -> Path:
+    """A path argument a user typed (spec, query string, sidebar) → an existing Path, or a clear RHFError.
+
+    Blank, NUL bytes, an unknown `~user` and names the OS refuses (too long) are errors, not crashes;
+    "" is refused rather than read as the working directory."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise DatasetSpecError(f"{what}: expected a path, got {type(value).__name__}")
+    text = os.fspath(value)
+    shown = text if len(text) <= 200 else text[:200] + "…"
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetSpecError(f"{what}: give a path")
+    if "\x00" in text:
+        raise DatasetSpecError(f"{what}: the path {shown!r} contains a NUL byte")
+    try:
+        path = Path(text).expanduser()
+        exists = path.exists()
+    except RuntimeError:  # expanduser of an unknown ~user
+        raise DatasetNotFoundError(f"{what}: cannot expand {shown!r} (no such user)") from None
+    except OSError as e:
+        raise DatasetNotFoundError(f"{what}: cannot use {shown!r} ({e.strerror or e})") from None
+    if not exists:
+        raise DatasetNotFoundError(f"{what} path {shown} does not exist")
+    return path
+
+
 def _list_files(folder: Path) -> list[Path]:
     """The plain files directly in `folder` (not recursive); unreadable folders are a clear error."""
     try:
@@ -64,9 +89,7 @@ class PickAPic:
     """Captions and images by uid. `skipped` lists files that could not be used, with the reason."""
 
     def __init__(self, path: str | Path):
-        root = Path(path).expanduser()
-        if not root.exists():
-            raise DatasetNotFoundError(f"Pick-a-Pic path {root} does not exist")
+        root = user_path(path, "Pick-a-Pic")
         if root.is_file():
             files = [root]
         else:

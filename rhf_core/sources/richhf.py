@@ -26,7 +26,7 @@ from rhf_core.cache import cache_key, cached_frame, file_fingerprint
 from rhf_core.dataset import Dataset, Record, SkippedRow, frame_row, tokenize_prompt, with_standard_columns
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, DatasetSpecError
 from rhf_core.images import load_image
-from rhf_core.sources.pickapic import PickAPic
+from rhf_core.sources.pickapic import PickAPic, user_path
 from rhf_core.sources.tfrecord import index_tfrecord, parse_example, read_span
 
 SPLITS = ("train", "dev", "test")
@@ -193,11 +193,9 @@ class RichHFDataset(Dataset):
     def __init__(self, path: str | Path, pickapic: str | Path | None = None, split: str | None = None,
                  progress=None, cache: bool = True):
         super().__init__()
-        root = Path(path).expanduser()
-        if not root.exists():
-            raise DatasetNotFoundError(f"RichHF-18K path {root} does not exist")
+        root = user_path(path, "RichHF-18K")
         if split is not None and split not in SPLITS:
-            raise DatasetSpecError(f"richhf18k: split must be one of {SPLITS}, got {split!r}")
+            raise DatasetSpecError(f"richhf18k: split must be one of {SPLITS}, got {str(split)[:40]!r}")
         if root.is_file():
             files = {root.stem if root.stem in SPLITS else "train": root}
         else:
