@@ -375,3 +375,14 @@ def test_the_search_past_damage_is_bounded(tmp_path, monkeypatch):
     ds = open_dataset(f"richhf18k:{tmp_path}")
     assert ds.ids == ["train/r0"] and ds.n_skipped == 1
     assert "gave up after 50 candidates" in ds.skipped[0].reason and "rest of file" in ds.skipped[0].reason
+
+
+def test_an_image_file_gone_after_opening_is_an_image_error(richhf):
+    from rhf_core.errors import ImageLoadError
+
+    tf, pick = richhf
+    ds = open_dataset(f"richhf18k:{tf}", pickapic=str(pick))
+    rec = ds.get("dev/ddd")  # its image is the file ddd.png
+    (pick / "ddd.png").unlink()
+    with pytest.raises(ImageLoadError, match="ddd"):
+        rec.image
