@@ -57,15 +57,16 @@ def initial(key: str, value):
 
 
 def tri_state(label: str, key: str) -> str:
-    """An any / yes / no control bound to the URL; never None.
+    """An any / yes / no control bound to the URL; returns "any" whenever the control is unset.
 
-    Its default is always "any" (not `initial`): with `initial`, a run that found the key in Session
-    State but got no value from the browser (an empty `?h_…=`, or a rerun that interrupted the first
-    one, which happens with several sessions on a loaded server) drew it unselected, and the filter
-    then read None as "no": 0 records matched."""
+    The control can come back unset (None) despite `required=True`: from an empty `?h_…=` in the URL,
+    on browser back/forward to a URL without it, or when a rerun interrupted the first run before the
+    browser had the control (several sessions on a loaded server). The filter used to read None as
+    "no", so 0 records matched. Now None filters nothing, and the next run shows "any" selected."""
     if key in st.session_state and st.session_state[key] not in TRI_STATE:
-        del st.session_state[key]  # a cleared value: start again from "any"
-    return st.segmented_control(label, TRI_STATE, default="any", key=key, bind=QP, required=True) or "any"
+        st.session_state[key] = "any"
+    value = st.segmented_control(label, TRI_STATE, default=initial(key, "any"), key=key, bind=QP, required=True)
+    return value if value in TRI_STATE else "any"
 
 
 def filter_sidebar() -> ExplorerFilter:

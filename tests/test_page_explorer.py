@@ -166,3 +166,61 @@ def test_every_view_survives_an_empty_filter(view):
     assert at.info or at.caption  # a message, not an exception
     assert not at.exception
     np.testing.assert_equal(len(at.error), 0)
+
+
+def test_export_progress_text_is_cleared_when_done(tmp_path):
+    """The bar stayed on "Exporting 49 / 49" after the export had finished."""
+    at = open_app(q="triangle", view="Export")
+    at.text_input(key="export_path").input(str(tmp_path / "out")).run()
+    at.button[[b.label for b in at.button].index("Export to folder")].click().run()
+    assert not at.exception and at.success
+    assert not at.get("progress"), [p.proto.text for p in at.get("progress")]
+
+
+def test_export_refuses_a_non_empty_folder_unless_overwrite_is_ticked(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    at = open_app(q="triangle", view="Export")
+    at.text_input(key="export_path").input(str(target)).run()
+    at.button[[b.label for b in at.button].index("Export to folder")].click().run()
+    assert not at.exception and at.error and "not empty" in at.error[0].value and "Overwrite" in at.error[0].value
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]  # nothing written
+    at.checkbox(key="export_overwrite").check().run()
+    at.button[[b.label for b in at.button].index("Export to folder")].click().run()
+    assert not at.exception and at.success and not at.error
+    assert (target / "notes.txt").read_text() == "mine"  # only the export's own files are written
+    assert len(open_dataset(f"folder:{target}")) == match_count(at)[0]
+
+
+def test_export_to_a_file_path_is_refused(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    at = open_app(q="triangle", view="Export")
+    at.text_input(key="export_path").input(str(tmp_path / "a-file")).run()
+    at.button[[b.label for b in at.button].index("Export to folder")].click().run()
+    assert not at.exception and at.error and "is a file" in at.error[0].value
+
+
+def test_an_empty_has_heatmap_parameter_means_any():
+    """`?h_misalignment=` (or a run where the control came back unset) read as "no": 0 records matched."""
+    at = open_app(h_misalignment="", fw="")
+    assert match_count(at) == (300, 300)
+    at.run()
+    assert at.segmented_control(key="h_misalignment").value == "any"  # and from the next run on, drawn as "any"
+    assert match_count(at) == (300, 300)
+    at.segmented_control(key="h_misalignment").set_value("no").run()
+    assert match_count(at) == (0, 300)  # every record of this world has both heatmaps
+    at.segmented_control(key="h_misalignment").set_value("any").run()
+    at.segmented_control(key="fw").set_value("no").run()
+    expected = len(apply_filter(open_dataset(SMALL).frame, ExplorerFilter(flagged="no")))
+    assert match_count(at) == (expected, 300) and 0 < expected < 300
+
+
+def test_skipped_rows_are_counted_and_listed_with_where_and_why(tmp_path):
+    at = open_app(spec=f"rapidata:{build_rapidata(tmp_path)}")
+    ds = open_dataset(f"rapidata:{build_rapidata(tmp_path / 'again')}")
+    assert ds.n_skipped > 0
+    assert any(f"{ds.n_skipped:,} source rows skipped" in md.value for md in at.markdown)
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["where", "why"] and len(table) == ds.n_skipped
+    assert sorted(table["why"]) == sorted(s.reason for s in ds.skipped)
