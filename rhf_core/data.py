@@ -16,6 +16,7 @@ from rhf_core.sources.folder import export
 
 DEFAULT_SPEC = "shapes"
 SOURCES = ("shapes", "richhf18k", "rapidata", "folder")
+SHAPES_SPLITS = ("train", "dev", "test")
 _ALIASES = {"richhf": "richhf18k", "richhf-18k": "richhf18k", "shapesworld": "shapes"}
 
 __all__ = ["open_dataset", "export", "parse_spec", "Dataset", "Record", "SkippedRow",
@@ -71,6 +72,8 @@ def open_dataset(spec: str = DEFAULT_SPEC, split: str | None = None, progress=No
         unknown = set(opts) - {"n", "seed", "size", "raters", "cache"}
         if unknown:
             raise DatasetSpecError(f"shapes: unknown options {sorted(unknown)}; use n, seed, size, raters")
+        if split and split not in SHAPES_SPLITS:  # an unknown name used to give an empty dataset silently
+            raise DatasetSpecError(f"shapes: split must be one of {', '.join(SHAPES_SPLITS)}, got {split!r}")
         ds = ShapesDataset(progress=progress, **opts)
         return ds.split(split) if split else ds
     if not arg:

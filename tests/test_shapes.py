@@ -199,3 +199,29 @@ def test_results_json_keeps_value_lists_on_one_line_and_round_trips(tmp_path):
     assert json.loads(text) == result
     assert '"alignment": [0.25, 0.5, 1.0],' in text and '"ci95": [-0.1, 0.2]' in text
     assert text.count("\n") == 14 and text.endswith("}\n")  # nested objects still one key per line
+
+
+@pytest.mark.parametrize("spec, options, message", [
+    ("shapes:n=4,seed=-1", {}, "seed must be 0 or more"),  # was numpy's bare "expected non-negative integer"
+    ("shapes:n=100000000", {}, "at most 1,000,000 records"),  # used to tie up the server
+    ("shapes:n=-2", {}, "positive"),
+    ("shapes:n=2.5", {}, "n must be a whole number"),
+    ("shapes:n=4,size=3.5", {}, "size must be a whole number"),
+    ("shapes:n=4,size=8", {}, "size must be between"),
+    ("shapes:n=4,raters=5", {}, "raters must be one of"),
+    ("shapes", {"n": 4, "raters": ["richhf"]}, "raters must be one of"),  # was TypeError: unhashable
+    ("shapes", {"n": True}, "whole number"),
+])
+def test_bad_shapes_specs_are_refused_readably_and_at_once(spec, options, message):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(DatasetSpecError, match=message):
+        open_dataset(spec, **options)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_an_unknown_shapes_split_is_refused_not_empty():
+    with pytest.raises(DatasetSpecError, match="split must be one of"):
+        open_dataset("shapes:n=4", split="validation")
+    assert len(open_dataset("shapes:n=40", split="train")) > 0

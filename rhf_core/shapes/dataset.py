@@ -77,6 +77,10 @@ def generate_sample(index: int, seed: int = 0, size: int = 64, raters: str = "ri
 
 
 FRAME_CHUNK = 1000  # records per unit of work when building the frame
+# Hard cap on a world's size, so `?ds=shapes:n=100000000` is refused instead of tying up the server.
+# Records cost about 7 ms each on one core: a million is already an hour of CPU and a ~1 GB frame.
+# (A shared server caps n far lower, see rhf_core/shared.py.)
+MAX_N = 1_000_000
 PARALLEL_ABOVE = 4000  # worlds at least this large are generated on several processes
 MAX_WORKERS = 8
 
@@ -118,7 +122,11 @@ class ShapesDataset(Dataset):
                 raise DatasetSpecError(f"shapes: {name} must be a whole number, got {value!r}")
         if n <= 0:
             raise DatasetSpecError(f"shapes: n must be a positive number of records, got {n}")
-        if raters not in STYLES:
+        if n > MAX_N:
+            raise DatasetSpecError(f"shapes: n is at most {MAX_N:,} records, got {n:,}")
+        if seed < 0:  # numpy seeds are non-negative; it raised a bare ValueError
+            raise DatasetSpecError(f"shapes: seed must be 0 or more, got {seed}")
+        if not isinstance(raters, str) or raters not in STYLES:
             raise DatasetSpecError(f"shapes: raters must be one of {sorted(STYLES)}, got {raters!r}")
         if not 16 <= size <= 1024:
             raise DatasetSpecError(f"shapes: size must be between 16 and 1024 pixels, got {size}")
