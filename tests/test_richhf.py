@@ -386,3 +386,18 @@ def test_an_image_file_gone_after_opening_is_an_image_error(richhf):
     (pick / "ddd.png").unlink()
     with pytest.raises(ImageLoadError, match="ddd"):
         rec.image
+
+
+def test_pickapic_parquet_with_odd_columns_is_skipped_with_a_reason(richhf):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tf, pick = richhf
+    dup = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["aaa"]), pa.array(["q"])],
+                               names=["caption", "caption", "image_0_uid", "image_1_uid"])
+    pq.write_table(dup, pick / "dup.parquet")
+    pq.write_table(pa.table({"caption": [5], "image_0_uid": ["aaa"], "image_1_uid": ["q"]}), pick / "ints.parquet")
+    ds = open_dataset(f"richhf18k:{tf}", pickapic=str(pick))
+    assert ds.get("train/aaa").prompt == "A red cat, sitting on a mat."  # from the good shard only
+    reasons = _reasons(ds)
+    assert "more than once" in reasons and "not text" in reasons

@@ -132,6 +132,10 @@ class PickAPic:
         if missing:
             self.skipped.append(SkippedRow(path.name, f"not a Pick-a-Pic parquet file (missing columns {missing})"))
             return False
+        repeated = [c for c in (*INDEX_COLUMNS, "jpg_0", "jpg_1") if schema.names.count(c) > 1]
+        if repeated:  # which of two same-named columns is meant cannot be known
+            self.skipped.append(SkippedRow(path.name, f"columns {repeated} appear more than once"))
+            return False
         wrong = [c for c in INDEX_COLUMNS if not _is_string(schema.field(c).type)]
         if wrong:
             self.skipped.append(SkippedRow(path.name, f"columns {wrong} are not text"))
