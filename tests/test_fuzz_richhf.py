@@ -5,7 +5,8 @@ The property: the open either raises a library error (`RHFError`) with a readabl
 for a file that is not a TFRecord at all — or returns a dataset in which every good row is present
 with exactly the values written, every row the reader should flag is present with a note, and every
 bad row is in `ds.skipped` with a reason, at its own record. A second open, from the frame cache,
-reports the same rows and the same skips.
+reports the same rows and the same skips. A second property throws odd values at the public
+arguments (the path, `split`, `pickapic`): a dataset only for usable values, else an `RHFError`.
 
 The tally (cases tried, errors, rows kept / flagged / skipped) is printed at the end of the run.
 """
