@@ -33,15 +33,17 @@ if ds is not None:
     c2.metric("Records", f"{len(ds):,}", delta=f"{ds.n_skipped} rows skipped" if ds.n_skipped else None,
               delta_color="inverse")
 else:
-    c1.metric("Dataset", "—", help=spec)
+    c1.metric("Dataset", "—", help=None if policy().shared else spec)
 rahf = current_predictor(stop_on_error=False)
 c3.metric("Predictor (RAHF)", rahf.name if rahf else "—", help=f"{rahf.config.variant}, {rahf.config.image_size} px" if rahf else None)
 gen = current_generator(stop_on_error=False)
 c6.metric("Generator", gen.name if gen else "—", help=gen.describe() if gen else None)
 c4.metric("Device", device, help=device_help)
 c5.metric("PyTorch", torch.__version__)
+# A refused spec on a shared server is not repeated back (it may name a server path).
+shown = "" if ds is None and policy().shared else f"Dataset spec: `{spec}`. "
 st.caption(
-    f"Dataset spec: `{spec}`. Dataset, predictor and generator are set in the sidebar and are part of the URL, "
+    f"{shown}Dataset, predictor and generator are set in the sidebar and are part of the URL, "
     "so links you share open the same ones."
     + (" This is a shared server: data and models open only from the folders it allows, and exports go to "
        "its export folder or a download." if policy().shared else "")

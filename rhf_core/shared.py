@@ -105,7 +105,8 @@ class Policy:
         real = [Path(os.path.realpath(c)) for c in candidates]
         allowed = [r for r in real if _inside(r, roots)]
         if not allowed:
-            raise SharedModeError(f"this path is outside the allowed {what} folders")
+            where = "the server's export folder" if what == "export" else f"the allowed {what} folders"
+            raise SharedModeError(f"this path is outside {where}")
         return next((r for r in allowed if r.exists()), allowed[0])
 
     def data_path(self, value: str) -> Path:

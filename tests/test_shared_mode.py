@@ -141,7 +141,7 @@ def test_model_paths(tree):
 def test_export_only_into_a_new_folder_under_the_export_root(tree):
     p = policy(tree)
     assert p.export_path("mine") == (tree / "exports" / "mine").resolve()
-    assert "outside the allowed export folders" in refused(p.export_path, str(tree / "outside" / "x"))
+    assert "outside the server's export folder" in refused(p.export_path, str(tree / "outside" / "x"))
     assert "outside" in refused(p.export_path, "../outside/x")
     assert "not the export folder itself" in refused(p.export_path, ".")
     (tree / "exports" / "taken").mkdir()
@@ -267,13 +267,16 @@ def test_shared_app_scrubs_a_reader_error_inside_the_roots(shared_env):
 
 def test_shared_home_refuses_a_checkpoint_and_generator_outside_the_model_roots(shared_env):
     tree = shared_env
-    at = run_app(page=None, ds="shapes:n=300,seed=1", rahf=str(tree / "outside"), gen="runwayml/stable-diffusion-v1-5")
+    outside = str(tree / "outside" / "secret")
+    at = run_app(page=None, ds=f"folder:{outside}", rahf=str(tree / "outside"), gen="runwayml/stable-diffusion-v1-5")
     errors = [e.value for e in at.error]
+    assert any("dataset" in e and "outside the allowed data folders" in e for e in errors), errors
     assert any("RAHF checkpoint" in e and "outside the allowed model folders" in e for e in errors), errors
     assert any("generator" in e and "does not download" in e for e in errors), errors
-    assert all(str(tree) not in e for e in errors)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Predictor (RAHF)"] == "—" and metrics["Dataset"] == "ShapesWorld"
+    assert metrics["Predictor (RAHF)"] == metrics["Dataset"] == metrics["Generator"] == "—"
+    assert str(tree) not in shown_text(at)  # neither the errors nor the caption repeat the path
+    assert all(str(tree) not in (m.help or "") for m in at.metric)
 
 
 def click(at: AppTest, label: str) -> AppTest:
