@@ -13,7 +13,7 @@ from rhf_core.errors import RHFError
 from rhf_core.heatmaps import COLOR_MAPS
 from rhf_core.images import load_image
 from rhf_core.rahf.analysis import DISAGREEMENT, analyse, prediction_zip, record_metrics
-from ui.components import highlighted_prompt, record_view_image
+from ui.components import format_metric, highlighted_prompt, record_view_image, remember, restore
 from ui.settings import current_dataset, current_predictor
 
 MODES = ["Upload images", "Dataset record", "Error analysis"]
@@ -21,11 +21,13 @@ MODES = ["Upload images", "Dataset record", "Error analysis"]
 st.title("Live RAHF")
 rahf = current_predictor()
 st.caption(f"Predictor: `{rahf.name}` ({rahf.config.variant}, {rahf.config.image_size} px input) on {rahf.device}.")
-mode = st.segmented_control("Mode", MODES, default=None if "live_mode" in st.session_state else MODES[0],
-                            key="live_mode", required=True)
+# Mode and heatmap come back as they were after a visit to another page (Streamlit drops the state of
+# widgets a page switch leaves undrawn; `restore` refills it from a copy that is not a widget's).
+restore("live_mode", MODES[0])
+mode = remember("live_mode", st.segmented_control("Mode", MODES, key="live_mode", required=True))
 c1, c2, c3 = st.columns(3)
-heat = c1.segmented_control("Heatmap", list(HEATMAP_NAMES), key="live_heat", required=True,
-                            default=None if "live_heat" in st.session_state else HEATMAP_NAMES[0])
+restore("live_heat", HEATMAP_NAMES[0])
+heat = remember("live_heat", c1.segmented_control("Heatmap", list(HEATMAP_NAMES), key="live_heat", required=True))
 opacity = c2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="live_opacity")
 cmap = c3.selectbox("Colour map", COLOR_MAPS, key="live_cmap")
 
@@ -55,33 +57,45 @@ def upload_mode() -> None:
     if not files:
         st.info("Upload one or more images, give each its prompt, then predict.")
         return
-    ready, prompts = [], []
-    for n, f in enumerate(files):
-        key = f"{n}_{hashlib.sha1(f.getvalue()).hexdigest()[:12]}"
+    ready, prompts, digests = [], [], []
+    for f in files:
+        data = f.getvalue()
+        digest = hashlib.sha1(data).hexdigest()
+        # A prompt field is keyed by the file's content (and which copy of it), not its position, so
+        # removing one file keeps the other files' prompts.
+        key = f"{digest[:12]}_{digests.count(digest)}"
+        digests.append(digest)
         try:
-            img = load_image(f.getvalue(), name=f.name)
+            img = load_image(data, name=f.name)
         except RHFError as e:
-            st.error(f"{f.name}: {e}")
+            st.error(str(e))  # the message already names the file
             continue
         col_img, col_prompt = st.columns([1, 4])
         col_img.image(img, width=96)
         prompt = col_prompt.text_input(f"Prompt for {f.name}", key=f"prompt_{key}", placeholder="the prompt it was generated from")
-        ready.append((f.name, img))
+        ready.append((f.name, digest, img))
         prompts.append(prompt.strip())
     if not ready:
         return
-    missing = [name for (name, _), p in zip(ready, prompts) if not p]
+    # A prediction belongs to exactly these files (by content), prompts and checkpoint: any change
+    # makes the stored one stale, so it is neither shown nor offered for download.
+    inputs_key = hashlib.sha1(repr(([(n, d) for n, d, _ in ready], prompts, rahf.weights_key)).encode()).hexdigest()
+    missing = [name for (name, _, _), p in zip(ready, prompts) if not p]
     if st.button("Predict", type="primary", key="live_predict"):
         if missing:
             st.warning("Give every image its prompt first (alignment and keywords depend on it): " + ", ".join(missing))
             return
         bar = st.progress(0.0, text="Predicting…")
-        preds = rahf.predict([im for _, im in ready], prompts, progress=lambda d, t: bar.progress(d / t, text=f"Predicted {d} / {t}"))
+        preds = rahf.predict([im for _, _, im in ready], prompts, progress=lambda d, t: bar.progress(d / t, text=f"Predicted {d} / {t}"))
         bar.empty()
-        st.session_state["live_results"] = (list(zip([n for n, _ in ready], [im for _, im in ready], prompts)), preds)
+        st.session_state["live_results"] = (inputs_key, list(zip([n for n, _, _ in ready], [im for _, _, im in ready],
+                                                                 prompts)), preds)
     results = st.session_state.get("live_results")
+    if results and results[0] != inputs_key:
+        st.info("The images or prompts changed since the last prediction: press **Predict** to predict again.")
+        return
     if results:
-        items, preds = results
+        _, items, preds = results
         for (name, img, prompt), pred in zip(items, preds):
             st.subheader(name)
             show_prediction(pred, img, prompt)
@@ -95,42 +109,55 @@ def upload_mode() -> None:
 def side_by_side(rec: Record) -> None:
     try:
         image = rec.image
+        if image is not None:
+            image = load_image(image, name=rec.id)
     except RHFError as e:
         st.error(str(e))
         return
     if image is None:
         st.warning(f"{rec.id} has no image to predict on (labels only).")
         return
-    pred = rahf.predict([rec.image], [rec.prompt])[0]
+    pred = rahf.predict([image], [rec.prompt])[0]
     st.markdown(f"`{rec.id}`")
     gt_col, pred_col = st.columns(2)
     gt_col.image(record_view_image(rec, heat, opacity, cmap, 320), width="stretch", output_format="PNG",
                  caption=f"labelled {heat}" if heat in rec.heatmaps else f"{heat}: not collected")
-    pred_col.image(record_view_image(as_record(pred, rec.image, rec.prompt), heat, opacity, cmap, 320),
+    pred_col.image(record_view_image(as_record(pred, image, rec.prompt), heat, opacity, cmap, 320),
                    width="stretch", output_format="PNG", caption=f"predicted {heat}")
     gt_col.markdown(highlighted_prompt(rec), unsafe_allow_html=True)
-    pred_col.markdown(highlighted_prompt(as_record(pred, rec.image, rec.prompt)), unsafe_allow_html=True)
+    pred_col.markdown(highlighted_prompt(as_record(pred, image, rec.prompt)), unsafe_allow_html=True)
     table = pd.DataFrame({"labelled": [rec.scores.get(s, np.nan) for s in SCORE_NAMES],
                           "predicted": [pred.scores[s] for s in SCORE_NAMES]}, index=SCORE_NAMES)
     st.dataframe(table.style.format("{:.3f}"), width="stretch")
     m = record_metrics(pred, rec)
     shown = {k: v for k, v in m.items() if k.startswith(("cc_", "nss_", "auc_judd_", "mse_", "word_f1", "abs_err_"))}
     if shown:
-        st.caption("Per-record metrics")
-        st.dataframe(pd.DataFrame([shown]).T.rename(columns={0: "value"}), width="stretch")
+        st.caption("Per-record metrics (— : undefined, e.g. word F1 when neither side flags a word)")
+        st.dataframe(pd.DataFrame({"value": [format_metric(v) for v in shown.values()]}, index=list(shown)),
+                     width="stretch")
+
+
+def pick_random_record(ds) -> None:
+    """Callback: runs before the next rerun draws the field, so it may set the field's value."""
+    if len(ds):
+        show_record(ds.ids[np.random.default_rng().integers(len(ds))])
+
+
+def show_record(rec_id: str, mode: str | None = None) -> None:
+    """Callback: point the record field (and, optionally, the mode) at `rec_id`."""
+    st.session_state["live_record_id"] = st.session_state["_live_record_id"] = rec_id
+    if mode:
+        st.session_state["live_mode"] = st.session_state["_live_mode"] = mode
 
 
 def record_mode() -> None:
     ds = current_dataset()
-    pick = st.session_state.pop("live_pick", None)
-    if pick:
-        st.session_state["live_record_id"] = pick
-    default = st.session_state.get("live_record_id") or (ds.ids[0] if len(ds) else "")
-    rec_id = st.text_input("Record id", value=default, key="live_record_id")
-    if st.button("Random record", key="live_random"):
-        rec_id = ds.ids[np.random.default_rng().integers(len(ds))]
-        st.session_state["live_pick"] = rec_id
-        st.rerun()
+    # The field's value lives in session state only (no `value=`): a widget given both a default and a
+    # session-state value logs "created with a default value but also had its value set via the
+    # Session State API", and the random pick and "Open … side by side" write session state.
+    restore("live_record_id", ds.ids[0] if len(ds) else "")
+    rec_id = remember("live_record_id", st.text_input("Record id", key="live_record_id"))
+    st.button("Random record", key="live_random", on_click=pick_random_record, args=(ds,))
     try:
         rec = ds.get(rec_id)
     except RHFError as e:
@@ -140,11 +167,6 @@ def record_mode() -> None:
 
 
 # --- 3. Error analysis over the explorer's filtered set -----------------------------------------
-
-def open_in_record_mode(rec_id: str) -> None:
-    st.session_state["live_pick"] = rec_id
-    st.session_state["live_mode"] = "Dataset record"
-
 
 def analysis_mode() -> None:
     ds = current_dataset()
@@ -158,13 +180,19 @@ def analysis_mode() -> None:
     positions = np.asarray(positions)[: int(limit)]
     st.write(f"Run the predictor over **{len(positions):,}** records: {source}. Results are cached on disk, "
              "so a second run over the same records is instant.")
+    # A table belongs to exactly these records of this dataset and this checkpoint; its summary and
+    # its rows are shown only while they still match.
+    inputs_key = hashlib.sha1(repr((ds.spec, rahf.weights_key)).encode() + positions.astype(np.int64).tobytes()).hexdigest()
     if st.button("Run error analysis", type="primary", key="live_run"):
         bar = st.progress(0.0, text="Predicting…")
         table = analyse(rahf, ds, positions, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicted {d:,} / {t:,} new records"))
         bar.empty()
-        st.session_state["live_analysis"] = ((ds.spec, rahf.weights_key), table)
+        st.session_state["live_analysis"] = (inputs_key, table)
     stored = st.session_state.get("live_analysis")
-    if not stored or stored[0] != (ds.spec, rahf.weights_key):
+    if stored and stored[0] != inputs_key:
+        st.info("The records or the checkpoint changed since the last run: press **Run error analysis** again.")
+        return
+    if not stored:
         return
     table = stored[1]
     options = [c for c in DISAGREEMENT if c in table and table[c].notna().any()]
@@ -172,7 +200,7 @@ def analysis_mode() -> None:
         st.info("These records have no labels to compare with.")
         return
     by = st.selectbox("Sort by disagreement", options, format_func=DISAGREEMENT.get, key="live_sort")
-    ranked = table.sort_values(by, ascending=False, na_position="last")
+    ranked = table.sort_values(by, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
     cols = ["id", "prompt", by] + [c for c in ("abs_err_plausibility", "abs_err_alignment", "cc_implausibility", "word_f1") if c in ranked and c != by]
     summary = {"records": len(table)}
     for s in SCORE_NAMES:
@@ -180,13 +208,28 @@ def analysis_mode() -> None:
             both = table[[f"pred_{s}", f"label_{s}"]].dropna()
             summary[f"{s} SRCC"] = round(M.srcc(both.iloc[:, 0], both.iloc[:, 1]), 3)
     st.caption(" · ".join(f"{k}: {v}" for k, v in summary.items()))
-    event = st.dataframe(ranked[cols], hide_index=True, on_select="rerun", selection_mode="single-row",
+    view = ranked[cols].copy()
+    if "word_f1" in view:  # undefined (no word flagged by either side) reads "—", never 0
+        view["word_f1"] = [format_metric(v) for v in view["word_f1"]]
+    # The selection follows the record, not the row: a table selection is a row position, so when the
+    # order changes (another sort, another run) the selected record's new row is selected before drawing.
+    ids = ranked["id"].astype(str).tolist()
+    order = (inputs_key, by)
+    selected = st.session_state.get("live_selected_id")
+    if st.session_state.get("live_table_order") != order:
+        st.session_state["live_table_order"] = order
+        rows = [ids.index(selected)] if selected in ids else []
+        st.session_state["live_table"] = {"selection": {"rows": rows, "columns": []}}
+    event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row",
                          key="live_table", width="stretch")
     rows = event.selection.rows if event else []
-    if rows:
-        rec_id = str(ranked.iloc[rows[0]]["id"])
-        st.button(f"Open {rec_id} side by side", on_click=open_in_record_mode, args=(rec_id,), key="live_open")
-        side_by_side(ds.get(rec_id))
+    selected = st.session_state["live_selected_id"] = ids[rows[0]] if rows and rows[0] < len(ids) else None
+    if "word_f1" in view:
+        st.caption("word_f1 — : undefined (no word flagged by either the labels or the prediction).")
+    if selected:
+        st.button(f"Open {selected} side by side", on_click=show_record, args=(selected, "Dataset record"),
+                  key="live_open")
+        side_by_side(ds.get(selected))
 
 
 if mode == "Dataset record":

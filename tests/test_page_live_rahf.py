@@ -76,6 +76,7 @@ def test_bad_uploads_show_a_message(checkpoint, name, data, message):
                                    ("ok.png", png(Image.new("RGB", (20, 20))), "image/png")]).run()
     assert not at.exception
     assert at.error and name in at.error[0].value and message in at.error[0].value
+    assert at.error[0].value.count(name) == 1, at.error[0].value  # was "notes.png: notes.png: …"
     assert len([t for t in at.text_input if t.key and t.key.startswith("prompt_")]) == 1  # the good one stays
 
 
@@ -117,3 +118,121 @@ def test_bad_checkpoint_shows_an_error(tmp_path):
     at.switch_page("app_pages/live_rahf.py").run()
     assert not at.exception
     assert at.error and "not a RAHF checkpoint" in at.error[0].value
+
+
+def prompt_fields(at: AppTest):
+    return [t for t in at.text_input if t.key and t.key.startswith("prompt_")]
+
+
+def test_a_prediction_is_dropped_when_its_files_or_prompts_change(checkpoint):
+    """Was: removing a file or editing a prompt kept showing (and zipping) the old prediction."""
+    at = open_live(checkpoint)
+    red, blue = png(Image.new("RGB", (40, 40), (200, 0, 0))), png(Image.new("RGB", (40, 40), (0, 0, 200)))
+    at.file_uploader[0].set_value([("red.png", red, "image/png"), ("blue.png", blue, "image/png")]).run()
+    prompt_fields(at)[0].input("a red square").run()
+    prompt_fields(at)[1].input("a blue square").run()
+    at.button(key="live_predict").click().run()
+    assert at.get("download_button") and [s.value for s in at.subheader] == ["red.png", "blue.png"]
+
+    at.file_uploader[0].set_value([("blue.png", blue, "image/png")]).run()  # remove red.png
+    assert not at.exception
+    assert not at.get("download_button") and not at.subheader
+    assert prompt_fields(at)[0].value == "a blue square"  # the remaining file keeps its prompt
+    assert any("changed since the last prediction" in i.value for i in at.info)
+
+    at.button(key="live_predict").click().run()
+    assert at.get("download_button") and [s.value for s in at.subheader] == ["blue.png"]
+    prompt_fields(at)[0].input("a blue circle").run()  # edit the prompt
+    assert not at.get("download_button") and not at.subheader
+    at.button(key="live_predict").click().run()
+    assert at.get("download_button")
+    assert any("a blue circle" in m.value or "circle" in m.value for m in at.markdown)
+
+
+def test_mode_and_heatmap_come_back_after_another_page(checkpoint):
+    at = open_live(checkpoint)
+    at.segmented_control(key="live_mode").set_value("Dataset record").run()
+    at.segmented_control(key="live_heat").set_value("misalignment").run()
+    at.switch_page("app_pages/home.py").run()
+    at.switch_page("app_pages/live_rahf.py").run()
+    assert not at.exception, at.exception
+    assert at.segmented_control(key="live_mode").value == "Dataset record"
+    assert at.segmented_control(key="live_heat").value == "misalignment"
+    assert at.text_input(key="live_record_id")  # the record view is drawn, not the upload one
+
+
+def test_record_field_is_set_without_a_session_state_warning(checkpoint, monkeypatch):
+    """Was: 'The widget with key "live_record_id" was created with a default value but also had its
+    value set via the Session State API' in the server log after Random record or Open side by side."""
+    from streamlit.elements.lib import policies
+
+    warned = []
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *a, **k: warned.append(msg % a))
+    at = open_live(checkpoint)
+    at.segmented_control(key="live_mode").set_value("Dataset record").run()
+    first = at.text_input(key="live_record_id").value
+    for _ in range(3):
+        at.button(key="live_random").click().run()
+        if at.text_input(key="live_record_id").value != first:
+            break
+    picked = at.text_input(key="live_record_id").value
+    assert picked != first and any(picked in m.value for m in at.markdown)
+    assert not at.exception and not warned, warned
+
+
+def run_analysis(at: AppTest, limit: int) -> AppTest:
+    at.segmented_control(key="live_mode").set_value("Error analysis").run()
+    at.number_input(key="live_limit").set_value(limit).run()
+    return at.button(key="live_run").click().run()
+
+
+def test_error_analysis_summary_belongs_to_its_records(checkpoint):
+    at = run_analysis(open_live(checkpoint), 40)
+    assert any(c.value.startswith("records: 40") for c in at.caption)
+    at.number_input(key="live_limit").set_value(20).run()  # other records: the old table is stale
+    assert not at.exception
+    assert not at.dataframe and not any(c.value.startswith("records:") for c in at.caption)
+    assert any("changed since the last run" in i.value for i in at.info)
+    at.button(key="live_run").click().run()
+    assert any(c.value.startswith("records: 20") for c in at.caption) and len(at.dataframe[0].value) == 20
+
+
+def test_error_analysis_selection_follows_the_record_when_resorted(checkpoint):
+    """Was: the selection is a row position, so re-sorting showed another record side by side."""
+    at = run_analysis(open_live(checkpoint), 40)
+    first = at.dataframe[0].value
+    # The next sort (1 − CC) is cc_implausibility ascending: pick a record whose row changes with it.
+    later = first.sort_values("cc_implausibility", na_position="last", kind="stable")["id"].astype(str).tolist()
+    ids = first["id"].astype(str).tolist()
+    row = next(i for i, rec_id in enumerate(ids) if later.index(rec_id) != i)
+    chosen = ids[row]
+    at.session_state["live_table"] = {"selection": {"rows": [row], "columns": []}}  # a click on that row
+    at.run()
+    assert [m.value for m in at.markdown if m.value.startswith("`shapes-")] == [f"`{chosen}`"]
+    at.selectbox(key="live_sort").set_value("one_minus_cc_implausibility").run()
+    assert not at.exception, at.exception
+    now = at.dataframe[0].value["id"].astype(str).tolist()
+    assert now.index(chosen) != row
+    shown = [m.value for m in at.markdown if m.value.startswith("`shapes-")]
+    assert shown == [f"`{chosen}`"], shown  # the same record, now at another row
+    assert at.button(key="live_open").label == f"Open {chosen} side by side"
+
+
+def test_word_f1_reads_undefined_not_zero(checkpoint, monkeypatch, tmp_path):
+    """Word F1 with no word flagged by either side is undefined: the metric returns NaN and the page
+    shows "—", in the table and beside the record (the tiny model flags words, so every F1 is made
+    undefined here)."""
+    import rhf_core.metrics as metrics
+
+    real = metrics.token_metrics
+    monkeypatch.setattr(metrics, "token_metrics", lambda *a, **k: real(*a, **k) | {"f1": float("nan")})
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path))  # no cached table from a run without the patch
+    at = run_analysis(open_live(checkpoint), 40)
+    cells = at.dataframe[0].value["word_f1"].tolist()
+    assert cells and set(cells) == {"—"}, cells
+    assert any("undefined" in c.value for c in at.caption)
+    at.session_state["live_table"] = {"selection": {"rows": [0], "columns": []}}
+    at.run()
+    assert at.dataframe[-1].value.loc["word_f1", "value"] == "—"
+    assert at.dataframe[-1].value.loc["cc_implausibility", "value"] not in ("—", "0")  # defined ones keep numbers

@@ -117,6 +117,25 @@ def word_strength_chart(rec: Record):
     return fig
 
 
+def restore(key: str, default) -> None:
+    """Before drawing the widget `key` (given no default of its own): refill its value from the copy
+    `remember` kept, else `default`. Streamlit drops a widget's state when a run does not draw it (a
+    page switch, a mode that hides it); a widget default that changes between reruns instead makes the
+    browser reset the widget to nothing."""
+    import streamlit as st
+
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(f"_{key}", default)
+
+
+def remember(key: str, value):
+    """Keep `value` of widget `key` under a key no widget owns (see `restore`); returns it."""
+    import streamlit as st
+
+    st.session_state[f"_{key}"] = value
+    return value
+
+
 def run_with_progress(start: str, job, percent: bool = True):
     """Run `job(progress)` under a progress bar fed by `progress(stage, fraction)`; a `RHFError` becomes a
     readable error on the page and None is returned. Any other exception (Streamlit stopping the script
