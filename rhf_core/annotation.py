@@ -407,6 +407,31 @@ def _write_lines(root: Path, lines: list[tuple[bytes, dict | None]]) -> None:
 
 # --- the public API ----------------------------------------------------------------------------------
 
+def image_record_id(image: Image.Image) -> str:
+    """The id a bare image gets in a folder: `img-` and a hash of its pixels, so the same image saved
+    again (by another annotator, from another upload) reaches the same record."""
+    image = load_image(image, max_side=None)
+    return "img-" + hashlib.sha1(repr(image.size).encode() + image.tobytes()).hexdigest()[:16]
+
+
+def folder_records(folder: str | os.PathLike) -> dict[str, dict]:
+    """id → {"prompt", "annotators" (distinct, first-seen order), "n_annotations"} for every readable
+    line of the folder's labels (an empty dict when there are none yet)."""
+    out: dict[str, dict] = {}
+    n = 0
+    for _, obj in _read_lines(Path(folder).expanduser()):
+        n += 1
+        rec_id = _entry_id(obj, n) if obj is not None else None
+        if rec_id is None or rec_id in out:
+            continue
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        anns = meta.get("annotations") if isinstance(meta.get("annotations"), list) else []
+        names = [a.get("annotator") for a in anns if isinstance(a, dict)]
+        out[rec_id] = {"prompt": obj.get("prompt", ""), "annotators": list(dict.fromkeys(names)),
+                       "n_annotations": len(anns)}
+    return out
+
+
 def add_annotation(
     folder: str | os.PathLike,
     record_id_or_image,
@@ -426,8 +451,8 @@ def add_annotation(
     """Append one annotator's feedback on one image to `folder` and recompute that record's labels.
 
     `record_id_or_image`: a record id (text) of the folder, or an image (PIL image, path or bytes)
-    that becomes a new record with id `img-<hash of pixels and prompt>` (the same image and prompt
-    again reach the same record). To add a record under an id of your own (an image from another
+    that becomes a record with id `image_record_id(image)` (a hash of its pixels: the same image
+    again reaches the same record, and then `prompt` must be its prompt or None). To add a record under an id of your own (an image from another
     dataset), pass the id and `image=`; the image is copied into `images/` the first time.
     `prompt`: required for a new record; for an existing one None or the record's own prompt.
     `points`: {heatmap type: [(x, y), …]} in pixels of the image as stored (its own size).
@@ -457,10 +482,7 @@ def add_annotation(
     if new_image is not None:
         new_image = load_image(new_image, max_side=None, name=rec_id or "image")
         if rec_id is None:
-            if prompt is None:
-                raise InvalidArgumentError("a new image needs its prompt (an empty string if it has none)")
-            digest = hashlib.sha1(new_image.tobytes() + repr(new_image.size).encode() + prompt.encode()).hexdigest()
-            rec_id = f"img-{digest[:16]}"
+            rec_id = image_record_id(new_image)
     root = _prepare_folder(folder)
     t = time.time() if now is None else float(now)
 
@@ -480,7 +502,7 @@ def add_annotation(
             if new_image is None:
                 raise RecordNotFoundError(f"no record {rec_id!r} in this folder; pass image= to add it")
             if prompt is None:
-                raise InvalidArgumentError(f"{rec_id} is new here: give its prompt")
+                raise InvalidArgumentError(f"{rec_id} is new in this folder: give its prompt (an empty string if it has none)")
             img_rel = f"images/{_file_stem(rec_id)}.png"
             atomic_write_bytes(root / img_rel, encode_png(new_image))
             entry = {"id": rec_id, "prompt": prompt, "image": img_rel, "scores": {}, "words": [],
@@ -651,5 +673,5 @@ def agreement(folder: str | os.PathLike) -> Agreement:
 
 
 __all__ = ["add_annotation", "agreement", "record_agreement", "aggregate", "set_style", "folder_style",
-           "annotations_of", "latest_by_annotator", "folder_lock", "Saved", "Agreement", "STYLES",
+           "annotations_of", "folder_records", "image_record_id", "latest_by_annotator", "folder_lock", "Saved", "Agreement", "STYLES",
            "DUPLICATE_WINDOW_S"]

@@ -296,7 +296,7 @@ def test_missing_folder_record_or_image_say_what_is_wrong(tmp_path):
         A.add_annotation("  ", _img(), "", "ann")
     with pytest.raises(RecordNotFoundError, match="pass image="):
         A.add_annotation(tmp_path, "nope", "", "ann")
-    with pytest.raises(InvalidArgumentError, match="needs its prompt"):
+    with pytest.raises(InvalidArgumentError, match="give its prompt"):
         A.add_annotation(tmp_path, _img(), None, "ann")
     from rhf_core.errors import ImageLoadError
 
