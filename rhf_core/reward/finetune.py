@@ -8,12 +8,20 @@
 3. The adapter is saved as diffusers LoRA weights (safetensors) with `adapter.json` (config and
    reward statistics) under `cache/adapters/<name>/`.
 
-Runs under `accelerate launch` on several GPUs; single-process on a CPU. Resumable and cancellable."""
+Runs under `accelerate launch` on several GPUs; single-process on a CPU. Resumable and cancellable: the LoRA
+weights, optimizer state and log are saved every `save_every` steps as one file,
+`cache/finetune-state/<name>/state.safetensors`, replaced atomically, with the settings it was trained with;
+a run resumes it only with the same settings (see `run_settings`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import re
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -23,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rhf_core.cache import atomic_savez, atomic_write_text, cache_dir
+from rhf_core.cache import atomic_savez, atomic_write_bytes, atomic_write_text, cache_dir
 from rhf_core.reward.model import RewardError
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -88,11 +96,22 @@ class FinetuneConfig:
     draft_k: int = 0
     sample_steps: int = 25
     seed: int = 0
-    save_every: int = 100
+    # Steps between saves of the resumable state: what a kill -9 can lose. At the default objective a step
+    # takes about SECONDS_PER_STEP s on a 2-core CPU (see the README), so 20 steps is well under a minute.
+    save_every: int = 20
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else cache_dir("adapters") / self.name
+
+
+class FinetuneSettingsError(RewardError):
+    """The saved state of a fine-tune was trained with other settings than this run's; `differences`
+    names them ("lr: 0.0003 → 0.001", "generator weights", …)."""
+
+    def __init__(self, message: str, differences: list[str]):
+        super().__init__(message)
+        self.differences = differences
 
 
 def x0_weight(snr: torch.Tensor, cap: float) -> torch.Tensor:
@@ -119,6 +138,161 @@ def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_
     denoising error at a shared timestep and noise. 0 when the adapter denoises the better sample
     much better than the original and the worse one much worse; log 2 when it is the original."""
     return -torch.nn.functional.logsigmoid(-0.5 * beta * ((err_w - ref_w) - (err_l - ref_l)))
+
+
+# --- resumable state ---------------------------------------------------------------------------------
+
+STATE_FILE = "state.safetensors"
+STATE_FORMAT = "rhf-finetune-state/1"
+# Config fields that do not change the trained weights: what the run is called, where its adapter goes and
+# how often its state is saved. Every other field does, `steps` included: the cosine learning-rate schedule
+# spans `steps`, so the first 300 steps of a 600-step run are not those of a 300-step run, and a resumed
+# state with other `steps` would be neither (start over with --no-resume to train longer).
+NOT_SETTINGS = ("name", "out", "save_every")
+# Settings shown by name only in a mismatch message: paths, and digests of what the run reads.
+_UNSHOWN = ("generator", "prompts", "pretrain_folder", "generator_weights", "reward_function", "prompt_list",
+            "pretrain_files")
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _files_id(folder, patterns: tuple[str, ...]) -> list:
+    """(relative path, size, mtime) of the matching files under `folder`: changes when they are rewritten,
+    and not when the folder is addressed by another path."""
+    root = Path(folder)
+    files = sorted({f for pat in patterns for f in root.rglob(pat) if f.is_file()}) if root.is_dir() else []
+    return [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def run_settings(cfg: FinetuneConfig, generator, reward, prompts: list[str]) -> dict:
+    """Everything that changes the trained weights: the config fields (but NOT_SETTINGS), with floats as
+    floats (beta=1 and beta=1.0 are one setting), and digests of what the paths and the reward name point
+    at — the generator's weights, the reward's weights or function, the prompts read, the pre-training
+    files — since a page passes its own generator and reward objects."""
+    fields = FinetuneConfig.__dataclass_fields__
+    out = {k: (float(v) if fields[k].type == "float" else v) for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+    root = getattr(generator, "root", None)
+    out["generator_weights"] = _digest(_files_id(root, ("*.safetensors", "*.bin")) if root and Path(root).is_dir()
+                                       else str(getattr(generator, "name", "")))
+    fn = reward if callable(reward) and hasattr(reward, "__qualname__") else type(reward)
+    out["reward_function"] = _digest([getattr(fn, "__module__", ""), getattr(fn, "__qualname__", ""),
+                                      _files_id(getattr(reward, "path", None) or "", ("*.safetensors",))])
+    out["prompt_list"] = _digest(prompts)
+    out["pretrain_files"] = _digest(_files_id(cfg.pretrain_folder, ("*",))) if cfg.pretrain_folder else ""
+    return out
+
+
+def state_folder(name: str) -> Path:
+    """Where fine-tune `name` keeps its resumable state (not created here)."""
+    return cache_dir("finetune-state") / name
+
+
+def _read_state_meta(path: Path) -> dict:
+    """The JSON metadata of a state file, without loading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a {STATE_FORMAT} file")
+        out = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+        if not isinstance(out.get("step"), int) or not {"fingerprint", "settings", "log", "optimizer"} <= set(out):
+            raise ValueError("its step or settings are missing")
+    except (SafetensorError, OSError, ValueError) as e:  # damaged or not ours: say so, never resume it
+        raise RewardError(f"the saved state of fine-tune {path.parent.name!r} cannot be read ({e}): "
+                          "start over with --no-resume (discards it)") from None
+    return out
+
+
+def saved_steps(name: str) -> int:
+    """Finished steps the saved state of fine-tune `name` holds (0 when there is none, or none this version
+    can resume): the step a run with the same settings resumes from, what a stopped run has kept."""
+    path = state_folder(name) / STATE_FILE
+    if not path.is_file():
+        return 0
+    try:
+        return _read_state_meta(path)["step"]
+    except RewardError:
+        return 0
+
+
+def clear_state(name: str) -> None:
+    """Discard the saved state of fine-tune `name` (what --no-resume does first)."""
+    shutil.rmtree(state_folder(name), ignore_errors=True)
+
+
+def _check_resumable(name: str, settings: dict) -> Path | None:
+    """The state file to resume from, None when there is none; refuses a state trained with other
+    settings, naming them, or one saved without its settings."""
+    folder = state_folder(name)
+    path = folder / STATE_FILE
+    if not path.is_file():
+        if (folder / "trainer.pt").is_file() or (folder / "lora.safetensors").is_file():
+            raise FinetuneSettingsError(
+                f"fine-tune {name!r} has a state saved by an older version, without its settings, so whether they "
+                "are this run's cannot be told: start over with --no-resume (discards it)", ["unknown"])
+        return None
+    meta = _read_state_meta(path)
+    if meta.get("fingerprint") == _digest(settings):
+        return path
+    old = meta.get("settings", {})
+    diffs = []
+    for k in sorted(set(old) | set(settings)):
+        a, b = old.get(k, "(unset)"), settings.get(k, "(unset)")
+        if a != b:
+            diffs.append(k.replace("_", " ") if k in _UNSHOWN else f"{k}: {a!r} → {b!r}")
+    diffs = diffs or ["settings"]
+    raise FinetuneSettingsError(
+        f"the saved state of fine-tune {name!r} ({meta.get('step', '?')} steps) was trained with other settings — "
+        f"{'; '.join(diffs)}. Run with its settings to resume it, or start over from step 0 with --no-resume "
+        "(discards it).", diffs)
+
+
+def _state_bytes(lora: dict, opt_state: dict, meta: dict) -> bytes:
+    """One safetensors file: the LoRA weights (`lora/…`), the optimizer's tensors (`opt/<param>/<name>`) and,
+    as JSON metadata, the rest of the optimizer state, the step, the settings and the log — one file, so
+    that weights, optimizer and step can never disagree."""
+    from safetensors.torch import save
+
+    tensors = {f"lora/{k}": v.detach().cpu().contiguous() for k, v in lora.items()}
+    opt_json = {"param_groups": opt_state["param_groups"], "state": {}}
+    for idx, entry in opt_state["state"].items():
+        opt_json["state"][str(idx)] = {}
+        for k, v in entry.items():
+            if torch.is_tensor(v):
+                tensors[f"opt/{idx}/{k}"] = v.detach().cpu().contiguous()
+            else:
+                opt_json["state"][str(idx)][k] = v
+    metadata = {"format": STATE_FORMAT, "optimizer": json.dumps(opt_json), **{k: json.dumps(v) for k, v in meta.items()}}
+    return save(tensors, metadata)
+
+
+def _load_state(path: Path) -> tuple[dict, dict, dict]:
+    """(LoRA weights, optimizer state dict, metadata) of a state file `_state_bytes` wrote."""
+    from safetensors import safe_open
+
+    meta = _read_state_meta(path)
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")}
+    opt_json = meta.pop("optimizer")
+    state = {int(i): dict(entry) for i, entry in opt_json["state"].items()}
+    for k, v in tensors.items():
+        if k.startswith("opt/"):
+            _, i, name = k.split("/", 2)
+            state.setdefault(int(i), {})[name] = v
+    return lora, {"state": state, "param_groups": opt_json["param_groups"]}, meta
+
+
+def _check_out(path: Path) -> None:
+    """The adapter folder is replaced as a whole: refuse one that holds anything but an adapter."""
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "adapter.json").is_file())):
+        raise RewardError(f"{path} exists and is not an adapter folder (no adapter.json): it would be replaced; "
+                          "pick another --out")
 
 
 def fine_tune_prompts(cfg: FinetuneConfig) -> list[str]:
@@ -189,21 +363,48 @@ def add_lora(unet, rank: int, convs: bool = False) -> None:
 
 
 def save_adapter(unet, path: Path, info: dict) -> None:
+    """Write the adapter folder (weights + adapter.json) as a whole: built in a temporary folder beside it,
+    then renamed into place, so a reader or a crash never leaves new weights with an old adapter.json."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    _check_out(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # PEFT's own key names (lora_A / lora_B), which diffusers loads as they are. Converting them to
     # diffusers' older names covers attention layers only: a file mixing both was read as PEFT and
     # its attention adapters silently dropped.
     state = get_peft_model_state_dict(unet)
-    tmp = path / ".saving"  # written beside, then renamed: a reader never sees half an adapter
-    StableDiffusionPipeline.save_lora_weights(save_directory=str(tmp), unet_lora_layers=state, safe_serialization=True)
-    for f in tmp.iterdir():
-        f.chmod(0o644)
-        f.replace(path / f.name)
-    tmp.rmdir()
-    atomic_write_text(path / "adapter.json", json.dumps(info, indent=2) + "\n")
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
+    try:
+        StableDiffusionPipeline.save_lora_weights(save_directory=str(tmp), unet_lora_layers=state, safe_serialization=True)
+        atomic_write_text(tmp / "adapter.json", json.dumps(info, indent=2) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+            with open(f, "rb") as fh:  # on disk before the rename makes it visible
+                os.fsync(fh.fileno())
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        _replace_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Rename `new` to `path`. A folder cannot be renamed over a non-empty one, so an existing `path` is
+    first renamed aside (for an instant there is no folder, never a mixed one), then removed."""
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+        os.replace(path, old)  # onto the empty placeholder
+    try:
+        os.replace(new, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], progress) -> dict:
@@ -235,13 +436,26 @@ def model_dataset(cfg: FinetuneConfig, generator, reward, prompts: list[str], pr
 def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = True,
              progress: Callable[[str, float], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> Path:
-    """Train a LoRA adapter by reward-weighted likelihood; returns the adapter folder."""
+    """Train a LoRA adapter by reward-weighted likelihood; returns the adapter folder.
+
+    With `resume`, continues from the saved state of `cfg.name` when it was trained with the same settings
+    (`run_settings`) and refuses one trained with others (FinetuneSettingsError); without, discards it first.
+    `should_stop` (polled after each step) ends the run early: the state is saved and the adapter written,
+    marked incomplete. Any exception (Ctrl-C, Streamlit stopping the script) saves the state at the last
+    finished step and passes through, writing no adapter; `saved_steps(cfg.name)` says what was kept."""
     from accelerate import Accelerator
-    from safetensors.torch import load_file, save_file
 
     from rhf_core.reward.rewards import get_reward
     from rhf_core.t2i import load_generator
 
+    if not isinstance(cfg.name, str) or not _NAME.fullmatch(cfg.name):
+        raise RewardError(f"fine-tune name {cfg.name!r}: up to 100 letters, digits, '-', '_' or '.' (not first), "
+                          "since it names folders")
+    for field in ("steps", "save_every", "batch_size", "rank"):
+        value = getattr(cfg, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RewardError(f"{field} must be a whole number ≥ 1, got {value!r}")
+    _check_out(cfg.out_dir)
     if not 0.0 <= cfg.reward_t_min < 1.0:
         raise RewardError(f"reward_t_min must lie in [0, 1): the share of the schedule skipped, got {cfg.reward_t_min}")
     if cfg.objective not in OBJECTIVES:
@@ -260,6 +474,10 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         raise RewardError(f"the draft objective backpropagates through the reward, so it needs a differentiable "
                           f"one: {cfg.reward!r} is not (use --reward lee)")
     prompts = fine_tune_prompts(cfg)
+    settings = run_settings(cfg, generator, reward_fn, prompts)
+    if not resume:
+        clear_state(cfg.name)
+    resume_from = _check_resumable(cfg.name, settings)  # before the costly part: a refusal comes at once
     if cfg.objective == "draft":  # no fixed dataset: the adapted model samples afresh at every step
         data = {"latents": torch.zeros(0), "prompts": prompts, "rewards": np.zeros(0, np.float32)}
     else:
@@ -304,15 +522,15 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     out = cfg.out_dir
-    state = cache_dir("finetune-state") / cfg.name
+    state_path = state_folder(cfg.name) / STATE_FILE
     start, log = 0, []
-    if resume and (state / "trainer.pt").is_file():
+    if resume_from is not None:
         from peft.utils import set_peft_model_state_dict
 
-        set_peft_model_state_dict(unet, load_file(str(state / "lora.safetensors")))
-        st = torch.load(state / "trainer.pt", weights_only=True)
-        opt.load_state_dict(st["optimizer"])
-        start, log = int(st["step"]), json.loads(st["log"])
+        lora, opt_state, meta = _load_state(resume_from)
+        set_peft_model_state_dict(unet, lora)
+        opt.load_state_dict(opt_state)
+        start, log = int(meta["step"]), list(meta["log"])
     unet_t, opt = accelerator.prepare(unet, opt)
     gen = torch.Generator().manual_seed(cfg.seed + start)
     rng = np.random.default_rng(cfg.seed + start)
@@ -397,22 +615,30 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         draft_rewards.extend(rew.detach().cpu().tolist())
         return -rew.mean()
 
-    def checkpoint(done: int) -> None:
-        """Log the steps since the last checkpoint and save the trainer state at `done` steps."""
+    def log_steps(done: int) -> None:
+        """Log the steps finished since the last log entry."""
         nonlocal parts, t0
+        if not parts:
+            return
         model_term = float(np.mean([p[0] for p in parts]))
         key = {"dpo": "dpo_loss", "draft": "sampled_reward"}.get(cfg.objective, "reward_weighted_loss")
         log.append({"step": done, key: round(-model_term if cfg.objective == "draft" else model_term, 5),
                     "pretrain_loss": round(float(np.mean([p[1] for p in parts])), 5),
                     "seconds": round(time.time() - t0, 1)})
         parts, t0 = [], time.time()
+
+    saved_at = start
+
+    def save_state(done: int) -> None:
+        """Replace the state file by one at `done` steps (weights, optimizer, log and settings together)."""
+        nonlocal saved_at
         if accelerator.is_main_process:
             from peft.utils import get_peft_model_state_dict
 
-            state.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet_t)).items()},
-                      str(state / "lora.safetensors"))
-            torch.save({"optimizer": opt.state_dict(), "step": done, "log": json.dumps(log)}, state / "trainer.pt")
+            lora = get_peft_model_state_dict(accelerator.unwrap_model(unet_t))
+            meta = {"step": done, "steps": cfg.steps, "fingerprint": _digest(settings), "settings": settings, "log": log}
+            atomic_write_bytes(state_path, _state_bytes(lora, opt.state_dict(), meta))
+        saved_at = done
 
     stopped, done = False, start
     try:
@@ -443,19 +669,22 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             report("fine-tuning", done / cfg.steps)
             stopped = should_stop is not None and should_stop()
             if done % cfg.save_every == 0 or done == cfg.steps or stopped:
-                checkpoint(done)
+                log_steps(done)
+                save_state(done)
             if stopped:
                 break
     except BaseException:
-        # Interrupted (Ctrl-C, or a page that reran while training): keep every finished step, so the
-        # next run resumes from here rather than from the last periodic save.
-        if parts:
-            checkpoint(done)
+        # Interrupted (Ctrl-C, or a page that reran while training) or failed: keep every finished step, so
+        # the next run resumes from here rather than from the last periodic save. A failure while saving
+        # leaves the previous state file as it was (it is replaced atomically).
+        log_steps(done)
+        if done > saved_at:
+            save_state(done)
         raise
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(unet_t)
     info = {"config": asdict(cfg), "generator": generator.name, "beta_used": beta, "steps_done": log[-1]["step"] if log else start,
-            "complete": not stopped, "prompts": len(prompts),
+            "complete": not stopped, "resumed_from": start, "prompts": len(prompts),
             **({"pairs": int(len(pairs))} if pairs is not None else {}),
             "reward_stats": _reward_stats(draft_rewards if cfg.objective == "draft" else data["rewards"]),
             "log": log}
