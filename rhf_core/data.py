@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record, SkippedRow
@@ -37,6 +38,36 @@ def _parse_options(text: str) -> dict:
     return out
 
 
+# Recognising a bare path looks this deep and at this many directory entries at most: `rglob` on
+# "/" or a home folder walked the whole tree (minutes, and PermissionError on the way).
+_SNIFF_DEPTH = 3
+_SNIFF_ENTRIES = 20_000
+
+
+def _holds(path: Path, suffix: str) -> bool:
+    """Whether `path` or a folder at most _SNIFF_DEPTH levels below it holds a `suffix` file (bounded walk)."""
+    if path.is_file():
+        return path.suffix == suffix
+    level, seen = [str(path)], 0
+    for _ in range(_SNIFF_DEPTH):
+        below = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        seen += 1
+                        if seen > _SNIFF_ENTRIES:
+                            return False
+                        if entry.name.endswith(suffix) and entry.is_file():
+                            return True
+                        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                            below.append(entry.path)
+            except OSError:  # unreadable folder: not ours to read
+                continue
+        level = below
+    return False
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """'source:argument' → (source, argument); a bare existing path is recognised by its files."""
     if not isinstance(spec, str) or not spec.strip():
@@ -46,13 +77,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
     head_l = _ALIASES.get(head.lower(), head.lower())
     if head_l in SOURCES:
         return head_l, rest.strip()
-    path = Path(spec).expanduser()
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError:  # "~name" of no such user: not a path
+        path = Path(spec)
     if path.exists():
         if (path / "labels.jsonl").is_file():
             return "folder", spec
-        if path.suffix == ".tfrecord" or any(path.glob("*.tfrecord")):
+        if path.suffix == ".tfrecord" or (path.is_dir() and any(path.glob("*.tfrecord"))):
             return "richhf18k", spec
-        if path.suffix == ".parquet" or any(path.rglob("*.parquet")):
+        if _holds(path, ".parquet"):
             return "rapidata", spec
     raise DatasetSpecError(
         f"unknown dataset spec {spec!r}: use shapes[:n=…,seed=…], richhf18k:PATH, rapidata:PATH_OR_HUB_ID or folder:PATH"
