@@ -340,3 +340,123 @@ def test_any_valid_annotations_read_back_in_range(tmp_path_factory, w, h, style,
         if given_:
             assert rec.scores[name] == pytest.approx(np.mean(given_))
     assert all(0 <= s <= 1 for _, s in rec.words)
+
+
+# --- the page (AppTest; clicks on the image are covered by tests/test_browser_annotate.py) ------------------
+
+def _open_page(**params):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.query_params["ds"] = params.pop("ds", "shapes:n=20,seed=1")
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("app_pages/annotate.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _form_widget(at, prefix):
+    return next(w for w in at.segmented_control if w.key and w.key.startswith(prefix))
+
+
+def _rate_all(at, value=3):
+    for s in ("plausibility", "alignment", "aesthetics", "overall"):
+        _form_widget(at, f"ann_{s}_").set_value(value).run()
+
+
+def test_page_image_folder_prompts_from_files_or_typed(tmp_path):
+    imgs = tmp_path / "gen"
+    imgs.mkdir()
+    _img(40, 30, (250, 0, 0)).save(imgs / "one.png")
+    (imgs / "one.txt").write_text("a red square\n")
+    _img(40, 30, (0, 0, 250)).save(imgs / "two.png")
+    target = tmp_path / "labels"
+    at = _open_page(annotator="dana", ann_target=str(target))
+    at.segmented_control(key="ann_source").set_value("Image folder").run()
+    at.text_input(key="ann_images").input(str(imgs)).run()
+    assert not at.exception, at.exception
+    assert any("Image **1** of 2" in m.value for m in at.markdown)
+    next(p for p in at.pills if p.key and p.key.startswith("ann_words_")).set_value([1]).run()  # "red"
+    _rate_all(at, 5)
+    at.button(key="ann_save").click().run()
+    assert at.success and "dana" in at.success[0].value, [e.value for e in [*at.error, *at.warning]]
+    rec = open_dataset(f"folder:{target}").get(A.image_record_id(_img(40, 30, (250, 0, 0))))
+    assert rec.prompt == "a red square" and rec.flagged_words == ["red"] and rec.scores["overall"] == 1.0
+    assert rec.meta["source"] == {"file": "one.png"}
+    # The second image has no prompt file: saving asks for it, then keeps what was typed.
+    _rate_all(at, 2)
+    at.button(key="ann_save").click().run()
+    assert at.warning and "type the image's prompt" in at.warning[0].value
+    next(t for t in at.text_input if t.key and t.key.startswith("ann_prompt_")).input("a blue square").run()
+    at.button(key="ann_save").click().run()
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    ds = open_dataset(f"folder:{target}")
+    assert sorted(ds.frame["prompt"]) == ["a blue square", "a red square"]
+
+
+def test_page_uploads_and_the_explorer_set_of_the_sidebar_dataset(tmp_path):
+    import io
+
+    target = tmp_path / "t"
+    at = _open_page(annotator="erin", ann_target=str(target))
+    # Default queue: the sidebar dataset (ShapesWorld), its record ids kept, its spec as the source.
+    assert any("Image **1** of 20" in m.value for m in at.markdown)
+    _rate_all(at, 4)
+    at.button(key="ann_save").click().run()
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    ds = open_dataset(f"folder:{target}")
+    src = open_dataset("shapes:n=20,seed=1")
+    assert ds.ids == [src.ids[0]] and ds[0].meta["source"]["id"] == src.ids[0]
+    assert any("Image **2** of 20" in m.value for m in at.markdown)  # Save & next moved on
+    buf = io.BytesIO()
+    _img(50, 20, (1, 2, 3)).save(buf, "PNG")
+    at.segmented_control(key="ann_source").set_value("Uploads").run()
+    at.file_uploader(key="ann_files").set_value([("up.png", buf.getvalue(), "image/png")]).run()
+    next(t for t in at.text_input if t.key and t.key.startswith("ann_prompt_")).input("a dot").run()
+    _rate_all(at, 1)
+    at.button(key="ann_save").click().run()
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    assert open_dataset(f"folder:{target}").get(A.image_record_id(_img(50, 20, (1, 2, 3)))).scores["overall"] == 0.0
+
+
+def test_page_readable_messages_for_bad_input(tmp_path):
+    at = _open_page(ann_target="")
+    _rate_all(at)
+    at.button(key="ann_save").click().run()
+    msg = at.warning[0].value
+    assert "enter your name" in msg and "name the folder" in msg
+    at.segmented_control(key="ann_source").set_value("Error analysis (worst first)").run()
+    assert any("No error analysis for this dataset yet" in i.value for i in at.info)
+    at.segmented_control(key="ann_source").set_value("Image folder").run()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at.text_input(key="ann_images").input(str(empty)).run()
+    assert "holds no PNG, JPEG or WebP images" in at.error[0].value
+    assert not at.exception
+
+
+def test_page_in_shared_mode_saves_only_inside_the_export_folder(tmp_path, monkeypatch):
+    export = tmp_path / "exports"
+    export.mkdir()
+    monkeypatch.setenv("RHF_SHARED", "1")
+    monkeypatch.setenv("RHF_EXPORT_ROOT", str(export))
+    monkeypatch.setenv("RHF_DATA_ROOTS", str(tmp_path / "data"))
+    at = _open_page(annotator="fay", ann_target=str(tmp_path / "elsewhere"))
+    assert "outside the server's export folder" in at.error[0].value
+    assert str(tmp_path) not in at.error[0].value  # no server path in the message
+    _rate_all(at)
+    at.button(key="ann_save").click().run()
+    assert not (tmp_path / "elsewhere").exists()
+    at.text_input(key="ann_target").input("mine").run()  # relative: inside the export folder
+    _rate_all(at)
+    at.button(key="ann_save").click().run()
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    assert len(open_dataset(f"folder:{export / 'mine'}")) == 1
+    assert all(str(tmp_path) not in m.value for m in [*at.markdown, *at.caption, *at.success])
+    monkeypatch.delenv("RHF_EXPORT_ROOT")
+    at = _open_page(annotator="fay", ann_target="mine")
+    assert "no export folder" in at.error[0].value
