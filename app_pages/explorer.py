@@ -59,10 +59,11 @@ def initial(key: str, value):
 def tri_state(label: str, key: str) -> str:
     """An any / yes / no control bound to the URL; returns "any" whenever the control is unset.
 
-    The control can come back unset (None) despite `required=True`: from an empty `?h_…=` in the URL,
-    on browser back/forward to a URL without it, or when a rerun interrupted the first run before the
-    browser had the control (several sessions on a loaded server). The filter used to read None as
-    "no", so 0 records matched. Now None filters nothing, and the next run shows "any" selected."""
+    The control can come back unset (None) despite `required=True`: an empty `?h_…=` in the URL clears
+    it, and whenever Streamlit falls back to the widget's default on a run where the key is already
+    in Session State (back/forward, a run cut short on a loaded server) the default was `initial()`'s
+    None. The filter read None as "no", so 0 records matched. Now None filters nothing, and the next
+    run draws "any" selected."""
     if key in st.session_state and st.session_state[key] not in TRI_STATE:
         st.session_state[key] = "any"
     value = st.segmented_control(label, TRI_STATE, default=initial(key, "any"), key=key, bind=QP, required=True)

@@ -170,3 +170,4 @@ def test_shared_server_refuses_an_export_outside_the_export_root(server, page, t
     expect(page.get_by_text(re.compile(r"Wrote \d+ records to mine in the server's export folder"))).to_be_visible()
     assert (tree / "exports" / "mine" / "labels.jsonl").is_file()
     assert page.get_by_text(re.compile(r"Exporting \d")).count() == 0  # the bar is gone once done
+
