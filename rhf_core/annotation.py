@@ -450,7 +450,7 @@ def add_annotation(
 ) -> Saved:
     """Append one annotator's feedback on one image to `folder` and recompute that record's labels.
 
-    `record_id_or_image`: a record id (text) of the folder, or an image (PIL image, path or bytes)
+    `record_id_or_image`: a record id (text) of the folder, or an image (PIL image, `Path` or bytes)
     that becomes a record with id `image_record_id(image)` (a hash of its pixels: the same image
     again reaches the same record, and then `prompt` must be its prompt or None). To add a record under an id of your own (an image from another
     dataset), pass the id and `image=`; the image is copied into `images/` the first time.
