@@ -179,6 +179,11 @@ def _unit(value, what: str) -> float:
     return x
 
 
+def _or_empty(entry: dict, key: str, empty):
+    value = entry.get(key)
+    return empty if value is None else value
+
+
 class FolderDataset(Dataset):
     name = "Folder"
 
@@ -256,7 +261,8 @@ class FolderDataset(Dataset):
         image = entry.get("image")
         if image is not None and not isinstance(image, str):
             raise DatasetFormatError(f"image must be a path relative to the folder (text) or null, got {_short(image)}")
-        scores = entry.get("scores") or {}
+        # Absent or null means none; any other non-object (0, "", []) is refused, not read as empty.
+        scores = _or_empty(entry, "scores", {})
         if not isinstance(scores, dict):
             raise DatasetFormatError("scores must map names to numbers")
         checked_scores = {}
@@ -268,27 +274,27 @@ class FolderDataset(Dataset):
                 if x is None or not math.isfinite(x):
                     raise DatasetFormatError(f"scores.{_short(name)} must be a finite number, got {_short(v)}")
                 checked_scores[name] = x
-        words = entry.get("words") or []
+        words = _or_empty(entry, "words", [])
         if not isinstance(words, list) or not all(
             isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) for w in words
         ):
             raise DatasetFormatError("words must be a list of [token, strength] pairs")
         checked_words = [(t, _unit(s, f"strength of word {_short(t)}")) for t, s in words]
         for key in ("heatmaps", "meta", "columns"):
-            if not isinstance(entry.get(key) or {}, dict):
+            if not isinstance(_or_empty(entry, key, {}), dict):
                 raise DatasetFormatError(f"{key} must be a JSON object")
         heatmaps = {}
-        for name, rel in (entry.get("heatmaps") or {}).items():
+        for name, rel in _or_empty(entry, "heatmaps", {}).items():
             if not isinstance(rel, str) or not rel:
                 raise DatasetFormatError(f"heatmaps.{_short(name)} must be a path relative to the folder, got {_short(rel)}")
             heatmaps[name] = _inside(self.root, rel)
-        meta = entry.get("meta") or {}
+        meta = _or_empty(entry, "meta", {})
         split = meta.get("split")
         if split is None:
             split = entry.get("split")
         if split is not None and not isinstance(split, str):
             raise DatasetFormatError(f"split must be text, got {_short(split)}")
-        columns = entry.get("columns") or {}
+        columns = _or_empty(entry, "columns", {})
         for k, v in columns.items():
             if k in _RESERVED:
                 raise DatasetFormatError(f"columns.{k} is a name the reader uses itself")
