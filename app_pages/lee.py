@@ -1,5 +1,6 @@
 """Rejection sampling vs reward-weighted fine-tuning (Lee et al. 2023), side by side on the same prompts."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from rhf_core.cache import cache_dir
 from rhf_core.reward import REWARD_NAMES, get_reward
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
 from rhf_core.reward.experiment import experiment_prompts, heldout_prompts
-from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info
+from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info, saved_steps
 from rhf_core.shapes.grammar import CATEGORIES, parse_prompt
 from ui.components import run_with_progress, upscale
 from ui.loaders import load_encoders, load_reward_model
@@ -57,7 +58,8 @@ with left:
     if which == "Free text":
         text = st.text_area("One prompt per line", "two red circles on the grass\na blue star\nthree squares",
                             key="lee_text", height=120)
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        # Each prompt once: the image grid picks a prompt by its text.
+        prompts = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
     else:
         cats = st.multiselect("Categories", CATEGORIES, default=list(CATEGORIES), key="lee_cats")
         if which.startswith("The adapter"):
@@ -77,6 +79,9 @@ with right:
     k = c2.slider("k (kept)", 1, 32, 4, key="lee_k")
     reward_name = c1.selectbox("Reward", REWARD_NAMES, key="lee_reward")
     seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key="lee_seed")
+    fresh = st.session_state.pop("lee_ft_select", None)
+    if fresh in found:  # an adapter this session just trained: select it (before the box is drawn)
+        st.session_state["lee_adapter"] = fresh
     adapter_label = st.selectbox("Fine-tuned adapter", list(found) or ["none found"], key="lee_adapter")
 
 with st.expander("Fine-tune a new adapter now"):
@@ -88,19 +93,38 @@ with st.expander("Fine-tune a new adapter now"):
     ft_objective = st.radio("Objective", list(OBJECTIVE_LABELS), format_func=OBJECTIVE_LABELS.get, horizontal=True,
                             key="lee_ft_objective")
     st.caption(f"Trains LoRA adapters on the UNet with the **{reward_name}** reward on the grammar's training prompts "
-               "(never the held-out ones). **Stop fine-tuning** keeps every finished step; Fine-tune again with the same "
-               "settings to resume.")
-    if st.session_state.get("lee_ft_stop"):  # pressing it reran the page, which stopped the training
-        st.info("Fine-tuning stopped; every finished step is kept. Press **Fine-tune** with the same settings to resume.")
+               "(never the held-out ones). **Stop fine-tuning** keeps the steps finished so far; Fine-tune again with "
+               "the same settings to resume.")
+    running = st.session_state.pop("lee_ft_running", None)  # (name, steps) of a run this session started
+    if running:  # the run ended without finishing: Stop (or any other widget) reran the page, which stops it
+        name, total = running
+        kept = saved_steps(name)  # what the saved state holds, not what we hope it holds
+        if kept:
+            st.info(f"Fine-tuning `{name}` stopped; its saved state holds {kept} of {total} steps. Press "
+                    "**Fine-tune** with the same settings to resume from there.")
+        else:
+            st.info(f"Fine-tuning `{name}` stopped before its first step finished: no step was kept. Press "
+                    "**Fine-tune** to start again.")
+    done = st.session_state.pop("lee_ft_done", None)
+    if done:
+        st.success(f"Saved the adapter to `{done}`; it is selected above.")
     if st.button("Fine-tune", key="lee_ft_run"):
         name = "".join(ch for ch in ft_name if ch.isalnum() or ch in "-_") or "my-adapter"
-        st.button("Stop fine-tuning", key="lee_ft_stop")
+        st.session_state["lee_ft_running"] = (name, int(ft_steps))
+        stop_slot = st.empty()  # the Stop button lives only while the training runs
+        stop_slot.button("Stop fine-tuning", key="lee_ft_stop")
         path = run_with_progress("Starting…", lambda progress: finetune(
             FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps), n_prompts=int(ft_prompts),
                            objective=ft_objective, batch_size=8 if ft_objective == "draft" else 32),
             generator=gen, reward=reward_fn(reward_name), progress=progress))
+        stop_slot.empty()
+        st.session_state.pop("lee_ft_running", None)
         if path is not None:
-            st.success(f"Saved the adapter to `{path}`; pick it above.")
+            # Rerun so the adapter list (read at the top) has the new adapter, selected.
+            st.session_state["lee_ft_done"] = str(path)
+            st.session_state["lee_ft_select"] = next((label for label, p in adapters().items()
+                                                      if Path(p).resolve() == Path(path).resolve()), None)
+            st.rerun()
 
 if k > n:
     st.error(f"k must not exceed n: asked to keep the best {k} of {n}.")
@@ -121,7 +145,8 @@ if not info.get("complete", True):  # stopped by the button, Streamlit's own Sto
     st.warning(f"`{Path(adapter).name}` is unfinished: {info['steps_done']} of {info['config']['steps']} steps. "
                "Fine-tune again with the same settings to resume, or compare it as it is.")
 
-run_key = (gen.name, adapter, tuple(prompts), n, reward_name, int(seed))
+# A result is shown only under the settings it was made with (k only picks among the n samples).
+run_key = (gen.name, adapter, tuple(prompts), n, reward_name, int(seed), rahf.weights_key)
 if st.button("Compare", type="primary", key="lee_run"):
     comp = run_with_progress("Starting…", lambda progress: run_comparison(
         gen, adapter, prompts, n=n, k=k, reward_name=reward_name, reward=reward_fn(reward_name), predictor=rahf,
@@ -131,7 +156,7 @@ if st.button("Compare", type="primary", key="lee_run"):
     st.session_state["lee_result"] = (run_key, comp)
 
 stored = st.session_state.get("lee_result")
-if not stored or stored[0] != run_key:
+if not stored or stored[0] != run_key or list(stored[1].prompts) != list(prompts):
     st.info("Press **Compare** to generate with both models (results are cached on disk: the same settings "
             "come back at once).")
     st.stop()
@@ -189,7 +214,11 @@ p3.plotly_chart(px.bar(wins, x="arm", y="share", color="outcome", title="Against
 # --- image grids ---------------------------------------------------------------------------------------
 
 st.subheader("Images")
-pi = st.selectbox("Prompt", range(len(comp.prompts)), format_func=lambda i: comp.prompts[i], key="lee_prompt")
+# Keyed by the result: a new comparison gets a new box. A box kept across results held its old prompt's
+# label in the browser while the script read its index in the new list (another prompt's images).
+result_key = hashlib.sha1(repr(run_key).encode()).hexdigest()[:12]
+pi = st.selectbox("Prompt", range(len(comp.prompts)), format_func=lambda i: comp.prompts[i], key=f"lee_prompt_{result_key}")
+st.caption(f"The kept images of each arm for “{comp.prompts[pi]}”.")
 for arm in ARMS:
     st.markdown(f"**{arm}**")
     model, idx = comp.picks(arm)

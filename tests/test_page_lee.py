@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+SHIPPED = Path(APP).parent / "rhf_core" / "assets" / "adapters"
 
 
 def open_page() -> AppTest:
@@ -102,3 +104,83 @@ def test_an_unfinished_adapter_says_so(tmp_path, monkeypatch):
     assert any(f"unfinished: 40 of {info['config']['steps']} steps" in w.value for w in at.warning)
     assert any(c.value.startswith("Adapter `half-done`: Diffusion-DPO on reward pairs, β =") for c in at.caption)
     assert at.radio(key="lee_ft_objective").value == "rwr"  # Lee et al. unless asked otherwise
+
+
+def test_a_new_comparison_gets_its_own_prompt_box_and_stale_results_never_show():
+    """Was: after switching to other prompts, the browser kept the old box's label while the script read
+    its index in the new list (another prompt's images under a prompt's name)."""
+    at = compare_two_prompts(open_page())
+    old = [s for s in at.selectbox if s.key and s.key.startswith("lee_prompt")]
+    assert len(old) == 1 and old[0].options == ["a red circle", "two blue squares on the sand"]
+    old[0].set_value(1).run()
+    assert any(c.value == "The kept images of each arm for “two blue squares on the sand”." for c in at.caption)
+    # Other prompts (one repeated, kept once): the old result must not show under them.
+    at.text_area(key="lee_text").input("a blue star\nthree squares\na blue star").run()
+    assert not at.dataframe and not [s for s in at.selectbox if s.key and s.key.startswith("lee_prompt")]
+    assert any(c.value == "2 prompts: a blue star · three squares" for c in at.caption)
+    at.button(key="lee_run").click().run()
+    assert not at.exception, at.exception
+    new = [s for s in at.selectbox if s.key and s.key.startswith("lee_prompt")]
+    assert len(new) == 1 and new[0].key != old[0].key and new[0].options == ["a blue star", "three squares"]
+    assert new[0].value == 0  # a fresh box, not the old one's position
+    assert any(c.value == "The kept images of each arm for “a blue star”." for c in at.caption)
+
+
+def test_comparison_reports_progress_while_scoring(tmp_path, monkeypatch):
+    """Was: "Scoring… 0%" for the whole of scoring (the judge, image by image, is most of it)."""
+    from rhf_core.rahf import load_rahf
+    from rhf_core.reward.compare import run_comparison
+    from rhf_core.reward.rewards import judge_reward
+    from rhf_core.t2i import load_generator
+
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path))
+    calls = []
+    run_comparison(load_generator(None), str(SHIPPED / "lee-shapes"), ["a red circle", "a blue star"], n=3, k=1,
+                   reward_name="judge", reward=judge_reward, predictor=load_rahf(), steps=2,
+                   progress=lambda stage, f: calls.append((stage, f)))
+    for model in ("original", "fine-tuned"):
+        scoring = [f for stage, f in calls if stage == f"scoring ({model})"]
+        assert scoring == sorted(scoring) and scoring[0] == 0.0 and scoring[-1] == 1.0
+        assert len([f for f in scoring if 0 < f < 1]) >= 6, scoring  # one step per judged image at least
+
+
+def fake_finetune(cfg, generator=None, reward=None, progress=None, **kw):
+    """Stands in for a real fine-tune (minutes): writes a finished adapter where finetune would."""
+    import shutil
+
+    progress("fine-tuning", 1.0)
+    shutil.copytree(SHIPPED / "lee-shapes", cfg.out_dir)
+    return cfg.out_dir
+
+
+def test_fine_tune_lists_and_selects_the_new_adapter_and_drops_the_stop_button(tmp_path, monkeypatch):
+    """Was: the new adapter was missing from the list until a rerun, and the Stop button stayed."""
+    import rhf_core.reward.finetune as ft
+
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    at = open_page()
+    assert "fresh-one (saved)" not in at.selectbox(key="lee_adapter").options
+    at.text_input(key="lee_ft_name").input("fresh-one").run()
+    at.button(key="lee_ft_run").click().run()
+    assert not at.exception, at.exception
+    assert "fresh-one (saved)" in at.selectbox(key="lee_adapter").options
+    assert at.selectbox(key="lee_adapter").value == "fresh-one (saved)"
+    assert any(c.value.startswith("Adapter `fresh-one`") for c in at.caption)
+    assert any("Saved the adapter to" in s.value and "fresh-one" in s.value for s in at.success)
+    assert not [b for b in at.button if b.key == "lee_ft_stop"]
+
+
+@pytest.mark.parametrize("kept, says", [(0, "no step was kept"), (37, "its saved state holds 37 of 300 steps")])
+def test_a_stopped_fine_tune_says_what_its_saved_state_holds(monkeypatch, kept, says):
+    """Was "every finished step is kept" whatever was kept. A run this session started and that did not
+    finish (Stop reran the page) is read back from the state folder (`saved_steps`)."""
+    import rhf_core.reward.finetune as ft
+
+    monkeypatch.setattr(ft, "saved_steps", lambda name: kept if name == "half-way" else -1)
+    at = open_page()
+    at.session_state["lee_ft_running"] = ("half-way", 300)  # what pressing Fine-tune left before Stop
+    at.run()
+    assert not at.exception, at.exception
+    assert any(says in i.value for i in at.info), [i.value for i in at.info]
+    assert not any("every finished step" in i.value for i in at.info)
