@@ -242,7 +242,7 @@ class FolderDataset(Dataset):
         except RecursionError:
             raise DatasetFormatError("nested too deeply to be a labels entry") from None
         except ValueError as e:  # JSONDecodeError, or an integer with thousands of digits
-            raise DatasetFormatError(f"not JSON ({_short(str(e))})") from None
+            raise DatasetFormatError(f"not JSON ({str(e)[:120]})") from None
         return self._check(entry, n)
 
     def _check(self, entry, n: int = 0) -> dict:
