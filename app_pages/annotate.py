@@ -319,7 +319,6 @@ def remove_point(widget_key: str) -> None:
     choice = ss.get(widget_key)
     if choice:
         kind, n = choice.rsplit(" ", 1)
-        kind = next(t for t in POINTS if t.startswith(kind))
         POINTS[kind].pop(int(n) - 1)
         hist = ss["ann_history"][FORM]
         # Forget that point's place in the undo order: drop the last history entry of that type.
@@ -452,11 +451,11 @@ with left:
     counts = ", ".join(f"{len(v)} {t}" for t, v in POINTS.items())
     st.caption(f"Clicks now mark **{kind}** ({counts}). Stored image {SIZE[0]}×{SIZE[1]} px, shown at "
                f"{display_w} px wide. Shortcuts: I / M type, U undo, S save & next, N skip, B back.")
-    labels = [f"{t[:5]} {n}" for t, v in POINTS.items() for n in range(1, len(v) + 1)]
+    labels = [f"{t} {n}" for t, v in POINTS.items() for n in range(1, len(v) + 1)]
     if labels:
         rm_key = f"ann_rm_{FORM}_{len(ss['ann_history'][FORM])}_{sum(len(v) for v in POINTS.values())}"
         st.pills("Remove a point", labels, key=rm_key, on_change=remove_point, args=(rm_key,),
-                 help="Click a point's label to remove it (implausibility = impla, misalignment = misal).")
+                 help="Click a point's label (its type and the number drawn beside it) to remove it.")
 
 with right:
     if PROMPT is None:

@@ -515,9 +515,11 @@ def add_annotation(
             if prompt is not None and prompt != entry.get("prompt", ""):
                 raise InvalidArgumentError(f"{rec_id} has the prompt {entry.get('prompt', '')!r}, not {prompt!r}: "
                                            "word positions would not match")
-            if not isinstance(entry.get("meta") or {}, dict):
-                raise DatasetFormatError(f"{rec_id}: meta is not a JSON object; fix it by hand (nothing was written)")
+            for part in ("meta", "columns", "heatmaps", "scores"):
+                if not isinstance(entry.get(part) or {}, dict):
+                    raise DatasetFormatError(f"{rec_id}: {part} is not a JSON object; fix it by hand (nothing was written)")
             entry["meta"] = entry.get("meta") or {}
+            entry["columns"] = entry.get("columns") or {}
             img = _image_of(root, entry, rec_id)
         size = img.size
         tokens = tokenize_prompt(entry.get("prompt", ""))

@@ -255,6 +255,19 @@ def test_records_of_another_dataset_keep_their_id_source_and_prior_labels(tmp_pa
         assert (out / rel).is_file()  # the exported heatmap files are not deleted
 
 
+def test_a_malformed_stored_record_is_refused_not_overwritten(tmp_path):
+    from rhf_core.errors import DatasetFormatError
+
+    _img(32, 32).save(tmp_path / "hand.png")
+    text = ('{"id": "cols", "prompt": "", "image": "hand.png", "columns": [1, 2]}\n'
+            '{"id": "anns", "prompt": "", "image": "hand.png", "meta": {"annotations": "oops"}}\n')
+    (tmp_path / "labels.jsonl").write_text(text)
+    for rec_id, what in (("cols", "columns is not a JSON object"), ("anns", "meta.annotations is not a list")):
+        with pytest.raises(DatasetFormatError, match=what):
+            A.add_annotation(tmp_path, rec_id, None, "ann", scores={"overall": 3})
+    assert (tmp_path / "labels.jsonl").read_text() == text
+
+
 def test_lines_the_reader_skips_are_kept_byte_for_byte(tmp_path):
     _img(32, 32).save(tmp_path / "hand.png")
     (tmp_path / "labels.jsonl").write_text('{"id": "hand", "prompt": "a dog", "image": "hand.png"}\n'
