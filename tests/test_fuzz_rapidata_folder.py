@@ -33,7 +33,7 @@ from tests.builders import FEATURES
 
 datasets.disable_progress_bars()  # one bar per written parquet file otherwise
 
-TALLY = {"rapidata": Counter(), "folder": Counter()}
+TALLY = {r: Counter(dict.fromkeys(["cases", "errors", "rows", "kept", "skipped"], 0)) for r in ("rapidata", "folder")}
 SETTINGS = dict(deadline=None, derandomize=True, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
@@ -231,7 +231,7 @@ def folder_good(draw, k):
     entry = {"id": draw(st.sampled_from([f"id-{k}", k + 10**12, f"ünï {k}\u2028"])),
              "prompt": draw(st.text(max_size=20)),
              "image": draw(st.sampled_from([None, "good.png", "missing.png", "sub/../good.png"]))}
-    entry["scores"] = {n: draw(unit) for n in draw(st.sets(st.sampled_from(["plausibility", "alignment", "aesthetics", "overall"])))}
+    entry["scores"] = {n: draw(unit) for n in sorted(draw(st.sets(st.sampled_from(["plausibility", "alignment", "aesthetics", "overall"]))))}
     if draw(st.booleans()):
         entry["scores"]["likes"] = draw(st.floats(-1e9, 1e9))
     entry["words"] = [[draw(word), draw(unit)] for _ in range(draw(st.integers(0, 3)))]
@@ -277,7 +277,7 @@ def folder_lines(draw):
         if kind == "good":
             lines.append((kind, good))
         elif kind == "fuzz":  # arbitrary JSON in some fields: kept or skipped, never a crash
-            for f in draw(st.sets(st.sampled_from(FIELDS), min_size=1)):
+            for f in sorted(draw(st.sets(st.sampled_from(FIELDS), min_size=1))):  # sorted: set order varies per process
                 good[f] = draw(json_any)
             lines.append((kind, good))
         elif kind in BAD_FOLDER:
