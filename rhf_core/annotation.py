@@ -452,8 +452,9 @@ def add_annotation(
 
     `record_id_or_image`: a record id (text) of the folder, or an image (PIL image, `Path` or bytes)
     that becomes a record with id `image_record_id(image)` (a hash of its pixels: the same image
-    again reaches the same record, and then `prompt` must be its prompt or None). To add a record under an id of your own (an image from another
-    dataset), pass the id and `image=`; the image is copied into `images/` the first time.
+    again reaches the same record, and then `prompt` must be its prompt or None). To add a record
+    under an id of your own (an image from another dataset), pass the id and `image=`; the image is
+    copied into `images/` the first time (for an existing record `image` is not used).
     `prompt`: required for a new record; for an existing one None or the record's own prompt.
     `points`: {heatmap type: [(x, y), …]} in pixels of the image as stored (its own size).
     `words`: flagged prompt tokens, as tokens or token indices of `tokenize_prompt(prompt)`.
@@ -487,14 +488,12 @@ def add_annotation(
     t = time.time() if now is None else float(now)
 
     with folder_lock(root):
-        current = folder_style(root)
-        if (root / CONFIG).is_file():
-            if style is not None and style != current:
-                raise InvalidArgumentError(f"this folder aggregates {current!r} heatmaps; use set_style() to change "
-                                           "that for every record, not one save")
-        else:
-            current = style or DEFAULT_STYLE
-            atomic_write_text(root / CONFIG, _json({"heatmap_style": current}) + "\n")
+        # Everything is checked first; files are written only once the save is known to go through.
+        configured = (root / CONFIG).is_file()
+        current = folder_style(root) if configured else (style or DEFAULT_STYLE)
+        if configured and style is not None and style != current:
+            raise InvalidArgumentError(f"this folder aggregates {current!r} heatmaps; use set_style() to change "
+                                       "that for every record, not one save")
         lines = _read_lines(root)
         at = _find(lines, rec_id)
         created = at is None
@@ -503,10 +502,8 @@ def add_annotation(
                 raise RecordNotFoundError(f"no record {rec_id!r} in this folder; pass image= to add it")
             if prompt is None:
                 raise InvalidArgumentError(f"{rec_id} is new in this folder: give its prompt (an empty string if it has none)")
-            img_rel = f"images/{_file_stem(rec_id)}.png"
-            atomic_write_bytes(root / img_rel, encode_png(new_image))
-            entry = {"id": rec_id, "prompt": prompt, "image": img_rel, "scores": {}, "words": [],
-                     "heatmaps": {}, "meta": {"split": split, "annotations": []}, "columns": {}}
+            entry = {"id": rec_id, "prompt": prompt, "image": f"images/{_file_stem(rec_id)}.png", "scores": {},
+                     "words": [], "heatmaps": {}, "meta": {"split": split, "annotations": []}, "columns": {}}
             if source:
                 entry["meta"]["source"] = dict(source)
             img = new_image
@@ -537,6 +534,10 @@ def add_annotation(
             latest = latest_by_annotator(existing)
             return Saved(rec_id, False, True, len(existing), len(latest), entry.get("scores", {}),
                          entry.get("words", []), entry.get("heatmaps", {}))
+        if not configured:
+            atomic_write_text(root / CONFIG, _json({"heatmap_style": current}) + "\n")
+        if created:
+            atomic_write_bytes(root / entry["image"], encode_png(new_image))
         if not existing and not created and (entry.get("scores") or entry.get("words") or entry.get("heatmaps")):
             # Labels from elsewhere (an exported dataset): kept, and from now on the annotators' own rule.
             meta["prior_labels"] = {k: entry.get(k) for k in ("scores", "words", "heatmaps")}

@@ -304,6 +304,12 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, 
     assert (tmp_path / "labels.jsonl").read_bytes() == before
 
 
+def test_a_refused_first_save_leaves_no_files(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="outside"):
+        A.add_annotation(tmp_path / "new", _img(), "a cat", "ann", points={"implausibility": [(-1, 0)]})
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [".labels.lock"]  # no config, image or labels
+
+
 def test_missing_folder_record_or_image_say_what_is_wrong(tmp_path):
     with pytest.raises(InvalidArgumentError, match="no target folder"):
         A.add_annotation("  ", _img(), "", "ann")
@@ -473,3 +479,34 @@ def test_page_in_shared_mode_saves_only_inside_the_export_folder(tmp_path, monke
     monkeypatch.delenv("RHF_EXPORT_ROOT")
     at = _open_page(annotator="fay", ann_target="mine")
     assert "no export folder" in at.error[0].value
+
+
+def test_page_queue_from_the_error_analysis_ranking_worst_first(tmp_path):
+    import pandas as pd
+
+    src = open_dataset("shapes:n=20,seed=1")
+    # The table Live RAHF keeps in session state: ids with their disagreement, here made up.
+    table = pd.DataFrame({"id": src.ids[:4], "abs_err_overall": [0.1, 0.9, np.nan, 0.5],
+                          "abs_err_plausibility": [0.8, 0.0, 0.1, 0.2]})
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.query_params["ds"] = "shapes:n=20,seed=1"
+    at.query_params["annotator"] = "gus"
+    at.query_params["ann_target"] = str(tmp_path / "t")
+    at.session_state["live_analysis"] = ((src.spec, "weights"), table)
+    at.session_state["live_sort"] = "abs_err_overall"
+    at.run()
+    at.switch_page("app_pages/annotate.py").run()
+    at.segmented_control(key="ann_source").set_value("Error analysis (worst first)").run()
+    assert not at.exception, at.exception
+    order = [src.ids[1], src.ids[3], src.ids[0], src.ids[2]]  # by abs_err_overall, NaN last
+    shown = next(m.value for m in at.markdown if "Image **1** of 4" in m.value)
+    assert order[0] in shown and "worst first" not in shown and "error analysis" in shown
+    _rate_all(at, 2)
+    at.button(key="ann_save").click().run()
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    assert open_dataset(f"folder:{tmp_path / 't'}").ids == [order[0]]
+    assert order[1] in next(m.value for m in at.markdown if "Image **2** of 4" in m.value)
