@@ -190,7 +190,13 @@ def analysis_items() -> tuple[list[Item], str]:
     if not stored or stored[0][0] != ds.spec:
         return [], ""
     table = stored[1]
+    # "live_sort" is Live RAHF's widget: Streamlit drops its value once a run of this page ends, so the
+    # column is remembered here, or the queue would reorder itself on the second run.
     by = ss.get("live_sort")
+    if by in table:
+        ss["ann_analysis_by"] = by
+    else:
+        by = ss.get("ann_analysis_by")
     if by not in table:
         by = next((c for c in DISAGREEMENT if c in table and table[c].notna().any()), None)
     if by is None:

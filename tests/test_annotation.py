@@ -372,7 +372,7 @@ def _open_page(**params):
     at.query_params["ds"] = params.pop("ds", "shapes:n=20,seed=1")
     for k, v in params.items():
         at.query_params[k] = v
-    at.run()
+    # Straight to the page: a first run of the home page would load the predictor and the generator.
     at.switch_page("app_pages/annotate.py").run()
     assert not at.exception, at.exception
     return at
@@ -498,7 +498,6 @@ def test_page_queue_from_the_error_analysis_ranking_worst_first(tmp_path):
     at.query_params["ann_target"] = str(tmp_path / "t")
     at.session_state["live_analysis"] = ((src.spec, "weights"), table)
     at.session_state["live_sort"] = "abs_err_overall"
-    at.run()
     at.switch_page("app_pages/annotate.py").run()
     at.segmented_control(key="ann_source").set_value("Error analysis (worst first)").run()
     assert not at.exception, at.exception
