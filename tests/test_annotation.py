@@ -510,3 +510,19 @@ def test_page_queue_from_the_error_analysis_ranking_worst_first(tmp_path):
     assert at.success, [e.value for e in [*at.error, *at.warning]]
     assert open_dataset(f"folder:{tmp_path / 't'}").ids == [order[0]]
     assert order[1] in next(m.value for m in at.markdown if "Image **2** of 4" in m.value)
+
+
+def test_page_queue_is_the_explorers_filtered_set(tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    src = open_dataset("shapes:n=20,seed=1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.query_params["ds"] = "shapes:n=20,seed=1"
+    at.session_state["explorer_positions"] = np.array([7, 2, 11])  # what the explorer keeps after filtering
+    at.session_state["explorer_spec"] = src.spec
+    at.switch_page("app_pages/annotate.py").run()
+    assert not at.exception, at.exception
+    shown = next(m.value for m in at.markdown if "Image **1** of 3" in m.value)
+    assert src.ids[7] in shown and "the explorer's filtered set" in shown
