@@ -286,7 +286,7 @@ def saved_in(env) -> int:
 
 
 def test_kill_9_resumes_within_save_every_steps_and_other_settings_refuse(tiny_dir, prompts, tmp_path, cli_env):
-    steps, every = 400, 7
+    steps, every = 120, 7
     out = tmp_path / "adapter"
     log = tmp_path / "run1.log"
     proc = start_and_wait(cli(tiny_dir, prompts, out, "--steps", str(steps), "--save-every", str(every)), cli_env,
@@ -296,7 +296,8 @@ def test_kill_9_resumes_within_save_every_steps_and_other_settings_refuse(tiny_d
     proc.wait(timeout=30)
     killed_at, kept = last_step(log, steps), saved_in(cli_env)
     assert proc.returncode == -signal.SIGKILL and killed_at < steps, "finished before the kill: raise steps"
-    assert kept % every == 0 and 0 <= killed_at - kept < every, (killed_at, kept)
+    # At most save_every steps lost (exactly that only when the kill lands while the next save is written).
+    assert kept % every == 0 and 0 <= killed_at - kept <= every, (killed_at, kept)
     assert not out.exists()
 
     # Other settings: refused at once, naming the setting, without a traceback; the state is kept.
@@ -333,6 +334,6 @@ def test_ctrl_c_saves_the_last_finished_step_and_exits_without_a_traceback(tiny_
     kept = saved_in(cli_env)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert 1 <= last_step(log, steps) <= kept < 100  # the finished steps, not the last periodic save's (none)
-    lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
-    assert len(lines) == 1 and f"{kept} of {steps} steps kept" in lines[0] and "resume" in lines[0]
+    lines = re.findall(r"interrupted: [^\r\n]*", err)  # (after the progress bars' control characters)
+    assert len(lines) == 1 and f"{kept} of {steps} steps kept" in lines[0] and "resume" in lines[0], err[-2000:]
     assert not (tmp_path / "adapter").exists()
