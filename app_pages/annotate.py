@@ -29,7 +29,7 @@ from rhf_core.errors import RHFError, SharedModeError
 from rhf_core.heatmaps import RAPIDATA_SIGMA_FRAC, RICHHF_DISK_RADIUS_FRAC
 from rhf_core.images import load_image
 from ui.loaders import load_dataset
-from ui.settings import current_dataset, error_text, policy
+from ui.settings import current_dataset, current_spec, error_text, policy
 
 QP = "query-params"
 SOURCES = ["Explorer's filtered set", "Error analysis (worst first)", "Image folder", "Uploads"]
@@ -98,34 +98,30 @@ if TARGET is not None and TARGET.exists() and not TARGET.is_dir():
     TARGET = None
 
 
-def labels_fingerprint(folder: Path | None) -> tuple:
-    try:
-        s = (folder / A.LABELS).stat()
-        return (str(folder), s.st_mtime_ns, s.st_size)
-    except (OSError, TypeError):
-        return (str(folder), 0, 0)
+@st.cache_data(show_spinner=False, max_entries=16)
+def folder_records(folder: str, stamp: tuple) -> dict:
+    """Who annotated which record; `stamp` (the labels file's mtime and size) keys the cache."""
+    return A.folder_records(folder)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def folder_state(folder: str, _fingerprint: tuple, key: tuple):
-    """(records summary, agreement) of the target folder; `key` (its labels' mtime and size) keys the cache."""
-    records = A.folder_records(folder)
-    try:
-        ag = A.agreement(folder)
-    except RHFError:
-        ag = None
-    return records, ag
+def folder_agreement(folder: str, stamp: tuple):
+    return A.agreement(folder)
 
 
 def target_state():
-    if TARGET is None or not (TARGET / A.LABELS).is_file():
-        return {}, None
-    fp = labels_fingerprint(TARGET)
+    """(records, agreement) of the target folder as it is now; ({}, None) before its first save."""
     try:
-        return folder_state(str(TARGET), fp, fp)
-    except RHFError as e:
-        st.error(f"The target folder's labels: {error_text(e)}")
+        st_ = (TARGET / A.LABELS).stat()
+    except (OSError, TypeError):  # no folder named yet, or nothing saved in it
         return {}, None
+    stamp = (st_.st_mtime_ns, st_.st_size)
+    records = folder_records(str(TARGET), stamp)
+    try:
+        return records, folder_agreement(str(TARGET), stamp)
+    except RHFError as e:  # a hand-edited annotation the agreement cannot read
+        st.warning(f"Agreement cannot be computed for this folder: {error_text(e)}")
+        return records, None
 
 
 RECORDS, AGREEMENT = target_state()
@@ -159,10 +155,22 @@ def dataset_items() -> tuple[list[Item], str]:
         positions, what = np.arange(len(ds)), "all records of the sidebar dataset (filter them on the explorer)"
     else:
         what = "the explorer's filtered set"
-    return _record_items(ds, [int(p) for p in positions]), what
+    return _record_items(ds, [int(p) for p in positions], _sidebar_spec(ds)), what
 
 
-def _record_items(ds, positions) -> list[Item]:
+def _tag(text: str) -> str:
+    """A short stand-in for a path or spec inside widget keys: keys show up in the page's HTML (and in the
+    stored idempotency keys), and a shared server must not reveal its paths there."""
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _sidebar_spec(ds) -> str:
+    """The sidebar dataset as the user named it (in shared mode ds.spec holds the resolved server path)."""
+    return current_spec()[0] if POLICY.shared else ds.spec
+
+
+def _record_items(ds, positions, shown_spec: str) -> list[Item]:
+    """Queue items for records of `ds`; `shown_spec` is what a new record's meta.source names."""
     frame = ds.frame
     same_folder = TARGET is not None and getattr(ds, "root", None) is not None and \
         Path(ds.root).resolve() == TARGET.resolve()
@@ -176,8 +184,8 @@ def _record_items(ds, positions) -> list[Item]:
                 raise RHFError(f"{ds[pos].id} has no image (labels only)")
             return img
 
-        items.append(Item(f"ds:{ds.spec}:{rec_id}", rec_id, load, str(frame["prompt"].iat[pos]), rec_id,
-                          None if same_folder else {"spec": ds.spec, "id": rec_id}))
+        items.append(Item(f"ds:{_tag(ds.spec)}:{rec_id}", rec_id, load, str(frame["prompt"].iat[pos]), rec_id,
+                          None if same_folder else {"spec": POLICY.scrub(shown_spec), "id": rec_id}))
     return items
 
 
@@ -203,12 +211,13 @@ def analysis_items() -> tuple[list[Item], str]:
         return [], ""
     ranked = table.sort_values(by, ascending=False, na_position="last")
     positions = [ds.index_of(str(i)) for i in ranked["id"]]
-    return _record_items(ds, positions), f"Live RAHF's error analysis, most disagreeing first by {DISAGREEMENT.get(by, by)}"
+    return _record_items(ds, positions, _sidebar_spec(ds)), f"Live RAHF's error analysis, most disagreeing first by {DISAGREEMENT.get(by, by)}"
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def list_images(folder: str) -> tuple[list[str], dict[str, str]]:
-    """Image files of a folder (sorted, at most MAX_FOLDER_IMAGES) and prompts from `<stem>.txt` beside them."""
+def list_images(folder: str, stamp: int) -> tuple[list[str], dict[str, str]]:
+    """Image files of a folder (sorted, at most MAX_FOLDER_IMAGES) and prompts from `<stem>.txt` beside them;
+    `stamp` (the folder's mtime) makes files added later show up."""
     root = Path(folder)
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:MAX_FOLDER_IMAGES]
     prompts = {}
@@ -231,11 +240,11 @@ def folder_items() -> tuple[list[Item], str]:
         raise RHFError(f"{text} is not a folder")
     if (path / A.LABELS).is_file():
         ds = load_dataset(f"folder:{path}", None, _label=f"folder:{text}")
-        return _record_items(ds, range(len(ds))), f"the records of folder:{text}"
-    names, prompts = list_images(str(path))
+        return _record_items(ds, range(len(ds)), f"folder:{text}"), f"the records of folder:{text}"
+    names, prompts = list_images(str(path), path.stat().st_mtime_ns)
     if not names:
         raise RHFError(f"{text} holds no PNG, JPEG or WebP images")
-    items = [Item(f"file:{path}/{n}", n, lambda p=path / n: load_image(p, max_side=None, name=p.name),
+    items = [Item(f"file:{_tag(str(path))}/{n}", n, lambda p=path / n: load_image(p, max_side=None, name=p.name),
                   prompts.get(n), None, {"file": n}) for n in names]
     return items, f"{len(names):,} images of {text}"
 

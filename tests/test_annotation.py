@@ -464,7 +464,11 @@ def test_page_in_shared_mode_saves_only_inside_the_export_folder(tmp_path, monke
     monkeypatch.setenv("RHF_SHARED", "1")
     monkeypatch.setenv("RHF_EXPORT_ROOT", str(export))
     monkeypatch.setenv("RHF_DATA_ROOTS", str(tmp_path / "data"))
-    at = _open_page(annotator="fay", ann_target=str(tmp_path / "elsewhere"))
+    from rhf_core.data import export as export_ds
+
+    export_ds(open_dataset("shapes:n=3,seed=1"), tmp_path / "data" / "src")
+    # The sidebar dataset named relative to the data folder; the server resolves it to its own path.
+    at = _open_page(ds="folder:src", annotator="fay", ann_target=str(tmp_path / "elsewhere"))
     assert "outside the server's export folder" in at.error[0].value
     assert str(tmp_path) not in at.error[0].value  # no server path in the message
     _rate_all(at)
@@ -475,6 +479,9 @@ def test_page_in_shared_mode_saves_only_inside_the_export_folder(tmp_path, monke
     at.button(key="ann_save").click().run()
     assert at.success, [e.value for e in [*at.error, *at.warning]]
     assert len(open_dataset(f"folder:{export / 'mine'}")) == 1
+    saved = open_dataset(f"folder:{export / 'mine'}")[0]
+    assert saved.meta["source"]["spec"] == "folder:src"
+    assert str(tmp_path) not in (export / "mine" / "labels.jsonl").read_text()  # keys and sources name no server path
     assert all(str(tmp_path) not in m.value for m in [*at.markdown, *at.caption, *at.success])
     monkeypatch.delenv("RHF_EXPORT_ROOT")
     at = _open_page(annotator="fay", ann_target="mine")
