@@ -127,6 +127,16 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     page.get_by_role("button", name=re.compile("^Misalignment")).click()
     tb._settled(page)
     _click(page, 300, 250, "1 misalignment")
+    # A stray point removed by its label, another undone with the keyboard (U; focus off the image's frame).
+    _click(page, 40, 40, "2 misalignment")
+    page.locator("[class*='st-key-ann_rm_']").get_by_text("misalignment 2", exact=True).click()
+    expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
+    tb._settled(page)
+    _click(page, 480, 300, "2 misalignment")
+    page.mouse.click(1450, 1250)
+    page.keyboard.press("u")
+    expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
+    tb._settled(page)
     page.locator("[class*='st-key-ann_words_']").get_by_text("cat", exact=True).click()
     tb._settled(page)
     _rate(page, {"plausibility": 2, "alignment": 4, "aesthetics": 3, "overall": 2})
@@ -155,6 +165,7 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     for (x, y), (gx, gy) in zip(clicks, got):
         ex, ey = _stored(x, y, box)
         assert abs(gx - ex) <= 0.02 * W and abs(gy - ey) <= 0.02 * H, (got, clicks)
+    assert len(ann[0]["points"]["misalignment"]) == 1  # the removed and the undone point are gone
     mx, my = ann[0]["points"]["misalignment"][0]
     assert abs(mx - _stored(300, 250, box)[0]) <= 0.02 * W and abs(my - _stored(300, 250, box)[1]) <= 0.02 * H
     assert ann[0]["words"] == [2] and ann[0]["scores"] == {"plausibility": 2, "alignment": 4, "aesthetics": 3, "overall": 2}
