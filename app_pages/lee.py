@@ -179,7 +179,14 @@ for arm in ARMS:
                  "judge implausible share": s["judge_implausible_share"],
                  "RAHF plausibility": s["rahf_plausibility"], "win vs original random": s["win"],
                  "tie": s["tie"], "loss": s["loss"]})
-st.dataframe(pd.DataFrame(rows).set_index("arm"), width="stretch")
+# Short headers (the full names are the tooltips) and 3 decimals: ten columns of long headers ran past
+# the right edge of the page, hiding the last ones behind a scroll bar.
+MEASURE_COLUMNS = {"mean reward": "reward", "judge alignment": "judge al.", "model alignment (all n)": "model al. (all n)",
+                   "diversity": "diversity", "judge implausible share": "judge impl.", "RAHF plausibility": "RAHF pl.",
+                   "win vs original random": "win", "tie": "tie", "loss": "loss"}
+st.dataframe(pd.DataFrame(rows).set_index("arm"), width="stretch",
+             column_config={name: st.column_config.NumberColumn(short, help=name, format="%.3f")
+                            for name, short in MEASURE_COLUMNS.items()})
 st.caption("Judge alignment: share of the k kept images the ShapesWorld judge finds aligned (blank for prompts it "
            "cannot read); model alignment pools all n samples of each model, the less noisy estimate of what a random k "
            "gets. Diversity: mean pairwise cosine distance of image embeddings within a prompt. Win rate: "
@@ -189,11 +196,12 @@ gains = [{"arm": arm, "against": g["against"], "alignment gain": g["difference"]
           "verdict": "gain" if g["ci95"][0] > 0 else ("loss" if g["ci95"][1] < 0 else "within noise")}
          for arm in ARMS if (g := summary[arm].get("alignment_gain"))]
 if gains:
-    st.dataframe(pd.DataFrame(gains).set_index("arm"), width="stretch")
+    st.dataframe(pd.DataFrame(gains).set_index("arm"), width="stretch",
+                 column_config={"alignment gain": st.column_config.NumberColumn(format="%+.3f")})
     st.caption("Alignment gain per judged prompt, paired (same prompts and seeds), with a 95% bootstrap interval "
                "over prompts: a gain counts only when the interval stays above 0.")
 
-p1, p2, p3 = st.columns(3)
+p1, p2 = st.columns(2)
 dist = pd.DataFrame([{"arm": arm, "reward": float(v)} for arm in ARMS for v in comp.arm_values(arm, comp.rewards).ravel()])
 p1.plotly_chart(px.box(dist, x="arm", y="reward", color="arm", color_discrete_map=ARM_COLORS, points="all",
                        title="Reward of the kept images").update_layout(showlegend=False, height=380),
@@ -207,9 +215,11 @@ if cat_rows:
 else:
     p2.info("The judge reads only ShapesWorld prompts: no per-category alignment for these prompts.")
 wins = pd.DataFrame([{"arm": arm, "outcome": o, "share": summary[arm][o]} for arm in ARMS[1:] for o in ("win", "tie", "loss")])
-p3.plotly_chart(px.bar(wins, x="arm", y="share", color="outcome", title="Against original random, per prompt",
+# Full width, one bar an arm: in a third of the page its arm names and legend were cut off.
+st.plotly_chart(px.bar(wins, y="arm", x="share", color="outcome", orientation="h", range_x=[0, 1],
+                       title="Against original random, per prompt: win / tie / loss",
                        color_discrete_map={"win": "#2ca02c", "tie": "#bbbbbb", "loss": "#d62728"})
-                .update_layout(height=380, legend=dict(orientation="h", y=-0.25)), width="stretch")
+                .update_layout(height=260, legend=dict(orientation="h", y=-0.3)), width="stretch")
 
 # --- image grids ---------------------------------------------------------------------------------------
 

@@ -181,8 +181,8 @@ def analysis_mode() -> None:
     st.write(f"Run the predictor over **{len(positions):,}** records: {source}. Results are cached on disk, "
              "so a second run over the same records is instant.")
     # A table belongs to exactly these records of this dataset and this checkpoint; its summary and
-    # its rows are shown only while they still match.
-    inputs_key = hashlib.sha1(repr((ds.spec, rahf.weights_key)).encode() + positions.astype(np.int64).tobytes()).hexdigest()
+    # its rows are shown only while they still match. (The spec comes first: the Annotate page reads it.)
+    inputs_key = (ds.spec, rahf.weights_key, hashlib.sha1(positions.astype(np.int64).tobytes()).hexdigest())
     if st.button("Run error analysis", type="primary", key="live_run"):
         bar = st.progress(0.0, text="Predicting…")
         table = analyse(rahf, ds, positions, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicted {d:,} / {t:,} new records"))

@@ -194,6 +194,47 @@ def test_repair_page_in_the_browser(server, page):
     page.screenshot(path=str(ARTIFACTS / "repair-candidates.png"))
 
 
+def test_repair_page_keeps_its_controls_after_a_bad_id_or_an_upload(server, page, tmp_path):
+    """Was `KeyError: None` at pred.heatmaps[heat_type]: after a run that did not draw the heatmap control
+    (a bad record id, an upload without its prompt yet), the next slider move read it as None."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/repair?ds={SPEC}")
+    _settled(page)
+    box = page.get_by_label("Record id", exact=True)
+    box.fill("no-such-id")
+    box.press("Enter")
+    expect(page.get_by_text(re.compile("no record with id 'no-such-id'"))).to_be_visible()
+    _settled(page)
+    box.fill("shapes-1-000003")
+    box.press("Enter")
+    _settled(page)
+    threshold = page.locator(".st-key-rep_threshold input[type=range]")
+    threshold.focus()
+    threshold.press("ArrowRight")
+    _settled(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
+
+    # The same after an upload whose prompt comes later.
+    path = tmp_path / "mine.png"
+    Image.new("RGB", (64, 64), (220, 220, 220)).save(path)
+    page.locator(".st-key-rep_source").get_by_text("Upload", exact=True).click()
+    _settled(page)
+    page.locator("input[type='file']").first.set_input_files(str(path))
+    _settled(page)
+    prompt = page.get_by_label("Its prompt")
+    prompt.fill("a red circle")
+    prompt.press("Enter")
+    _settled(page)
+    threshold.focus()
+    threshold.press("ArrowLeft")
+    _settled(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
+
+
 def test_lee_page_in_the_browser(server, page):
     from playwright.sync_api import expect
 
@@ -208,8 +249,34 @@ def test_lee_page_in_the_browser(server, page):
     # Plotly's bundle loads lazily after the script run ends (slow on a loaded CI machine).
     expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "lee-compare.png"))
+    # Nothing is cut at the right edge: the measures table and the charts fit the main column.
+    main = page.locator("[data-testid='stMain']").bounding_box()
+    for element in [page.locator("[data-testid='stDataFrame']").first, *page.locator(".js-plotly-plot").all()]:
+        box = element.bounding_box()
+        assert box["x"] >= main["x"] - 1 and box["x"] + box["width"] <= main["x"] + main["width"] + 1, box
+    page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()  # the main area scrolls, not the page
+    page.screenshot(path=str(ARTIFACTS / "lee-charts.png"))
     page.get_by_text("Images", exact=True).scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "lee-images.png"))
+
+    # Pick the third prompt's images, then compare other prompts: the new grid's prompt box shows the
+    # prompt whose images the page draws (it used to keep the old label over another prompt's images).
+    prompt_box = page.locator("[class*='st-key-lee_prompt_']")
+    prompt_box.click()
+    page.get_by_role("option", name="three squares").click()
+    _settled(page)
+    expect(page.get_by_text("The kept images of each arm for “three squares”.")).to_be_visible()
+    text = page.locator(".st-key-lee_text textarea")
+    text.fill("a blue star\ntwo green triangles")
+    text.press("Control+Enter")
+    _settled(page)
+    expect(page.get_by_text("Measures per arm")).to_have_count(0)  # the old result is not shown under new prompts
+    page.get_by_role("button", name="Compare").click()
+    expect(page.get_by_text("Measures per arm")).to_be_visible(timeout=300_000)
+    _settled(page)
+    shown = page.locator("[class*='st-key-lee_prompt_'] input").input_value()  # what the box displays
+    drawn = re.search("The kept images of each arm for “(.+)”", page.get_by_text(re.compile("The kept images of")).inner_text()).group(1)
+    assert shown == drawn and drawn in ("a blue star", "two green triangles"), (shown, drawn)
 
 
 def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
@@ -229,8 +296,11 @@ def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     expect(page.get_by_text(re.compile(r"Fine-tuning… [1-9]"))).to_be_visible(timeout=300_000)
     page.get_by_role("button", name="Stop fine-tuning").click()
-    expect(page.get_by_text(re.compile("Fine-tuning stopped; every finished step is kept"))).to_be_visible()
+    stopped = page.get_by_text(re.compile(r"Fine-tuning browser-stop stopped; its saved state holds \d+ of 60 steps"))
+    expect(stopped).to_be_visible()
+    kept = int(re.search(r"holds (\d+) of 60", stopped.inner_text()).group(1))
     _settled(page)
+    expect(page.get_by_role("button", name="Stop fine-tuning")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "lee-fine-tune-stopped.png"))
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     done = page.get_by_text(re.compile("Saved the adapter to"))
@@ -241,6 +311,29 @@ def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
     steps = [e["step"] for e in info["log"]]
     assert info["complete"] and info["steps_done"] == 60
     assert len(steps) == 2 and 0 < steps[0] < 60, steps  # stopped at steps[0], resumed from there
+    assert steps[0] == kept  # the page said what the saved state held
+    # The new adapter is listed and selected at once, and the Stop button is gone.
+    expect(page.get_by_text(re.compile(r"Adapter browser-stop: "))).to_be_visible()
+    expect(page.get_by_role("button", name="Stop fine-tuning")).to_have_count(0)
+
+
+def test_lee_page_stop_before_the_first_step_says_nothing_was_kept(server, page):
+    """Was "every finished step is kept" when no step had finished."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/lee?ds={SPEC}")
+    _settled(page)
+    page.get_by_text("Fine-tune a new adapter now").click()
+    page.get_by_label("Name", exact=True).fill("browser-early-stop")
+    page.get_by_role("spinbutton", name="Training prompts").fill("10")
+    page.get_by_role("spinbutton", name="Training prompts").press("Enter")
+    _settled(page)
+    page.get_by_role("button", name="Fine-tune", exact=True).click()
+    page.get_by_role("button", name="Stop fine-tuning").click()  # while it still makes its training set
+    expect(page.get_by_text(re.compile("Fine-tuning browser-early-stop stopped before its first step finished: "
+                                       "no step was kept"))).to_be_visible()
+    _settled(page)
+    assert page.locator("[data-testid='stException']").count() == 0
 
 
 def test_live_rahf_upload_and_predict_in_the_browser(server, page, tmp_path):
@@ -268,3 +361,30 @@ def test_live_rahf_upload_and_predict_in_the_browser(server, page, tmp_path):
     expect(page.locator("[data-testid='stMetric']").nth(3)).to_be_attached()
     page.get_by_text("predicted implausibility").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "live-rahf-prediction.png"))
+
+    # Another prompt: the old prediction is neither shown nor offered for download.
+    box.fill(s.prompt + " and a cat")
+    box.press("Enter")
+    _settled(page)
+    expect(page.get_by_text(re.compile("changed since the last prediction"))).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile("Download predictions"))).to_have_count(0)
+    expect(page.get_by_text("predicted implausibility")).to_have_count(0)
+
+
+def test_live_rahf_mode_comes_back_after_another_page_in_the_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/live_rahf?ds={SPEC}")
+    _settled(page)
+    page.locator(".st-key-live_mode").get_by_text("Dataset record", exact=True).click()
+    _settled(page)
+    expect(page.get_by_label("Record id", exact=True)).to_be_visible()
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Home", exact=True).click()
+    _settled(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Live RAHF", exact=True).click()
+    _settled(page)
+    expect(page.get_by_label("Record id", exact=True)).to_be_visible()  # still the record view
+    page.locator(".st-key-live_opacity input[type=range]").press("ArrowRight")  # any other widget
+    _settled(page)
+    expect(page.get_by_label("Record id", exact=True)).to_be_visible()
+    assert page.locator("[data-testid='stException']").count() == 0

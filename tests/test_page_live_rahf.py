@@ -190,6 +190,7 @@ def run_analysis(at: AppTest, limit: int) -> AppTest:
 def test_error_analysis_summary_belongs_to_its_records(checkpoint):
     at = run_analysis(open_live(checkpoint), 40)
     assert any(c.value.startswith("records: 40") for c in at.caption)
+    assert at.session_state["live_analysis"][0][0].startswith(SPEC)  # Annotate finds the table by ds.spec
     at.number_input(key="live_limit").set_value(20).run()  # other records: the old table is stale
     assert not at.exception
     assert not at.dataframe and not any(c.value.startswith("records:") for c in at.caption)
