@@ -232,3 +232,27 @@ def test_heatmap_calibration_fits_the_least_squares_scale_and_keeps_map_shapes(t
             assert M.cc(c.heatmaps[h], r.heatmaps[h]) == pytest.approx(M.cc(p.heatmaps[h], r.heatmaps[h]), abs=1e-4)
     with pytest.raises(ValueError, match="heatmap_scale"):
         RAHFConfig.from_dict({**tiny().to_dict(), "heatmap_scale": {"implausibility": -1.0}})
+
+
+def test_training_on_too_few_records_is_a_clear_cli_error(tmp_path, capsys):
+    # A one-record folder (e.g. one image just annotated) has nothing left to train on once a record
+    # is held out: the CLI says so (exit 2), no traceback.
+    from rhf_core.__main__ import main
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "labels.jsonl").write_text(json.dumps(
+        {"id": "a", "prompt": "a red square", "image": "images/a.png", "scores": {"plausibility": 0.5}}) + "\n")
+    code = main(["train-rahf", "--data", f"folder:{tmp_path}", "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert code == 2
+    assert "training needs at least 2" in capsys.readouterr().err
+
+
+def test_config_errors_are_library_errors():
+    from rhf_core.errors import RHFError
+
+    # A checkpoint's config.json is user input: its errors must be ones the CLI and pages report.
+    with pytest.raises(RHFError, match="variant must be"):
+        RAHFConfig.from_dict({"variant": "nope"})
+    with pytest.raises(RHFError, match="unknown RAHF config fields"):
+        RAHFConfig.from_dict({"colour": 1})

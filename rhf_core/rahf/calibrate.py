@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rhf_core.dataset import HEATMAP_NAMES, Dataset
+from rhf_core.errors import DatasetFormatError
 
 
 def heatmap_gate(name: str, scores: dict, words: list) -> float:
@@ -55,7 +56,7 @@ def calibrate_checkpoint(path: str | Path, ds: Dataset, max_records: int = 0) ->
     rahf = load_rahf(path)
     scales = fit_heatmap_scale(rahf, ds, max_records)
     if not scales:
-        raise ValueError(f"{ds.spec} has no heatmap labels to calibrate against")
+        raise DatasetFormatError(f"{ds.spec} has no heatmap labels to calibrate against")
     rahf.config.heatmap_scale = {h: round(s, 6) for h, s in scales.items()}
     rahf.config.save(Path(path))
     return rahf.config.heatmap_scale

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
+from rhf_core.errors import InvalidArgumentError
 
 # Task strings of the augmented-prompt variant (RichHF sec. 4.2): the task is named in the text.
 TASKS = {
@@ -76,25 +77,25 @@ class RAHFConfig:
         text = TextConfig(**d.pop("text", {}))
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown RAHF config fields: {sorted(unknown)}")
+            raise InvalidArgumentError(f"unknown RAHF config fields: {sorted(unknown)}")
         cfg = cls(vision=vision, text=text, **d)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         if self.variant not in ("multihead", "augmented"):
-            raise ValueError(f"variant must be 'multihead' or 'augmented', got {self.variant!r}")
+            raise InvalidArgumentError(f"variant must be 'multihead' or 'augmented', got {self.variant!r}")
         for part in (self.vision, self.text):
             if part.kind not in ("scratch", "hf"):
-                raise ValueError(f"backbone kind must be 'scratch' or 'hf', got {part.kind!r}")
+                raise InvalidArgumentError(f"backbone kind must be 'scratch' or 'hf', got {part.kind!r}")
             if part.kind == "hf" and not part.name_or_path:
-                raise ValueError("an 'hf' backbone needs name_or_path")
+                raise InvalidArgumentError("an 'hf' backbone needs name_or_path")
         for name, scale in self.heatmap_scale.items():
             if name not in HEATMAP_NAMES or not float(scale) > 0:
-                raise ValueError(f"heatmap_scale needs positive scales of known heatmaps, got {name!r}: {scale!r}")
+                raise InvalidArgumentError(f"heatmap_scale needs positive scales of known heatmaps, got {name!r}: {scale!r}")
         p = self.vision.patch_size
         if self.vision.kind == "scratch" and (p & (p - 1) or self.image_size % p):
-            raise ValueError(f"patch size {p} must be a power of two dividing the image size {self.image_size}")
+            raise InvalidArgumentError(f"patch size {p} must be a power of two dividing the image size {self.image_size}")
 
     def save(self, directory: Path) -> None:
         from rhf_core.cache import atomic_write_text

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rhf_core import metrics as M
+from rhf_core.errors import DatasetFormatError
 from rhf_core.data import open_dataset
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
 from rhf_core.heatmaps import resize_heatmap
@@ -171,7 +172,7 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
     test_ds = open_dataset(data, split=split)
     recs = _records(test_ds, max_records)
     if not recs:
-        raise ValueError(f"{data} split {split!r} has no record with an image")
+        raise DatasetFormatError(f"{data} split {split!r} has no record with an image")
     size = rahf.config.image_size
 
     # 1. The model

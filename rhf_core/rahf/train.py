@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rhf_core.errors import DatasetFormatError
 from rhf_core.cache import atomic_write_text, cache_dir
 from rhf_core.data import open_dataset
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
@@ -105,7 +106,7 @@ def dataset_arrays(ds: Dataset, size: int, progress: Callable | None = None) -> 
         if progress is not None and (i % 500 == 0 or i == len(ds) - 1):
             progress(i + 1, len(ds))
     if not imgs:
-        raise ValueError(f"{ds.spec}: no record with an image to train on")
+        raise DatasetFormatError(f"{ds.spec}: no record with an image to train on")
     return Arrays(np.stack(imgs), np.stack(heats), np.array(hmask), np.array(scores, np.float32),
                   np.array(smask), words, wt)
 
@@ -222,6 +223,9 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
         train_ds = train_ds.subset(np.arange(min(cfg.max_records, len(train_ds))))
     val_ds = ds.split(cfg.val_split)
     if len(val_ds) == 0:  # no dev split: hold out 10% of training records
+        if len(train_ds) < 2:
+            raise DatasetFormatError(f"{ds.spec}: {len(train_ds)} record(s) in split {cfg.train_split!r} and no "
+                                     f"{cfg.val_split!r} split; training needs at least 2 (one is held out)")
         k = max(1, len(train_ds) // 10)
         val_ds, train_ds = train_ds.subset(np.arange(k)), train_ds.subset(np.arange(k, len(train_ds)))
     if cfg.max_records:

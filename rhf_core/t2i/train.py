@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rhf_core.cache import atomic_write_text, cache_dir
+from rhf_core.errors import InvalidArgumentError
 from rhf_core.shapes.grammar import sample_prompt
 from rhf_core.shapes.render import render, sample_scene
 from rhf_core.t2i.build import TinyT2IConfig, build_components
@@ -57,7 +58,7 @@ def training_set(n: int, seed: int, size: int, caption_noise: float = 0.0) -> tu
     `caption_noise`, that share of captions misstates one attribute of its image (the images are the
     same as without)."""
     if not 0.0 <= caption_noise <= 1.0:
-        raise ValueError(f"caption_noise is a share of captions, in [0, 1]; got {caption_noise}")
+        raise InvalidArgumentError(f"caption_noise is a share of captions, in [0, 1]; got {caption_noise}")
     from rhf_core.reward.perturb import perturbed_prompts
 
     rng = np.random.default_rng(seed)
@@ -84,7 +85,7 @@ def _lr(step: int, total: int, warmup: int = 100, schedule: str = "cosine") -> f
     if schedule == "constant":
         return ramp
     if schedule != "cosine":
-        raise ValueError(f"unknown learning-rate schedule {schedule!r}: use 'cosine' or 'constant'")
+        raise InvalidArgumentError(f"unknown learning-rate schedule {schedule!r}: use 'cosine' or 'constant'")
     return ramp * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
@@ -325,7 +326,7 @@ def _init_from(path: Path, modules: dict) -> list:
         try:
             module.load_state_dict({k: v.float() for k, v in sd.items()})
         except RuntimeError as e:  # a different architecture
-            raise ValueError(f"--init-from {path}: the {name} does not match this model config ({e})") from None
+            raise InvalidArgumentError(f"--init-from {path}: the {name} does not match this model config ({e})") from None
     log_file = path / "train_log.json"
     if not log_file.is_file():
         return []
