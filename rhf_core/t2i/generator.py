@@ -51,9 +51,9 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
-def _check_n(n: int, error: type[Exception] = None) -> int:
+def _check_n(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise (error or GeneratorError)(f"n must be a positive number of images, got {n!r}")
+        raise GeneratorError(f"n must be a positive number of images, got {n!r}")
     return int(n)
 
 
