@@ -388,9 +388,7 @@ def save(advance: bool) -> None:
     except RHFError as e:
         ss["ann_message"] = ("error", f"Not saved: {error_text(e)}")
         return
-    # The explorer and this page's sidebar dataset must see the new labels at once.
-    for spec in {f"folder:{target}", f"folder:{target.resolve()}"}:
-        load_dataset.clear(spec, None)
+    # The explorer sees the new labels at once: ui.loaders keys a folder by its labels file's mtime.
     n_pts = sum(len(v) for v in POINTS.values())
     verb = "Already saved (a repeated click)" if saved.duplicate else "Saved"
     ss["ann_message"] = ("success", f"{verb}: `{saved.record_id}` by {annotator}, {n_pts} points, {len(words)} words; "

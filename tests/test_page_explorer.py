@@ -224,3 +224,27 @@ def test_skipped_rows_are_counted_and_listed_with_where_and_why(tmp_path):
     table = at.dataframe[0].value
     assert list(table.columns) == ["where", "why"] and len(table) == ds.n_skipped
     assert sorted(table["why"]) == sorted(s.reason for s in ds.skipped)
+
+
+def test_a_folder_that_changes_on_disk_is_reopened_not_served_stale(tmp_path):
+    # An annotation saved by another session or process appends to labels.jsonl; the cached dataset
+    # must follow it (the cache is keyed by the labels file's mtime and size).
+    import json as _json
+    import os
+
+    from PIL import Image
+
+    from ui.loaders import load_dataset
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(tmp_path / "images" / "a.png")
+    line = {"id": "a", "prompt": "a blue square", "image": "images/a.png"}
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(_json.dumps(line) + "\n")
+    spec = f"folder:{tmp_path}"
+    assert len(load_dataset(spec)) == 1
+    assert load_dataset(spec) is load_dataset(spec)  # unchanged: served from the cache
+    labels.write_text(_json.dumps(line) + "\n" + _json.dumps(line | {"id": "b"}) + "\n")
+    st_ = labels.stat()
+    os.utime(labels, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1_000_000))  # coarse clocks: force a new mtime
+    assert len(load_dataset(spec)) == 2

@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
-from rhf_core.data import open_dataset
+from rhf_core.data import open_dataset, parse_spec
 from rhf_core.dataset import Dataset
+from rhf_core.errors import RHFError
 from rhf_core.explore import mean_heatmap
+from rhf_core.sources.folder import LABELS
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+def _labels_version(spec: str) -> tuple[int, int] | None:
+    """For a `folder:` spec, (mtime_ns, size) of its labels.jsonl; None for other sources.
+
+    Part of the dataset cache key, so a folder that changes on disk (an annotation saved by this or
+    another server process, an export) is reopened instead of served stale."""
+    try:
+        source, arg = parse_spec(spec)
+        if source != "folder":
+            return None
+        stat = (Path(arg).expanduser() / LABELS).stat()
+        return stat.st_mtime_ns, stat.st_size
+    except (RHFError, OSError):
+        return None  # open_dataset reports the problem
+
+
 def load_dataset(spec: str, pickapic: str | None = None, _label: str | None = None) -> Dataset:
     """Open a dataset by spec, with a progress bar while a large index is first built.
 
     `_label` (not part of the cache key) is what the bar names: the spec as the user typed it, since
     in shared mode `spec` holds the resolved server path. Errors propagate as `RHFError`."""
+    return _open_dataset(spec, pickapic, _labels_version(spec), _label)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _open_dataset(spec: str, pickapic: str | None, version, _label: str | None) -> Dataset:
     options = {"pickapic": pickapic} if pickapic and spec.lower().startswith("richhf") else {}
     label = _label or spec
     bar = st.progress(0.0, text=f"Opening {label}…")
