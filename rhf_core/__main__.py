@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dpo: the least reward difference between the better and the worse sample of a pair")
     f.add_argument("--save-every", type=int, default=None,  # None: FinetuneConfig's (not imported here: torch)
                    help="steps between saves of the resumable state, what a kill can lose (default 10: under a "
-                        "minute of the default objective on a 2-core CPU)")
+                        "minute of the default objective on a 2-core CPU); a step ending 45 s or more after the "
+                        "last save is saved too")
     f.add_argument("--no-resume", action="store_true",
                    help="discard the saved state of --name first and train from step 0 (a run resumes it only "
                         "with the settings it was trained with)")

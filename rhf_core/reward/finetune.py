@@ -98,7 +98,8 @@ class FinetuneConfig:
     seed: int = 0
     # Steps between saves of the resumable state: at most what a kill -9 loses. A step of the default
     # objective (rwr, batch 32, β term on) takes about 3 s on a 2-core CPU (2.1–4.2 CPU-s measured), so 10
-    # steps lose 30–40 s; a save costs milliseconds.
+    # steps lose 30–40 s; a save costs milliseconds. Slower steps (draft: minutes each on a CPU) are also
+    # saved once SAVE_SECONDS have passed since the last save.
     save_every: int = 10
 
     @property
@@ -150,6 +151,7 @@ STATE_FORMAT = "rhf-finetune-state/1"
 # spans `steps`, so the first 300 steps of a 600-step run are not those of a 300-step run, and a resumed
 # state with other `steps` would be neither (start over with --no-resume to train longer).
 NOT_SETTINGS = ("name", "out", "save_every")
+SAVE_SECONDS = 45.0  # a save also comes after a step that ends this long after the last one
 # Settings shown by name only in a mismatch message: paths, and digests of what the run reads.
 _UNSHOWN = ("generator", "prompts", "pretrain_folder", "generator_weights", "reward_function", "prompt_list",
             "pretrain_files")
@@ -201,7 +203,8 @@ def _read_state_meta(path: Path) -> dict:
         if meta.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} file")
         out = {k: json.loads(v) for k, v in meta.items() if k != "format"}
-        if not isinstance(out.get("step"), int) or not {"fingerprint", "settings", "log", "optimizer"} <= set(out):
+        if not isinstance(out.get("step"), int) or not {"fingerprint", "settings", "log", "optimizer", "parts",
+                                                         "draft_rewards"} <= set(out):
             raise ValueError("its step or settings are missing")
     except (SafetensorError, OSError, ValueError) as e:  # damaged or not ours: say so, never resume it
         raise RewardError(f"the saved state of fine-tune {path.parent.name!r} cannot be read ({e}): "
@@ -533,11 +536,15 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         opt.load_state_dict(opt_state)
         start, log = int(meta["step"]), list(meta["log"])
     unet_t, opt = accelerator.prepare(unet, opt)
+    # Steps not yet logged, and draft's sampled rewards: kept in the state too, so that a resumed run logs
+    # and reports what an uninterrupted one would.
+    parts = [tuple(p) for p in meta["parts"]] if resume_from is not None else []
+    draft_rewards: list[float] = list(meta["draft_rewards"]) if resume_from is not None else []
     gen = torch.Generator().manual_seed(cfg.seed + start)
     rng = np.random.default_rng(cfg.seed + start)
     dev = accelerator.device
     rw = torch.from_numpy(r)
-    t0, parts = time.time(), []
+    t0 = time.time()
 
     from rhf_core.t2i.train import _snr
 
@@ -588,7 +595,6 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         return dpo_loss(err[:n], err[n:], ref[:n], ref[n:], cfg.dpo_beta).mean()
 
     vae = pipe.vae
-    draft_rewards: list[float] = []
     if cfg.objective == "draft":  # frozen, but the gradient must pass through them to the adapter
         from rhf_core.reward.model import RewardModel
 
@@ -628,18 +634,19 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
                     "seconds": round(time.time() - t0, 1)})
         parts, t0 = [], time.time()
 
-    saved_at = start
+    saved_at, saved_time = start, time.time()
 
     def save_state(done: int) -> None:
         """Replace the state file by one at `done` steps (weights, optimizer, log and settings together)."""
-        nonlocal saved_at
+        nonlocal saved_at, saved_time
         if accelerator.is_main_process:
             from peft.utils import get_peft_model_state_dict
 
             lora = get_peft_model_state_dict(accelerator.unwrap_model(unet_t))
-            meta = {"step": done, "steps": cfg.steps, "fingerprint": _digest(settings), "settings": settings, "log": log}
+            meta = {"step": done, "steps": cfg.steps, "fingerprint": _digest(settings), "settings": settings,
+                    "log": log, "parts": parts, "draft_rewards": draft_rewards}
             atomic_write_bytes(state_path, _state_bytes(lora, opt.state_dict(), meta))
-        saved_at = done
+        saved_at, saved_time = done, time.time()
 
     stopped, done = False, start
     try:
@@ -671,6 +678,8 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             stopped = should_stop is not None and should_stop()
             if done % cfg.save_every == 0 or done == cfg.steps or stopped:
                 log_steps(done)
+                save_state(done)
+            elif time.time() - saved_time >= SAVE_SECONDS:  # slow steps: never much more than this lost
                 save_state(done)
             if stopped:
                 break
