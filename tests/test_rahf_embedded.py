@@ -67,3 +67,28 @@ def test_scores_and_words_beat_the_constant_predictor(fresh):
     model_f1 = M.token_metrics([[w for _, w in p.words] for p in preds], truth)["f1"]
     prior_f1 = M.token_metrics([prior([t for t, _ in r.words]) for r in recs], truth)["f1"]
     assert model_f1 > prior_f1 + 0.3, (model_f1, prior_f1)
+
+
+def test_batch_analysis_and_evaluation_skip_wordless_prompts(tmp_path):
+    # predict() refuses a prompt without words; the batch callers (error analysis, evaluation,
+    # calibration) must leave such records out rather than stop on them.
+    import json as _json
+
+    from PIL import Image
+
+    from rhf_core.data import open_dataset
+    from rhf_core.rahf import load_rahf
+    from rhf_core.rahf.analysis import analyse
+    from rhf_core.rahf.evaluate import scorable_records
+
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i, prompt in enumerate(["a red circle", ".", "", "two blue squares"]):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp_path / "images" / f"{i}.png")
+        lines.append(_json.dumps({"id": f"r{i}", "prompt": prompt, "image": f"images/{i}.png",
+                                  "scores": {"plausibility": 0.5}}))
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert [r.id for r in scorable_records(ds)] == ["r0", "r3"]
+    table = analyse(load_rahf(), ds, range(len(ds)), use_cache=False)
+    assert sorted(table["id"]) == ["r0", "r3"]

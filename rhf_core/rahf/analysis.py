@@ -14,7 +14,7 @@ from PIL import Image
 
 from rhf_core import metrics as M
 from rhf_core.cache import cache_dir, cache_key, write_parquet
-from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record, tokenize_prompt
 from rhf_core.errors import RHFError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.predictor import RAHF, Prediction
@@ -73,7 +73,7 @@ def analyse(rahf: RAHF, ds: Dataset, positions, batch_size: int = 64,
         for p in todo[start:start + batch_size]:
             try:
                 rec = ds[p]
-                if rec.image is not None:
+                if rec.image is not None and tokenize_prompt(rec.prompt or ""):  # predict refuses a wordless prompt
                     chunk.append(rec)
             except RHFError:  # an unreadable image or heatmap: left out of the analysis
                 continue

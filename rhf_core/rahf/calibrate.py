@@ -28,9 +28,9 @@ def heatmap_gate(name: str, scores: dict, words: list) -> float:
 
 def fit_heatmap_scale(rahf, ds: Dataset, max_records: int = 0, batch_size: int = 64) -> dict[str, float]:
     """Least-squares scale of each gated map type against the labels of `ds` (records with images)."""
-    from rhf_core.rahf.evaluate import _records  # the records evaluation reads, the same way
+    from rhf_core.rahf.evaluate import scorable_records  # the records evaluation reads, the same way
 
-    recs = _records(ds, max_records)
+    recs = scorable_records(ds, max_records)
     saved, rahf.config.heatmap_scale = rahf.config.heatmap_scale, {}
     try:
         preds = rahf.predict([r.image for r in recs], [r.prompt for r in recs], batch_size=batch_size)

@@ -25,9 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rhf_core import metrics as M
-from rhf_core.errors import DatasetFormatError
 from rhf_core.data import open_dataset
-from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, tokenize_prompt
+from rhf_core.errors import DatasetFormatError, RHFError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.predictor import Prediction, load_rahf
 from rhf_core.rahf.train import Arrays, TrainConfig, augment_batch, dataset_arrays, make_batch, rahf_loss
@@ -36,10 +36,19 @@ from rhf_core.rahf.train import Arrays, TrainConfig, augment_batch, dataset_arra
 TARGETS = {"srcc_share_of_ceiling": 0.9, "heat_cc": 0.6, "heat_nss": 2.5, "heat_auc_judd": 0.9, "word_f1": 0.8}
 
 
-def _records(ds: Dataset, max_records: int = 0):
+def scorable_records(ds: Dataset, max_records: int = 0) -> list:
+    """The first `max_records` records (all when 0) that RAHF can score: readable, with an image and a
+    prompt of at least one word (`predict` refuses a wordless prompt). Calibration reads the same ones."""
     n = len(ds) if not max_records else min(max_records, len(ds))
-    recs = [ds[i] for i in range(n)]
-    return [r for r in recs if r.image is not None]
+    out = []
+    for i in range(n):
+        try:
+            rec = ds[i]
+            if rec.image is not None and tokenize_prompt(rec.prompt or ""):
+                out.append(rec)
+        except RHFError:  # an unreadable image or heatmap file: not scorable
+            continue
+    return out
 
 
 def score_table(preds: list[dict], recs) -> dict:
@@ -170,7 +179,7 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
                   baseline_epochs: int = 8, max_records: int = 0, seed: int = 0) -> dict:
     rahf = load_rahf(checkpoint or None)
     test_ds = open_dataset(data, split=split)
-    recs = _records(test_ds, max_records)
+    recs = scorable_records(test_ds, max_records)
     if not recs:
         raise DatasetFormatError(f"{data} split {split!r} has no record with an image")
     size = rahf.config.image_size
@@ -293,7 +302,8 @@ def check_targets(result: dict) -> dict:
                 mine = m["heatmaps"][h][k]
                 if (k in higher and not mine > v) or (k not in higher and not mine < v):
                     beats = False
-        if base["keywords"] and not m["keywords"]["f1"] > base["keywords"]["f1"]:
+        # A baseline whose F1 is undefined (it flags no word, nor do the labels) has nothing to beat.
+        if base["keywords"] and not np.isnan(base["keywords"]["f1"]) and not m["keywords"]["f1"] > base["keywords"]["f1"]:
             beats = False
     checks["better than every baseline on every metric"] = beats
     return checks
