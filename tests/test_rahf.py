@@ -200,7 +200,7 @@ def test_heatmap_calibration_fits_the_least_squares_scale_and_keeps_map_shapes(t
     from rhf_core import metrics as M
     from rhf_core.data import open_dataset
     from rhf_core.rahf.calibrate import calibrate_checkpoint, heatmap_gate
-    from rhf_core.rahf.evaluate import _records
+    from rhf_core.rahf.evaluate import scorable_records
 
     rahf = new_rahf(tiny(), seed=3)
     rahf.save(tmp_path / "ck")
@@ -210,7 +210,7 @@ def test_heatmap_calibration_fits_the_least_squares_scale_and_keeps_map_shapes(t
     raw, cal = load_rahf(tmp_path / "ck"), load_rahf(tmp_path / "ck")
     assert cal.config.heatmap_scale == scales
     raw.config.heatmap_scale = {}
-    recs = _records(ds, 40)  # the records the scale was fitted on
+    recs = scorable_records(ds, 40)  # the records the scale was fitted on
     p_raw = raw.predict([r.image for r in recs], [r.prompt for r in recs])
     p_cal = cal.predict([r.image for r in recs], [r.prompt for r in recs])
     for h in scales:
