@@ -257,3 +257,15 @@ def test_word_scores_refusals_are_readable():
         deep = [deep]
     with pytest.raises(DatasetFormatError, match="not a \\[word, number\\] pair"):
         parse_word_scores(deep)  # a list value (not text) nested deep: the message stays short
+
+
+def test_parquet_files_are_looked_for_two_levels_deep_not_walked(tmp_path):
+    # DIR/*.parquet and DIR/<sub>/*.parquet (the hub's data/ layout) only: deeper files are not found,
+    # so naming a large folder never walks its whole tree.
+    from rhf_core.errors import DatasetNotFoundError
+
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "train-00000.parquet").write_bytes(b"not read")
+    with pytest.raises(DatasetNotFoundError, match="no .parquet files"):
+        open_dataset(f"rapidata:{tmp_path}")

@@ -257,7 +257,9 @@ class RapidataDataset(Dataset):
         super().__init__()
         local = Path(path).expanduser()
         if local.exists():
-            files = [local] if local.is_file() else sorted(local.rglob("*.parquet"))
+            # The hub's layout is DIR/data/<split>-*.parquet; look there and in DIR itself, never deeper
+            # (a recursive walk of a user's path could cross a whole filesystem).
+            files = [local] if local.is_file() else sorted({*local.glob("*.parquet"), *local.glob("*/*.parquet")})
             if not files:
                 raise DatasetNotFoundError(f"{local}: no .parquet files found")
             if split and local.is_dir():
