@@ -1,6 +1,7 @@
 """Rejection sampling vs reward-weighted fine-tuning (Lee et al. 2023), side by side on the same prompts."""
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,13 @@ def adapters() -> dict[str, str]:
             if (p / "pytorch_lora_weights.safetensors").is_file():
                 out[f"{p.name} ({kind})"] = str(p)
     return out
+
+
+def training_lock() -> threading.Lock:
+    """Held while this session's fine-tune runs. Streamlit starts the rerun that Stop asks for while the
+    stopped run is still unwinding (fast reruns), and the stopped run saves its finished steps as it
+    unwinds: what it kept can be read, and a new run can resume it, only once it let go of this lock."""
+    return st.session_state.setdefault("lee_ft_lock", threading.Lock())
 
 
 def reward_fn(name: str):
@@ -98,7 +106,9 @@ with st.expander("Fine-tune a new adapter now"):
     running = st.session_state.pop("lee_ft_running", None)  # (name, steps) of a run this session started
     if running:  # the run ended without finishing: Stop (or any other widget) reran the page, which stops it
         name, total = running
-        kept = saved_steps(name)  # what the saved state holds, not what we hope it holds
+        with st.spinner("Waiting for the stopped fine-tune to save its finished steps…"):
+            with training_lock():
+                kept = saved_steps(name)  # what the saved state holds, not what we hope it holds
         if kept:
             st.info(f"Fine-tuning `{name}` stopped; its saved state holds {kept} of {total} steps. Press "
                     "**Fine-tune** with the same settings to resume from there.")
@@ -113,10 +123,12 @@ with st.expander("Fine-tune a new adapter now"):
         st.session_state["lee_ft_running"] = (name, int(ft_steps))
         stop_slot = st.empty()  # the Stop button lives only while the training runs
         stop_slot.button("Stop fine-tuning", key="lee_ft_stop")
-        path = run_with_progress("Starting…", lambda progress: finetune(
-            FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps), n_prompts=int(ft_prompts),
-                           objective=ft_objective, batch_size=8 if ft_objective == "draft" else 32),
-            generator=gen, reward=reward_fn(reward_name), progress=progress))
+        with training_lock():  # also waits for a stopped run that is still saving
+            path = run_with_progress("Starting…", lambda progress: finetune(
+                FinetuneConfig(name=name, reward=reward_name, beta=float(ft_beta), steps=int(ft_steps),
+                               n_prompts=int(ft_prompts), objective=ft_objective,
+                               batch_size=8 if ft_objective == "draft" else 32),
+                generator=gen, reward=reward_fn(reward_name), progress=progress))
         stop_slot.empty()
         st.session_state.pop("lee_ft_running", None)
         if path is not None:
