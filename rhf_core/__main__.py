@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def _finetune(args) -> None:
         bar.n = round(frac * bar.total)  # fine-tuning counts steps
         bar.refresh()
 
+    def terminate(signum, frame):  # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: state kept, no traceback
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         out = finetune(cfg, resume=not args.no_resume, progress=progress)
     except KeyboardInterrupt:
@@ -159,6 +164,8 @@ def _finetune(args) -> None:
         print(f"interrupted: {kept} of {cfg.steps} steps kept in the saved state of {cfg.name!r}; run the same "
               f"command again to resume from step {kept} (--no-resume starts over)", file=sys.stderr)
         raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports it
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"saved the adapter to {out}")
 
 

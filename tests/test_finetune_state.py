@@ -343,7 +343,8 @@ def test_kill_9_resumes_within_save_every_steps_and_other_settings_refuse(tiny_d
     assert logged == sorted(set(logged)) and logged[-1] == steps and kept in logged
 
 
-def test_ctrl_c_saves_the_last_finished_step_and_exits_without_a_traceback(tiny_dir, prompts, tmp_path, cli_env):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_the_last_finished_step_and_exits_without_a_traceback(signum, tiny_dir, prompts, tmp_path, cli_env):
     steps = 400
     log = tmp_path / "run.log"
     # save-every 100: the periodic save never comes before the interrupt, so what is kept is Ctrl-C's save.
@@ -355,7 +356,7 @@ def test_ctrl_c_saves_the_last_finished_step_and_exits_without_a_traceback(tiny_
         assert time.time() < deadline
         time.sleep(0.02)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     proc.wait(timeout=60)
     err = log.read_text()
     kept = saved_in(cli_env)
