@@ -310,8 +310,9 @@ def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
     info = json.loads((Path(path) / "adapter.json").read_text())
     steps = [e["step"] for e in info["log"]]
     assert info["complete"] and info["steps_done"] == 60
-    assert len(steps) == 2 and 0 < steps[0] < 60, steps  # stopped at steps[0], resumed from there
-    assert steps[0] == kept  # the page said what the saved state held
+    # Stopped at `kept` (the step the page said the saved state held) and resumed from there, not from 0.
+    assert 0 < kept < 60 and steps[0] == kept and info["resumed_from"] == kept, (kept, steps)
+    assert steps == sorted(steps) and steps[-1] == 60
     # The new adapter is listed and selected at once, and the Stop button is gone.
     expect(page.get_by_text(re.compile(r"Adapter browser-stop: "))).to_be_visible()
     expect(page.get_by_role("button", name="Stop fine-tuning")).to_have_count(0)
