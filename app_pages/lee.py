@@ -18,7 +18,7 @@ from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info
 from rhf_core.shapes.grammar import CATEGORIES, parse_prompt
 from ui.components import run_with_progress, upscale
 from ui.loaders import load_encoders, load_reward_model
-from ui.settings import current_generator, current_predictor
+from ui.settings import current_generator, current_predictor, policy
 
 OBJECTIVE_LABELS = {"rwr": "reward-weighted likelihood (Lee et al.)", "dpo": "Diffusion-DPO on reward pairs",
                     "draft": "reward backpropagation (DRaFT; lee reward)"}
@@ -78,12 +78,13 @@ with left:
             pool = heldout_prompts(60)["seen" if which.startswith("Held-out") else "unseen"]
         # A prompt file of free text (an adapter's own prompts) has no grammar category: keep it.
         pool = [p for p in pool if (spec := parse_prompt(p)) is None or spec.category in cats]
-        count = st.slider("Number of prompts", 1, max(1, len(pool)), min(8, max(1, len(pool))), key="lee_count")
+        most = policy().limit("prompts", max(1, len(pool)))  # 16 on a shared server
+        count = st.slider("Number of prompts", 1, most, min(8, most), key="lee_count")
         prompts = pool[:count]
     st.caption(f"{len(prompts)} prompts" + (": " + " · ".join(prompts[:6]) + (" …" if len(prompts) > 6 else "") if prompts else ""))
 with right:
     c1, c2 = st.columns(2)
-    n = c1.slider("n (samples per prompt)", 2, 32, 16, key="lee_n")
+    n = c1.slider("n (samples per prompt)", 2, policy().limit("samples", 32), 16, key="lee_n")
     k = c2.slider("k (kept)", 1, 32, 4, key="lee_k")
     reward_name = c1.selectbox("Reward", REWARD_NAMES, key="lee_reward")
     seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key="lee_seed")
@@ -96,7 +97,7 @@ with st.expander("Fine-tune a new adapter now"):
     f1, f2, f3, f4 = st.columns(4)
     ft_name = f1.text_input("Name", "my-adapter", key="lee_ft_name")
     ft_beta = f2.number_input("β (pre-training loss weight)", 0.0, 10.0, 1.0, 0.5, key="lee_ft_beta")
-    ft_steps = f3.number_input("Steps", 10, 5000, 300, 50, key="lee_ft_steps")
+    ft_steps = f3.number_input("Steps", 10, policy().limit("finetune_steps", 5000), 300, 50, key="lee_ft_steps")
     ft_prompts = f4.number_input("Training prompts", 10, 300, 100, 10, key="lee_ft_prompts")
     ft_objective = st.radio("Objective", list(OBJECTIVE_LABELS), format_func=OBJECTIVE_LABELS.get, horizontal=True,
                             key="lee_ft_objective")

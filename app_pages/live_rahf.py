@@ -14,7 +14,7 @@ from rhf_core.heatmaps import COLOR_MAPS
 from rhf_core.images import load_image
 from rhf_core.rahf.analysis import DISAGREEMENT, analyse, prediction_zip, record_metrics
 from ui.components import format_metric, highlighted_prompt, record_view_image, remember, restore
-from ui.settings import current_dataset, current_predictor
+from ui.settings import current_dataset, current_predictor, error_text, policy
 
 MODES = ["Upload images", "Dataset record", "Error analysis"]
 
@@ -68,7 +68,7 @@ def upload_mode() -> None:
         try:
             img = load_image(data, name=f.name)
         except RHFError as e:
-            st.error(str(e))  # the message already names the file
+            st.error(error_text(e))  # the message already names the file
             continue
         col_img, col_prompt = st.columns([1, 4])
         col_img.image(img, width=96)
@@ -86,8 +86,13 @@ def upload_mode() -> None:
             st.warning("Give every image its prompt first (alignment and keywords depend on it): " + ", ".join(missing))
             return
         bar = st.progress(0.0, text="Predicting…")
-        preds = rahf.predict([im for _, _, im in ready], prompts, progress=lambda d, t: bar.progress(d / t, text=f"Predicted {d} / {t}"))
-        bar.empty()
+        try:  # e.g. a prompt without a word ("."): RAHF refuses it with a message
+            preds = rahf.predict([im for _, _, im in ready], prompts, progress=lambda d, t: bar.progress(d / t, text=f"Predicted {d} / {t}"))
+        except RHFError as e:
+            st.error(error_text(e))
+            return
+        finally:
+            bar.empty()
         st.session_state["live_results"] = (inputs_key, list(zip([n for n, _, _ in ready], [im for _, _, im in ready],
                                                                  prompts)), preds)
     results = st.session_state.get("live_results")
@@ -112,12 +117,16 @@ def side_by_side(rec: Record) -> None:
         if image is not None:
             image = load_image(image, name=rec.id)
     except RHFError as e:
-        st.error(str(e))
+        st.error(error_text(e))
         return
     if image is None:
         st.warning(f"{rec.id} has no image to predict on (labels only).")
         return
-    pred = rahf.predict([image], [rec.prompt])[0]
+    try:
+        pred = rahf.predict([image], [rec.prompt])[0]
+    except RHFError as e:  # e.g. a record whose prompt has no word
+        st.error(f"`{rec.id}`: {error_text(e)}")
+        return
     st.markdown(f"`{rec.id}`")
     gt_col, pred_col = st.columns(2)
     gt_col.image(record_view_image(rec, heat, opacity, cmap, 320), width="stretch", output_format="PNG",
@@ -161,7 +170,7 @@ def record_mode() -> None:
     try:
         rec = ds.get(rec_id)
     except RHFError as e:
-        st.error(str(e))
+        st.error(error_text(e))
         return
     side_by_side(rec)
 
@@ -176,7 +185,9 @@ def analysis_mode() -> None:
         source = "all records (filter them on the Dataset explorer page to narrow this down)"
     else:
         source = "the explorer's filtered set"
-    limit = st.number_input("At most this many records", 10, 20000, min(500, max(len(positions), 10)), 50, key="live_limit")
+    cap = policy().limit("analysis_records", 20000)  # 2,000 on a shared server
+    limit = st.number_input("At most this many records", 10, cap, min(500, max(len(positions), 10), cap), 50, key="live_limit")
+    policy().check_limit("analysis_records", int(limit), "records per error analysis")
     positions = np.asarray(positions)[: int(limit)]
     st.write(f"Run the predictor over **{len(positions):,}** records: {source}. Results are cached on disk, "
              "so a second run over the same records is instant.")

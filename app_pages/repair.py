@@ -13,7 +13,7 @@ from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
 from rhf_core.images import load_image
 from rhf_core.repair import RANKINGS, RepairError, repair, repair_mask
 from ui.components import colour_bar, heat_peak, overlay_on_scale, run_with_progress, upscale
-from ui.settings import current_dataset, current_generator, current_predictor
+from ui.settings import current_dataset, current_generator, current_predictor, error_text, policy
 
 SOURCES = ["Dataset record", "Generate", "Upload"]
 MASK_SOURCES = ["Predicted heatmap", "Ground-truth heatmap", "Upload a mask"]
@@ -69,7 +69,7 @@ def choose_source():
         try:
             img = load_image(f.getvalue(), name=f.name)
         except RHFError as e:
-            st.error(str(e))  # the message already names the file
+            st.error(error_text(e))  # the message already names the file
             return None
         return img, prompt.strip(), {}, f.name
     if source == "Generate":
@@ -86,7 +86,7 @@ def choose_source():
                     st.session_state["rep_gen_image"] = load_image(
                         gen.generate(prompt.strip(), n=1, seed=int(seed))[0][0], name="the generated image")
                 except RHFError as e:
-                    st.error(str(e))
+                    st.error(error_text(e))
                     return None
             st.session_state["rep_gen_key"] = key
         return st.session_state["rep_gen_image"], prompt.strip(), {}, f"generated (seed {seed})"
@@ -104,7 +104,7 @@ def choose_source():
         if img is not None:
             img = load_image(img, name=rec.id)
     except RHFError as e:
-        st.error(str(e))
+        st.error(error_text(e))
         return None
     if img is None:
         st.warning(f"{rec.id} has no image (labels only): pick another record.")
@@ -122,7 +122,11 @@ if not prompt:
 
 # --- 2. Heatmap → mask, previewed live ----------------------------------------------------------
 
-pred = rahf.predict([image], [prompt])[0]
+try:
+    pred = rahf.predict([image], [prompt])[0]
+except RHFError as e:  # e.g. a prompt without a word ("."): RAHF and the inpainting model need one
+    st.error(error_text(e))
+    st.stop()
 c1, c2, c3 = st.columns(3)
 heat_type = c1.segmented_control("Heatmap", list(HEATMAP_NAMES), key="rep_heat", required=True,
                                  default=HEATMAP_NAMES[0], persist_state="session")  # constant: see rep_source
@@ -148,7 +152,7 @@ if mask_source == "Upload a mask":
     try:
         user_mask = load_image(mf.getvalue(), name=mf.name).convert("L")  # white = repaint
     except RHFError as e:
-        st.error(str(e))  # the message already names the file
+        st.error(error_text(e))  # the message already names the file
         st.stop()
 elif mask_source == "Ground-truth heatmap":
     heatmap = truth[heat_type]
@@ -158,7 +162,7 @@ try:
     mask = repair_mask(image.size, heatmap_array=heatmap, mask=user_mask, threshold=threshold,
                        threshold_mode=mode, dilation=dilation)
 except RepairError as e:
-    st.error(str(e))
+    st.error(error_text(e))
     st.stop()
 
 p1, p2, p3 = st.columns(3)
@@ -179,7 +183,7 @@ if not mask.any():
 # --- 3. Inpaint candidates ----------------------------------------------------------------------
 
 r1, r2, r3, r4 = st.columns(4)
-n = r1.number_input("Candidates", 1, 16, 4, key="rep_n")
+n = r1.number_input("Candidates", 1, policy().limit("candidates", 16), 4, key="rep_n")  # 8 on a shared server
 seed = r2.number_input("Seed", 0, 2**31 - 1, 0, key="rep_seed")
 steps = r3.number_input("Steps", 2, 100, 25, key="rep_steps")
 strength = r4.slider("Strength", 0.3, 1.0, 1.0, 0.05, key="rep_strength",
@@ -189,6 +193,7 @@ run_key = hashlib.sha1(b"".join([png_bytes(image), np.packbits(mask).tobytes(),
                                  repr((prompt, int(n), int(seed), int(steps), float(strength), gen.name, gen.adapter,
                                        rahf.weights_key)).encode()])).hexdigest()
 if st.button("Repair", type="primary", key="rep_run"):
+    policy().check_limit("candidates", int(n), "repair candidates")
     result = run_with_progress("Predicting…", lambda progress: repair(
         image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength), predictor=rahf,
         generator=gen, mask=mask, progress=progress), percent=False)

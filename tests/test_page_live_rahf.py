@@ -237,3 +237,13 @@ def test_word_f1_reads_undefined_not_zero(checkpoint, monkeypatch, tmp_path):
     at.run()
     assert at.dataframe[-1].value.loc["word_f1", "value"] == "—"
     assert at.dataframe[-1].value.loc["cc_implausibility", "value"] not in ("—", "0")  # defined ones keep numbers
+
+
+def test_a_prompt_without_words_is_a_message_not_an_exception(checkpoint):
+    at = open_live(checkpoint)
+    at.file_uploader[0].set_value([("cat.png", png(Image.new("RGB", (40, 40), (200, 0, 0))), "image/png")]).run()
+    [t for t in at.text_input if t.key and t.key.startswith("prompt_")][0].input(".").run()
+    at.button(key="live_predict").click().run()
+    assert not at.exception, at.exception
+    assert at.error and "has no words" in at.error[0].value
+    assert not at.get("download_button")  # nothing predicted, nothing to download

@@ -133,3 +133,23 @@ def test_candidate_heatmaps_share_the_before_maps_colour_scale(media):
         assert heat.shape == cand.shape
         # Cold pixels leave the candidate as it is: the map is as bright as its image, not near black.
         assert heat.mean() > 0.6 * cand.mean(), (heat.mean(), cand.mean())
+
+
+def test_a_prompt_without_words_is_a_message_not_an_exception():
+    # RAHF refuses a wordless prompt ("."); the page says so and keeps working.
+    at = open_repair()
+    at.segmented_control(key="rep_source").set_value("Upload").run()
+    at.file_uploader(key="rep_file").set_value([("mine.png", png(Image.new("RGB", (64, 64), (200, 0, 0))), "image/png")]).run()
+    at.text_input(key="rep_upload_prompt").input(".").run()
+    assert not at.exception, at.exception
+    assert at.error and "has no words" in at.error[0].value
+
+
+def test_shared_server_caps_the_candidates(monkeypatch):
+    monkeypatch.setenv("RHF_SHARED", "1")
+    monkeypatch.setenv("RHF_DATA_ROOTS", str(Path(__file__).resolve().parent))
+    at = open_repair()
+    assert at.number_input(key="rep_n").max == 8  # LIMITS["candidates"]; 16 locally
+    monkeypatch.delenv("RHF_SHARED")
+    at = open_repair()
+    assert at.number_input(key="rep_n").max == 16

@@ -11,6 +11,7 @@ from PIL import Image
 
 from rhf_core.dataset import FLAGGED_WORD_STRENGTH, SCORE_NAMES, Record
 from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
+from ui.settings import error_text
 
 SHORT = {"plausibility": "Pl", "alignment": "Al", "aesthetics": "Ae", "overall": "Ov"}
 
@@ -153,7 +154,7 @@ def run_with_progress(start: str, job, percent: bool = True):
         result = job(progress)
     except RHFError as e:
         bar.empty()
-        st.error(str(e))
+        st.error(error_text(e))
         return None
     bar.empty()
     return result
