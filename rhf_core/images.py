@@ -184,6 +184,9 @@ def load_image(source, *, max_side: int | None = MAX_SIDE, name: str | None = No
         raise ImageLoadError(f"{label}: the image is corrupt or truncated ({e})") from None
     if orientation in _ORIENTATION:
         img = img.transpose(_ORIENTATION[orientation])
+        # The result is upright: drop the tag it still carries, or loading it again would turn it again.
+        img.info.pop("exif", None)
+        img.getexif().pop(0x0112, None)
     # Never hand back the caller's own object: callers may draw on the result.
     return img.copy() if img is source else img
 

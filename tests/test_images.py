@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from rhf_core.errors import ImageLoadError, RHFError
-from rhf_core.images import MAX_PIXELS, load_image
+from rhf_core.images import MAX_PIXELS, encode_png, load_image
 
 
 def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -159,3 +159,17 @@ def test_bad_max_side_and_oversized_pil_images_are_refused():
     side = int(np.sqrt(MAX_PIXELS)) + 100
     with pytest.raises(ImageLoadError, match="too large"):
         load_image(Image.new("1", (side, side)))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_exif_rotated_image_is_turned_once_not_again_on_reload(fmt):
+    # Pages load an upload, then predict() / repair() / add_annotation() load the result again:
+    # the second load must not apply the orientation a second time.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(buf, fmt, exif=exif)
+    once = load_image(buf.getvalue())
+    assert once.size == (20, 40)
+    assert load_image(once).size == (20, 40)
+    assert load_image(encode_png(once)).size == (20, 40)
