@@ -169,13 +169,18 @@ def _read_lines(root: Path) -> list[tuple[bytes, dict | None]]:
     if not path.is_file():
         return []
     out = []
-    for raw in path.read_bytes().split(b"\n"):
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             obj = None
+        if isinstance(obj, dict) and obj.get("id") is None:
+            # The reader names an id-less line by its line number, blank lines counted; write that id out,
+            # so a rewrite (which drops blank lines) cannot renumber the record.
+            obj["id"] = f"line{n}"
+            raw = _json(obj).encode("utf-8")
         out.append((raw, obj if isinstance(obj, dict) else None))
     return out
 

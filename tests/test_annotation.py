@@ -533,3 +533,21 @@ def test_page_queue_is_the_explorers_filtered_set(tmp_path):
     assert not at.exception, at.exception
     shown = next(m.value for m in at.markdown if "Image **1** of 3" in m.value)
     assert src.ids[7] in shown and "the explorer's filtered set" in shown
+
+
+def test_id_less_lines_keep_the_readers_ids_across_blank_lines_and_rewrites(tmp_path):
+    # The folder reader names an id-less line `line{n}` counting blank lines; annotating must reach the
+    # same record, and the rewrite (which drops blank lines) must not renumber the others.
+    (tmp_path / "images").mkdir()
+    for name, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "labels.jsonl").write_text(
+        json.dumps({"prompt": "a red square", "image": "images/a.png"}) + "\n\n"
+        + json.dumps({"prompt": "a blue square", "image": "images/b.png"}) + "\n")
+    assert open_dataset(f"folder:{tmp_path}").ids == ["line1", "line3"]
+    saved = A.add_annotation(tmp_path, "line3", None, "alice", scores={"plausibility": 5})
+    assert not saved.created
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.ids == ["line1", "line3"]
+    assert ds.get("line3").prompt == "a blue square" and ds.get("line3").scores["plausibility"] == 1.0
+    assert len(list((tmp_path / "images").iterdir())) == 2  # no copy of the image as a new record
