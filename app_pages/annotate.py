@@ -28,6 +28,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
 from rhf_core.errors import RHFError, SharedModeError
 from rhf_core.heatmaps import RAPIDATA_SIGMA_FRAC, RICHHF_DISK_RADIUS_FRAC
 from rhf_core.images import load_image
+from rhf_core.shared import expand_path
 from ui.loaders import load_dataset
 from ui.settings import current_dataset, current_spec, error_text, policy
 
@@ -79,7 +80,7 @@ def target_folder(text: str) -> Path | None:
     if not text:
         return None
     if not POLICY.shared:
-        return Path(text).expanduser()
+        return expand_path(text)
     if POLICY.export_root is None:
         raise SharedModeError("this server has no export folder, so annotations cannot be saved here")
     real = POLICY.resolve(text, (POLICY.export_root,), "export")
@@ -235,7 +236,7 @@ def folder_items() -> tuple[list[Item], str]:
     if not text:
         st.info("Name a folder of images to annotate.")
         return [], ""
-    path = POLICY.data_path(text) if POLICY.shared else Path(text).expanduser()
+    path = POLICY.data_path(text) if POLICY.shared else expand_path(text)
     if not path.is_dir():
         raise RHFError(f"{text} is not a folder")
     if (path / A.LABELS).is_file():

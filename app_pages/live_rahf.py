@@ -187,7 +187,11 @@ def analysis_mode() -> None:
         source = "the explorer's filtered set"
     cap = policy().limit("analysis_records", 20000)  # 2,000 on a shared server
     limit = st.number_input("At most this many records", 10, cap, min(500, max(len(positions), 10), cap), 50, key="live_limit")
-    policy().check_limit("analysis_records", int(limit), "records per error analysis")
+    try:  # the widget bounds it; a crafted request could still ask for more
+        policy().check_limit("analysis_records", int(limit), "records per error analysis")
+    except RHFError as e:
+        st.error(error_text(e))
+        return
     positions = np.asarray(positions)[: int(limit)]
     st.write(f"Run the predictor over **{len(positions):,}** records: {source}. Results are cached on disk, "
              "so a second run over the same records is instant.")

@@ -193,7 +193,11 @@ run_key = hashlib.sha1(b"".join([png_bytes(image), np.packbits(mask).tobytes(),
                                  repr((prompt, int(n), int(seed), int(steps), float(strength), gen.name, gen.adapter,
                                        rahf.weights_key)).encode()])).hexdigest()
 if st.button("Repair", type="primary", key="rep_run"):
-    policy().check_limit("candidates", int(n), "repair candidates")
+    try:  # the widget bounds it; a crafted request could still ask for more
+        policy().check_limit("candidates", int(n), "repair candidates")
+    except RHFError as e:
+        st.error(error_text(e))
+        st.stop()
     result = run_with_progress("Predicting…", lambda progress: repair(
         image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength), predictor=rahf,
         generator=gen, mask=mask, progress=progress), percent=False)

@@ -51,6 +51,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
 from rhf_core.errors import DatasetFormatError, FolderBusyError, InvalidArgumentError, RecordNotFoundError
 from rhf_core.heatmaps import annotators_to_heatmap, points_to_heatmap
 from rhf_core.images import encode_png, load_image
+from rhf_core.shared import expand_path
 
 LABELS = "labels.jsonl"
 CONFIG = "annotation.json"
@@ -84,7 +85,7 @@ class Saved:
 
 def folder_style(folder: str | os.PathLike) -> str:
     """The folder's heatmap style ("richhf" disks or "rapidata" Gaussians); the default if unset."""
-    path = Path(folder).expanduser() / CONFIG
+    path = expand_path(str(folder)) / CONFIG
     if not path.is_file():
         return DEFAULT_STYLE
     try:
@@ -105,7 +106,7 @@ def _check_style(style) -> str:
 def _prepare_folder(folder) -> Path:
     if folder is None or not str(folder).strip():
         raise InvalidArgumentError("no target folder given: name the folder annotations are saved to")
-    root = Path(str(folder).strip()).expanduser()
+    root = expand_path(str(folder).strip())
     if root.exists() and not root.is_dir():
         raise InvalidArgumentError(f"{root} exists and is not a folder")
     try:
@@ -424,7 +425,7 @@ def folder_records(folder: str | os.PathLike) -> dict[str, dict]:
     line of the folder's labels (an empty dict when there are none yet)."""
     out: dict[str, dict] = {}
     n = 0
-    for _, obj in _read_lines(Path(folder).expanduser()):
+    for _, obj in _read_lines(expand_path(str(folder))):
         n += 1
         rec_id = _entry_id(obj, n) if obj is not None else None
         if rec_id is None or rec_id in out:
@@ -585,7 +586,7 @@ def set_style(folder: str | os.PathLike, style: str) -> int:
 
 def annotations_of(folder: str | os.PathLike, record_id: str) -> list[dict]:
     """The raw annotations stored for one record (oldest first); [] if none."""
-    root = Path(folder).expanduser()
+    root = expand_path(str(folder))
     lines = _read_lines(root)
     at = _find(lines, str(record_id))
     if at is None:
@@ -653,7 +654,7 @@ def agreement(folder: str | os.PathLike) -> Agreement:
     Folder values are means of the per-record values over the records where they are defined (NaN if
     none), plus `n_records` (annotated) and `n_multi` (with two or more annotators). Reads labels.jsonl
     without the lock: it is only ever replaced whole."""
-    root = Path(folder).expanduser()
+    root = expand_path(str(folder))
     if not (root / LABELS).is_file():
         raise RecordNotFoundError(f"{root} has no {LABELS}: nothing annotated yet")
     style = folder_style(root)

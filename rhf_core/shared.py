@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rhf_core.errors import DatasetSpecError, SharedModeError
+from rhf_core.errors import DatasetSpecError, InvalidArgumentError, SharedModeError
 
 ENV_SHARED = "RHF_SHARED"
 ENV_DATA_ROOTS = "RHF_DATA_ROOTS"
@@ -57,6 +57,14 @@ _ALIASES = {"richhf": "richhf18k", "richhf-18k": "richhf18k", "shapesworld": "sh
 # then /x, ~/x or C:\x, up to a quote, whitespace or a closing bracket (so `1 / 2` or `org/name` stay).
 _ABS_PATH = re.compile(r"(?:^|(?<=[\s'\"`(\[{=:,]))(?:~|[A-Za-z]:)?[/\\][^\s'\"`)\]},;]+")
 HIDDEN = "‹server path›"
+
+
+def expand_path(text: str) -> Path:
+    """`Path(text).expanduser()`, with `~name` of no such user a readable error instead of RuntimeError."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise InvalidArgumentError(f"{text.split('/', 1)[0]!r}: no such user's home folder") from None
 
 
 def _split_roots(value: str | None) -> tuple[Path, ...]:
@@ -99,7 +107,10 @@ class Policy:
             raise SharedModeError("a path cannot contain a NUL character")
         if not roots:
             raise SharedModeError(f"this server allows no {what} folders, so no {what} path can be opened here")
-        path = Path(text).expanduser()
+        try:
+            path = expand_path(text)
+        except InvalidArgumentError as e:
+            raise SharedModeError(str(e)) from None
         candidates = [path] if path.is_absolute() else [r / path for r in roots]
         # realpath resolves every symlink and `..`: a link inside a root pointing outside is refused.
         real = [Path(os.path.realpath(c)) for c in candidates]
@@ -209,7 +220,10 @@ class Policy:
         for r in roots:
             if str(r) == os.sep:
                 continue
-            text = text.replace(str(r) + os.sep, "").replace(str(r), ".")
+            # Only the whole root: `/data` must not turn `/data2/secret` into `.2/secret`.
+            root = re.escape(str(r))
+            text = re.sub(root + re.escape(os.sep) + r"(?=[^\s'\"`)\]},;])", "", text)
+            text = re.sub(root + r"(?![^\s'\"`)\]},;])", ".", text)
         return _ABS_PATH.sub(HIDDEN, text)
 
     def scrub_obj(self, obj):

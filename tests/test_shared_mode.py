@@ -314,3 +314,23 @@ def test_shared_export_without_an_export_root_offers_only_the_download(shared_en
     assert any("zip download" in c.value for c in at.caption)
     click(at, "Prepare a zip download")
     assert at.get("download_button")
+
+
+def test_a_home_folder_of_no_such_user_is_refused_not_a_traceback(tree):
+    # Path.expanduser raises RuntimeError for ~name of an unknown user; that must not reach a page.
+    from rhf_core import annotation as A
+    from rhf_core.errors import InvalidArgumentError
+
+    msg = refused(policy(tree).check_spec, "folder:~no-such-user-here/x")
+    assert "no such user" in msg
+    with pytest.raises(InvalidArgumentError, match="no such user"):
+        A.add_annotation("~no-such-user-here/labels", "r1", "a red circle", "alice")
+
+
+def test_scrub_replaces_only_whole_roots(tree):
+    p = policy(tree)
+    data = str((tree / "data").resolve())
+    assert p.scrub(f"cannot read {data}/ds/x.png") == "cannot read ds/x.png"
+    assert p.scrub(f"in '{data}'") == "in '.'"
+    leaked = p.scrub(f"cannot read {data}2/secret/x.png")  # a sibling folder that only starts like a root
+    assert "secret" not in leaked and HIDDEN in leaked
