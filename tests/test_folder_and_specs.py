@@ -278,3 +278,23 @@ def test_export_refuses_a_non_empty_folder_unless_asked(tmp_path):
         export(ds, tmp_path / "file")
     export(ds, out, overwrite=True)
     assert mine.read_bytes() != b"my own file" and len(open_dataset(f"folder:{out}")) == 2
+
+
+def test_the_frame_cache_follows_the_labels_content_not_its_stat(tmp_path):
+    # A save can replace labels.jsonl with another of the same size within the clock's resolution;
+    # the cached frame must still be the one of the bytes that were parsed.
+    import json as _json
+    import os
+
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "x.png")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(_json.dumps({"id": "a", "prompt": "one", "image": "images/x.png"}) + "\n")
+    stat = labels.stat()
+    assert open_dataset(f"folder:{tmp_path}").frame["id"].tolist() == ["a"]
+    labels.write_text(_json.dumps({"id": "b", "prompt": "two", "image": "images/x.png"}) + "\n")
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.frame["id"].tolist() == ["b"] and ds.frame["prompt"].tolist() == ["two"]

@@ -16,6 +16,7 @@ with the same records and the same frame.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rhf_core.cache import atomic_write_bytes, atomic_write_text, cache_key, cached_frame, file_fingerprint
+from rhf_core.cache import atomic_write_bytes, atomic_write_text, cache_key, cached_frame
 from rhf_core.dataset import SCORE_NAMES, STANDARD_COLUMNS, Dataset, Record, SkippedRow, frame_row, with_standard_columns
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, ImageLoadError, RHFError
 from rhf_core.images import encode_png, load_image
@@ -202,7 +203,8 @@ class FolderDataset(Dataset):
         first_line: dict[str, int] = {}
         # Split the bytes on \n only: one bad byte costs its line, not the file, and a prompt holding
         # U+2028 or \x85 (which str.splitlines would split on) stays one line.
-        for n, raw in enumerate(labels.read_bytes().split(b"\n"), start=1):
+        data = labels.read_bytes()
+        for n, raw in enumerate(data.split(b"\n"), start=1):
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
@@ -217,7 +219,9 @@ class FolderDataset(Dataset):
                 continue
             first_line[entry["id"]] = n
             self._entries.append(entry)
-        key = cache_key("folder", file_fingerprint([labels]), self._heatmap_fingerprint())
+        # Keyed by the bytes parsed above, not the file's stat: a save that replaces labels.jsonl between
+        # the read and the key (an annotation) must not file this frame under the new file's key.
+        key = cache_key("folder", hashlib.sha1(data).hexdigest(), self._heatmap_fingerprint())
         build = self._build_frame
         frame = cached_frame("folder", key, build) if cache else build()
         # Lines whose heatmap files cannot be used are found while building the frame; they travel in
