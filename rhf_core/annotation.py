@@ -52,8 +52,8 @@ from rhf_core.errors import DatasetFormatError, FolderBusyError, InvalidArgument
 from rhf_core.heatmaps import annotators_to_heatmap, points_to_heatmap
 from rhf_core.images import encode_png, load_image
 from rhf_core.shared import expand_path
+from rhf_core.sources.folder import LABELS, inside_folder, npy_bytes
 
-LABELS = "labels.jsonl"
 CONFIG = "annotation.json"
 LOCK = ".labels.lock"
 # How each folder style turns clicks into a map (`rhf_core.heatmaps.points_to_heatmap` kinds).
@@ -217,21 +217,6 @@ def _file_stem(rec_id: str) -> str:
     return f"{base}-{hashlib.sha1(rec_id.encode()).hexdigest()[:8]}"
 
 
-def _inside(root: Path, rel: str) -> Path:
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DatasetFormatError(f"{rel!r} points outside the folder")
-    return path
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(arr, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
 # --- checking one annotation -------------------------------------------------------------------------
 
 def _check_annotator(annotator) -> str:
@@ -375,7 +360,7 @@ def _image_of(root: Path, entry: dict, rec_id: str) -> Image.Image:
     if not isinstance(rel, str) or not rel:
         raise InvalidArgumentError(f"{rec_id} has no image in this folder, so there is nothing to click on; "
                                    "pass the image to annotate it")
-    return load_image(_inside(root, rel), max_side=None, name=rec_id)
+    return load_image(inside_folder(root, rel), max_side=None, name=rec_id)
 
 
 def _relabel(root: Path, entry: dict, rec_id: str, size: tuple[int, int], style: str) -> list[Path]:
@@ -393,7 +378,7 @@ def _relabel(root: Path, entry: dict, rec_id: str, size: tuple[int, int], style:
     new = {}
     for t, hm in heatmaps.items():
         rel = f"heatmaps/{stem}.{digest}.{t}.npy"
-        atomic_write_bytes(root / rel, _npy(hm))
+        atomic_write_bytes(root / rel, npy_bytes(hm))
         new[t] = rel
     entry["scores"] = scores
     entry["words"] = [[t, s] for t, s in zip(tokens, strengths)]
@@ -403,7 +388,7 @@ def _relabel(root: Path, entry: dict, rec_id: str, size: tuple[int, int], style:
     for rel in old.values():
         if isinstance(rel, str) and rel not in new.values() and rel.startswith("heatmaps/"):
             with contextlib.suppress(DatasetFormatError):
-                stale.append(_inside(root, rel))
+                stale.append(inside_folder(root, rel))
     return stale
 
 

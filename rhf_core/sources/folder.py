@@ -36,7 +36,7 @@ LABELS = "labels.jsonl"
 _RESERVED = ("_entry", "_skip_where", "_skip_reason")
 
 
-def _inside(root: Path, rel: str) -> Path:
+def inside_folder(root: Path, rel: str) -> Path:
     """`root / rel`, refusing paths that leave the dataset folder (`..`, absolute, a symlink out)."""
     try:
         path = (root / rel).resolve()
@@ -76,7 +76,8 @@ def _safe_name(rec_id: str, taken: set) -> str:
     return name
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """`arr` as float32 .npy bytes (no pickle), the heatmap files of the folder format."""
     import io
 
     buf = io.BytesIO()
@@ -112,7 +113,7 @@ def export(ds: Dataset, directory: str | Path, overwrite: bool = False, progress
         img = rec.image if rec.has_image else None
         if img is not None:
             rel = f"images/{name}.png"
-            atomic_write_bytes(_inside(out, rel), encode_png(img))
+            atomic_write_bytes(inside_folder(out, rel), encode_png(img))
             entry["image"] = rel
         entry["scores"] = {k: float(v) for k, v in rec.scores.items()}
         entry["words"] = [[t, float(s)] for t, s in rec.words]
@@ -120,7 +121,7 @@ def export(ds: Dataset, directory: str | Path, overwrite: bool = False, progress
         heat_taken: set = set()
         for hname, hm in rec.heatmaps.items():
             rel = f"heatmaps/{name}.{_safe_name(str(hname), heat_taken)}.npy"
-            atomic_write_bytes(_inside(out, rel), _npy_bytes(hm))
+            atomic_write_bytes(inside_folder(out, rel), npy_bytes(hm))
             entry["heatmaps"][hname] = rel
         entry["meta"] = rec.meta
         row = frame.iloc[pos]
@@ -291,7 +292,7 @@ class FolderDataset(Dataset):
         for name, rel in _or_empty(entry, "heatmaps", {}).items():
             if not isinstance(rel, str) or not rel:
                 raise DatasetFormatError(f"heatmaps.{_short(name)} must be a path relative to the folder, got {_short(rel)}")
-            heatmaps[name] = _inside(self.root, rel)
+            heatmaps[name] = inside_folder(self.root, rel)
         meta = _or_empty(entry, "meta", {})
         split = meta.get("split")
         if split is None:
@@ -358,7 +359,7 @@ class FolderDataset(Dataset):
             def loader():
                 # Checked when read, like a missing file: the line stays (its labels are fine) and
                 # an image path out of the folder is refused with DatasetFormatError.
-                path = _inside(self.root, rel)
+                path = inside_folder(self.root, rel)
                 if not path.is_file():
                     raise ImageLoadError(f"{rec_id}: image file {path.name} is missing")
                 return load_image(path, max_side=None, name=rec_id)
@@ -367,4 +368,4 @@ class FolderDataset(Dataset):
                       entry["meta"], load_image=loader)
 
 
-__all__ = ["export", "FolderDataset"]
+__all__ = ["export", "FolderDataset", "LABELS", "inside_folder", "npy_bytes"]
