@@ -16,3 +16,11 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "rhf-cache"))
+
+
+def pytest_collection_modifyitems(items):
+    # Real-browser tests (tests/test_browser*.py: a streamlit server and Chromium each) carry the
+    # `browser` marker, so `pytest -m "not browser"` is the quick run while editing.
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1].startswith("test_browser"):
+            item.add_marker(pytest.mark.browser)

@@ -289,30 +289,30 @@ def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
     _settled(page)
     page.get_by_text("Fine-tune a new adapter now").click()
     page.get_by_label("Name", exact=True).fill("browser-stop")
-    page.get_by_role("spinbutton", name="Steps").fill("60")
+    page.get_by_role("spinbutton", name="Steps").fill("20")
     page.get_by_role("spinbutton", name="Training prompts").fill("10")
     page.get_by_role("spinbutton", name="Training prompts").press("Enter")
     _settled(page)
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     expect(page.get_by_text(re.compile(r"Fine-tuning… [1-9]"))).to_be_visible(timeout=300_000)
     page.get_by_role("button", name="Stop fine-tuning").click()
-    stopped = page.get_by_text(re.compile(r"Fine-tuning browser-stop stopped; its saved state holds \d+ of 60 steps"))
+    stopped = page.get_by_text(re.compile(r"Fine-tuning browser-stop stopped; its saved state holds \d+ of 20 steps"))
     expect(stopped).to_be_visible()
-    kept = int(re.search(r"holds (\d+) of 60", stopped.inner_text()).group(1))
+    kept = int(re.search(r"holds (\d+) of 20", stopped.inner_text()).group(1))
     _settled(page)
     expect(page.get_by_role("button", name="Stop fine-tuning")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "lee-fine-tune-stopped.png"))
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     done = page.get_by_text(re.compile("Saved the adapter to"))
-    expect(done).to_be_visible(timeout=600_000)  # 60 steps on a shared 2-core machine
+    expect(done).to_be_visible(timeout=600_000)  # 20 steps on a shared 2-core machine
     assert page.locator("[data-testid='stException']").count() == 0
     path = re.search(r"Saved the adapter to (\S+?);", done.inner_text()).group(1)
     info = json.loads((Path(path) / "adapter.json").read_text())
     steps = [e["step"] for e in info["log"]]
-    assert info["complete"] and info["steps_done"] == 60
+    assert info["complete"] and info["steps_done"] == 20
     # Stopped at `kept` (the step the page said the saved state held) and resumed from there, not from 0.
-    assert 0 < kept < 60 and steps[0] == kept and info["resumed_from"] == kept, (kept, steps)
-    assert steps == sorted(steps) and steps[-1] == 60
+    assert 0 < kept < 20 and steps[0] == kept and info["resumed_from"] == kept, (kept, steps)
+    assert steps == sorted(steps) and steps[-1] == 20
     # The new adapter is listed and selected at once, and the Stop button is gone.
     expect(page.get_by_text(re.compile(r"Adapter browser-stop: "))).to_be_visible()
     expect(page.get_by_role("button", name="Stop fine-tuning")).to_have_count(0)
