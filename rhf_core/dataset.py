@@ -1,4 +1,4 @@
-"""The record and dataset contract every source implements (DESIGN.md section 2)."""
+"""The record and dataset contract every source implements (docs/design.md section 2)."""
 
 from __future__ import annotations
 
