@@ -9,9 +9,9 @@ from PIL import Image
 
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import RHFError
-from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap, resize_heatmap
+from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap
 from rhf_core.images import load_image
-from rhf_core.repair import RANKINGS, RepairError, repair, repair_mask
+from rhf_core.repair import plan_repair, rank_candidates, run_repair
 from ui.components import colour_bar, heat_peak, overlay_on_scale, run_with_progress, upscale
 from ui.settings import current_dataset, current_generator, current_predictor, error_text, policy
 
@@ -122,11 +122,6 @@ if not prompt:
 
 # --- 2. Heatmap → mask, previewed live ----------------------------------------------------------
 
-try:
-    pred = rahf.predict([image], [prompt])[0]
-except RHFError as e:  # e.g. a prompt without a word ("."): RAHF and the inpainting model need one
-    st.error(error_text(e))
-    st.stop()
 c1, c2, c3 = st.columns(3)
 heat_type = c1.segmented_control("Heatmap", list(HEATMAP_NAMES), key="rep_heat", required=True,
                                  default=HEATMAP_NAMES[0], persist_state="session")  # constant: see rep_source
@@ -143,7 +138,7 @@ max_dilation = max(4, max(image.size) // 8)
 dilation = s2.slider("Dilation (pixels of the image)", 0, max_dilation, min(3, max_dilation), key="rep_dilation",
                      disabled=mask_source == "Upload a mask")
 
-heatmap, user_mask = None, None
+user_mask = None
 if mask_source == "Upload a mask":
     mf = st.file_uploader("Mask PNG (white = repaint, same size as the image)", type=["png"], key="rep_mask_file")
     if mf is None:
@@ -154,23 +149,22 @@ if mask_source == "Upload a mask":
     except RHFError as e:
         st.error(error_text(e))  # the message already names the file
         st.stop()
-elif mask_source == "Ground-truth heatmap":
-    heatmap = truth[heat_type]
-else:
-    heatmap = pred.heatmaps[heat_type]
+# Stage 1 of the library's pipeline: predict once and cut the mask; the page previews the plan and
+# hands it, unchanged, to run_repair.
 try:
-    mask = repair_mask(image.size, heatmap_array=heatmap, mask=user_mask, threshold=threshold,
-                       threshold_mode=mode, dilation=dilation)
-except RepairError as e:
+    plan = plan_repair(image, prompt, predictor=rahf, heatmap=heat_type, threshold=threshold, threshold_mode=mode,
+                       dilation=dilation, mask=user_mask,
+                       heatmap_array=truth[heat_type] if mask_source == "Ground-truth heatmap" else None)
+except RHFError as e:  # e.g. a prompt without a word ("."), a mask of the wrong size
     st.error(error_text(e))
     st.stop()
+heatmap, mask = plan.heatmap, plan.mask
 
 p1, p2, p3 = st.columns(3)
 p1.image(upscale(image, VIEW), caption=f"{label}: {prompt}", width="stretch")
 if heatmap is not None:
-    hm = resize_heatmap(heatmap, image.size)
-    p2.image(upscale(overlay_heatmap(image, hm, opacity=0.7), VIEW), width="stretch",
-             caption=f"{mask_source.lower()}: {heat_type} (peak {hm.max():.2f})")
+    p2.image(upscale(overlay_heatmap(image, heatmap, opacity=0.7), VIEW), width="stretch",
+             caption=f"{mask_source.lower()}: {heat_type} (peak {heatmap.max():.2f})")
 else:
     p2.image(upscale(colorize_heatmap(mask.astype(np.float32)), VIEW), width="stretch", caption="uploaded mask")
 p3.image(upscale(mask_overlay(image, mask), VIEW), width="stretch",
@@ -198,15 +192,11 @@ if st.button("Repair", type="primary", key="rep_run"):
     except RHFError as e:
         st.error(error_text(e))
         st.stop()
-    result = run_with_progress("Predicting…", lambda progress: repair(
-        image, prompt, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength), predictor=rahf,
-        generator=gen, mask=mask, progress=progress), percent=False)
+    result = run_with_progress("Inpainting…", lambda progress: run_repair(
+        plan, generator=gen, n=int(n), seed=int(seed), steps=int(steps), strength=float(strength),
+        progress=progress), percent=False)
     if result is None:
         st.stop()
-    # the page cut the mask itself: record which map it came from, in repair()'s vocabulary
-    result.heatmap = heatmap
-    result.heatmap_source = {"Predicted heatmap": "predicted", "Ground-truth heatmap": "ground truth"}.get(
-        mask_source, "user mask")
     st.session_state["rep_result"] = (run_key, result)
 
 stored = st.session_state.get("rep_result")
@@ -223,7 +213,7 @@ rank = st.radio("Keep the candidate with the highest", list(RANK_LABELS), format
                 help="An inpainter that paints background over the object looks plausible too; adding RAHF's "
                      "alignment score prefers candidates that keep what the prompt asks for. Re-ranks without "
                      "re-running.")
-result.candidates = sorted(result.candidates, key=RANKINGS[rank], reverse=True)
+candidates = rank_candidates(result.candidates, rank)  # a display order; the stored result is not changed
 
 
 def verdict_text(v) -> str:
@@ -234,10 +224,10 @@ def verdict_text(v) -> str:
     return "judge: " + "; ".join(bits)
 
 
-best = result.best
+best = candidates[0]
 # One colour scale for every predicted map below (before, after, candidates), so they compare: the
 # hottest of them sets its top. Each map scaled to its own peak would make faint maps look hot.
-vmax = max(heat_peak(c.heatmaps[heat_type]) for c in [result.before, *result.candidates])
+vmax = max(heat_peak(c.heatmaps[heat_type]) for c in [result.before, *candidates])
 st.subheader("Before and after")
 b1, b2, b3, b4 = st.columns(4)
 b1.image(upscale(overlay_on_scale(result.image, result.before.heatmaps[heat_type], vmax), VIEW),
@@ -261,8 +251,8 @@ b1.image(colour_bar(vmax), width="stretch",
 
 st.subheader(f"Candidates, best first by {RANK_LABELS[rank]}")
 per_row = 4
-for start in range(0, len(result.candidates), per_row):
-    for cand, col in zip(result.candidates[start:start + per_row], st.columns(per_row)):
+for start in range(0, len(candidates), per_row):
+    for cand, col in zip(candidates[start:start + per_row], st.columns(per_row)):
         col.image(upscale(cand.image, VIEW // 2), width="stretch",
                   caption=f"#{cand.index} · plausibility {cand.plausibility:.2f} · "
                           f"alignment {cand.scores['alignment']:.2f}")

@@ -20,6 +20,7 @@ from PIL import Image
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import heatmap_to_mask, mask_to_image, resize_heatmap
 from rhf_core.images import load_image
+from rhf_core.t2i.generator import MAX_IMAGES_PER_CALL, check_sampling, whole_number
 
 HEATMAP_TYPES = ("implausibility", "misalignment")
 # How candidates are ranked (best first). RichHF kept the most plausible; an inpainter that paints
@@ -34,17 +35,29 @@ class RepairError(InvalidArgumentError):
     """A repair request that cannot be served (bad threshold, mask of the wrong size, ...)."""
 
 
+_UNJUDGED = object()
+
+
 @dataclass
 class Candidate:
     image: Image.Image
     scores: dict[str, float]
     heatmaps: dict[str, np.ndarray]
     index: int  # sample index j (with the seed, reproduces this candidate)
-    judge: object | None = None  # judge Verdict for ShapesWorld prompts
+    prompt: str = ""
+    _judge: object = field(default=_UNJUDGED, repr=False)
 
     @property
     def plausibility(self) -> float:
         return float(self.scores["plausibility"])
+
+    @property
+    def judge(self):
+        """The judge's verdict for a ShapesWorld prompt, else None; computed on first use (about a
+        quarter of a second an image), so a page previewing a plan on every slider move never pays it."""
+        if self._judge is _UNJUDGED:
+            self._judge = judge_if_shapes(self.image, self.prompt)
+        return self._judge
 
 
 @dataclass
@@ -118,23 +131,45 @@ def _check_heatmap_array(heatmap_array) -> np.ndarray:
     return arr
 
 
-def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int = 4, seed: int = 0,
-           heatmap: str = "implausibility", predictor=None, generator=None, threshold_mode: str = "absolute",
-           heatmap_array: np.ndarray | None = None, mask=None, steps: int = 25, guidance: float = 7.5,
-           rank: str = "plausibility", strength: float = 1.0,
-           progress: Callable[[str, float], None] | None = None) -> RepairResult:
-    """Run the repair loop; see the module docstring. `progress(stage, fraction)` is called as it goes.
-    `rank`: "plausibility" (RichHF) or "plausibility+alignment" (sum of RAHF's two predicted scores).
-    `strength`: how much of the diffusion the masked area goes through: 1.0 repaints it from noise,
-    lower values start from the noised original and keep its layout (the object stays, reshaped)."""
-    # Every argument is checked before any work (decoding, predicting, inpainting).
-    from rhf_core.rahf.predictor import check_prompt_words
-    from rhf_core.t2i.generator import MAX_IMAGES_PER_CALL, check_sampling, whole_number
+@dataclass
+class RepairPlan:
+    """Stage 1 of repair: the image decoded, predicted once, and the mask cut. A page previews it
+    (heatmap, mask, share) and hands it unchanged to `run_repair`."""
 
-    seed, steps, guidance, strength = check_sampling(seed, steps, guidance, strength, error=RepairError)
-    n = whole_number("n (candidates)", n, 1, MAX_IMAGES_PER_CALL, RepairError)
-    if rank not in RANKINGS:
-        raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
+    image: Image.Image
+    prompt: str
+    heatmap_type: str  # which predicted map the candidates are compared on
+    heatmap: np.ndarray | None  # the map the mask was cut from, at the image's size (None for a user mask)
+    heatmap_source: str  # "predicted", "ground truth" or "user mask"
+    mask: np.ndarray  # bool H×W at the image's size, True = repaint
+    before: Candidate  # the original, scored the same way as the candidates will be
+    predictor: object = field(repr=False, default=None)
+
+    @property
+    def empty(self) -> bool:
+        return not self.mask.any()
+
+    @property
+    def mask_share(self) -> float:
+        return float(self.mask.mean())
+
+    @property
+    def message(self) -> str:
+        if not self.empty:
+            return ""
+        peak = float(self.heatmap.max()) if self.heatmap is not None else 0.0
+        return (f"the mask is empty: no pixel of the {self.heatmap_source} {self.heatmap_type} heatmap reaches the "
+                f"threshold (its peak is {peak:.2f}); lower the threshold or use relative mode. Nothing was inpainted.")
+
+
+def plan_repair(image, prompt: str, *, predictor=None, heatmap: str = "implausibility", threshold: float = 0.5,
+                threshold_mode: str = "absolute", dilation: int = 4, heatmap_array: np.ndarray | None = None,
+                mask=None) -> RepairPlan:
+    """Check the arguments, decode the image, predict it once and cut the mask: from the predicted
+    `heatmap`, from a labelled record's ground truth (`heatmap_array`) or as given (`mask`); the
+    threshold is absolute or relative to the map's peak, the dilation in pixels of the image."""
+    from rhf_core.rahf.predictor import check_prompt_words
+
     if heatmap not in HEATMAP_TYPES:
         raise RepairError(f"unknown heatmap type {heatmap!r}; use one of {', '.join(HEATMAP_TYPES)}")
     if not isinstance(prompt, str):
@@ -159,39 +194,72 @@ def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int
         from rhf_core.rahf import load_rahf
 
         predictor = load_rahf()
-    report = progress or (lambda stage, frac: None)
-
-    report("predicting", 0.0)
     pred = predictor.predict([img], [prompt])[0]
-    before = Candidate(img, pred.scores, pred.heatmaps, -1, judge_if_shapes(img, prompt))
+    before = Candidate(img, pred.scores, pred.heatmaps, -1, prompt)
     if user_mask is not None:
-        source, used, m = "user mask", None, user_mask
+        return RepairPlan(img, prompt, heatmap, None, "user mask", user_mask, before, predictor)
+    if heatmap_array is not None:
+        source, used = "ground truth", resize_heatmap(heatmap_array, img.size)
     else:
-        if heatmap_array is not None:
-            source, used = "ground truth", resize_heatmap(heatmap_array, img.size)
-        else:
-            source, used = "predicted", pred.heatmaps[heatmap]
-        m = repair_mask(img.size, heatmap_array=used, threshold=threshold, threshold_mode=threshold_mode,
-                        dilation=dilation)
-    result = RepairResult(img, prompt, used, source, m, before)
-    if not m.any():
-        peak = float(used.max()) if used is not None else 0.0
-        result.message = (f"the mask is empty: no pixel of the {source} {heatmap} heatmap reaches the threshold "
-                          f"(its peak is {peak:.2f}); lower the threshold or use relative mode. Nothing was inpainted.")
-        return result
+        source, used = "predicted", pred.heatmaps[heatmap]
+    m = repair_mask(img.size, heatmap_array=used, threshold=threshold, threshold_mode=threshold_mode, dilation=dilation)
+    return RepairPlan(img, prompt, heatmap, used, source, m, before, predictor)
 
+
+def rank_candidates(candidates: list[Candidate], rank: str = "plausibility") -> list[Candidate]:
+    """`candidates` best first by `rank` (a new list; the same candidates re-ranked without re-running)."""
+    if rank not in RANKINGS:
+        raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
+    return sorted(candidates, key=RANKINGS[rank], reverse=True)
+
+
+def run_repair(plan: RepairPlan, *, generator=None, n: int = 4, seed: int = 0, steps: int = 25,
+               guidance: float = 7.5, strength: float = 1.0, rank: str = "plausibility",
+               progress: Callable[[str, float], None] | None = None) -> RepairResult:
+    """Stages 2 and 3: inpaint n candidates inside the plan's mask, score them with the plan's predictor,
+    rank them. An empty mask is reported (`result.message`) and nothing is inpainted."""
+    seed, steps, guidance, strength = check_sampling(seed, steps, guidance, strength, error=RepairError)
+    n = whole_number("n (candidates)", n, 1, MAX_IMAGES_PER_CALL, RepairError)
+    if rank not in RANKINGS:
+        raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
+    result = RepairResult(plan.image, plan.prompt, plan.heatmap, plan.heatmap_source, plan.mask, plan.before)
+    if plan.empty:
+        result.message = plan.message
+        return result
+    report = progress or (lambda stage, frac: None)
     if generator is None:
         from rhf_core.t2i import load_generator
 
         generator = load_generator()
-    images = generator.inpaint(img, m, prompt, n=n, seed=seed, steps=steps, guidance=guidance, strength=strength,
-                               progress=lambda d, t: report("inpainting", d / t))
+    images = generator.inpaint(plan.image, plan.mask, plan.prompt, n=n, seed=seed, steps=steps, guidance=guidance,
+                               strength=strength, progress=lambda d, t: report("inpainting", d / t))
     report("scoring", 1.0)
-    preds = predictor.predict(images, [prompt] * len(images))
-    cands = [Candidate(im, p.scores, p.heatmaps, j, judge_if_shapes(im, prompt))
-             for j, (im, p) in enumerate(zip(images, preds))]
-    result.candidates = sorted(cands, key=RANKINGS[rank], reverse=True)
+    preds = plan.predictor.predict(images, [plan.prompt] * len(images))
+    cands = [Candidate(im, p.scores, p.heatmaps, j, plan.prompt) for j, (im, p) in enumerate(zip(images, preds))]
+    result.candidates = rank_candidates(cands, rank)
     return result
+
+
+def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int = 4, seed: int = 0,
+           heatmap: str = "implausibility", predictor=None, generator=None, threshold_mode: str = "absolute",
+           heatmap_array: np.ndarray | None = None, mask=None, steps: int = 25, guidance: float = 7.5,
+           rank: str = "plausibility", strength: float = 1.0,
+           progress: Callable[[str, float], None] | None = None) -> RepairResult:
+    """The whole loop in one call: `plan_repair` then `run_repair` (see their docstrings).
+    `rank`: "plausibility" (RichHF) or "plausibility+alignment" (sum of RAHF's two predicted scores).
+    `strength`: how much of the diffusion the masked area goes through: 1.0 repaints it from noise,
+    lower values start from the noised original and keep its layout (the object stays, reshaped)."""
+    # Every argument is checked before any work (decoding, predicting, inpainting).
+    check_sampling(seed, steps, guidance, strength, error=RepairError)
+    whole_number("n (candidates)", n, 1, MAX_IMAGES_PER_CALL, RepairError)
+    if rank not in RANKINGS:
+        raise RepairError(f"unknown ranking {rank!r}; use one of {', '.join(RANKINGS)}")
+    report = progress or (lambda stage, frac: None)
+    report("predicting", 0.0)
+    plan = plan_repair(image, prompt, predictor=predictor, heatmap=heatmap, threshold=threshold,
+                       threshold_mode=threshold_mode, dilation=dilation, heatmap_array=heatmap_array, mask=mask)
+    return run_repair(plan, generator=generator, n=n, seed=seed, steps=steps, guidance=guidance, strength=strength,
+                      rank=rank, progress=progress)
 
 
 # --- how much repair helps, on a fixed held-out set ------------------------------------------

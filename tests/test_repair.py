@@ -273,3 +273,36 @@ def test_repair_decodes_16bit_and_transparent_images_through_load_image():
     clear = Image.new("RGBA", (10, 12), (0, 0, 0, 0))  # fully transparent black: white on screen
     repair(clear, "two red circles", predictor=seen, generator=_MustNotRun())
     assert seen.images[0].getpixel((0, 0)) == (255, 255, 255)  # was black
+
+
+def test_plan_then_run_is_one_way_predicts_the_image_once_and_equals_repair(parts, record):
+    # The page previews a plan (heatmap, mask) and runs it unchanged: the original is predicted once,
+    # the candidates once more, and the result is what repair() gives for the same settings.
+    from rhf_core.repair import plan_repair, rank_candidates, run_repair
+
+    rahf, gen = parts
+    calls = []
+
+    class Counting:
+        def predict(self, images, prompts, **kw):
+            calls.append(len(images))
+            return rahf.predict(images, prompts, **kw)
+
+    truth = record.heatmaps["implausibility"]
+    plan = plan_repair(record.image, record.prompt, predictor=Counting(), threshold=0.3, threshold_mode="relative",
+                       dilation=2, heatmap_array=truth)
+    assert calls == [1] and plan.heatmap_source == "ground truth" and plan.heatmap.shape == plan.mask.shape
+    result = run_repair(plan, generator=gen, n=3, seed=0, steps=3)
+    assert calls == [1, 3]
+    assert result.heatmap is plan.heatmap and result.heatmap_source == "ground truth" and result.before is plan.before
+    whole = repair(record.image, record.prompt, threshold=0.3, threshold_mode="relative", dilation=2, n=3, seed=0,
+                   steps=3, predictor=rahf, generator=gen, heatmap_array=truth)
+    assert [c.index for c in whole.candidates] == [c.index for c in result.candidates]
+    for a, b in zip(whole.candidates, result.candidates):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    # re-ranking is a view: the result keeps its order
+    order = [c.index for c in result.candidates]
+    shown = rank_candidates(result.candidates, "plausibility+alignment")
+    assert sorted(c.index for c in shown) == sorted(order) and [c.index for c in result.candidates] == order
+    with pytest.raises(RepairError, match="unknown ranking"):
+        rank_candidates(result.candidates, "beauty")
