@@ -351,7 +351,10 @@ def test_ctrl_c_saves_the_last_finished_step_and_exits_without_a_traceback(signu
     steps = 20000
     log = tmp_path / "run.log"
     proc = subprocess.Popen(cli(tiny_dir, prompts, tmp_path / "adapter", "--steps", str(steps), "--save-every", str(steps)),
-                            cwd=ROOT, env=cli_env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+                            cwd=ROOT, env=cli_env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                            # as from a terminal: a pytest-xdist worker ignores SIGINT, and a child inherits
+                            # that (Python then installs no Ctrl-C handler, so the signal did nothing)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not re.search(rf"fine-tuning:[^|]*\|[^|]*\|\s*([1-9]\d*)/{steps}", log.read_text()):
         assert proc.poll() is None, log.read_text()[-3000:]
