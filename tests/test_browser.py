@@ -1,98 +1,24 @@
 """End to end in a real browser: `streamlit run app.py` on a free port, driven by Debian Chromium
 through Playwright. Screenshots go to tests/artifacts/ (git-ignored)."""
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: no background connections, no sandbox (CI runs as root).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_server
+
 SPEC = "shapes:n=300,seed=1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no Chromium at /usr/bin/chromium: install Debian's chromium (.ci/run does with apt)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, RHF_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), HF_HUB_OFFLINE="1")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"streamlit did not come up:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from streamlit_server(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import expect, sync_playwright
-
-    # Assertions wait for the app, which is slow on a loaded machine; 5 s (the default) is too little.
-    expect.set_options(timeout=60_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1500, "height": 1400})
-        pg.set_default_timeout(90_000)
-        yield pg
-        browser.close()
-
-
-def _settled(pg, quiet: float = 1.5, timeout: float = 120) -> None:
-    """Wait until no script run is in progress and nothing on the page is stale, continuously for
-    `quiet` seconds: a run that starts late (a loaded CI machine) is not mistaken for a finished one."""
-    pg.wait_for_selector("[data-testid='stApp']")
-    busy = ("document.querySelector(\"[data-testid='stStatusWidget']\") !== null"
-            " || document.querySelectorAll('[data-stale=\"true\"]').length > 0")
-    deadline = time.time() + timeout
-    calm_since = None
-    while time.time() < deadline:
-        if pg.evaluate(busy):
-            calm_since = None
-        elif calm_since is None:
-            calm_since = time.time()
-        elif time.time() - calm_since >= quiet:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the page did not settle within {timeout} s")
+    yield from browser_page(height=1400)
 
 
 def _count(pg) -> tuple[int, int]:
@@ -106,7 +32,7 @@ def test_explorer_filter_and_open_a_record(server, page):
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(f"{server}/explorer?ds={SPEC}")
-    _settled(page)
+    settled(page)
     expect(page.get_by_text("of 300 records match")).to_be_visible()
     assert _count(page) == (300, 300)
     expect(page.locator("[data-testid='stImage']").first).to_be_visible()
@@ -118,7 +44,7 @@ def test_explorer_filter_and_open_a_record(server, page):
     box.press("Enter")
     box.blur()
     expect(page.get_by_text(re.compile(r"^\s*\d+ of 300 records match"))).not_to_have_text(re.compile("300 of 300"))
-    _settled(page)
+    settled(page)
     n, _ = _count(page)
     assert 0 < n < 300
     assert "q=red" in page.url
@@ -127,7 +53,7 @@ def test_explorer_filter_and_open_a_record(server, page):
     page.screenshot(path=str(ARTIFACTS / "explorer-filtered.png"))
     page.locator("[class*='st-key-open_'] button").first.click()  # gallery buttons are keyed open_<id>
     expect(page.get_by_text(re.compile(r"Record 1 of [\d,]+"))).to_be_visible()
-    _settled(page)
+    settled(page)
     expect(page.get_by_text("overlay", exact=False).first).to_be_visible()
     expect(page).to_have_url(re.compile(r"^(?=.*view=Record)(?=.*id=shapes-1-\d+)"))
     rec_id = re.search(r"id=(shapes-1-\d+)", page.url).group(1)
@@ -140,7 +66,7 @@ def test_explorer_filter_and_open_a_record(server, page):
     link = page.url
     page.goto("about:blank")
     page.goto(link)
-    _settled(page)
+    settled(page)
     expect(page.get_by_label("Record id", exact=True)).to_have_value(rec_id)
     expect(page.get_by_text(re.compile(r"Record 1 of"))).to_be_visible()
 
@@ -149,7 +75,7 @@ def test_plots_view_in_the_browser(server, page):
     from playwright.sync_api import expect
 
     page.goto(f"{server}/explorer?ds={SPEC}&view=Plots")
-    _settled(page)
+    settled(page)
     expect(page.get_by_text("Score histograms")).to_be_visible()
     expect(page.get_by_text("Most-flagged words (strength ≥ 0.5)")).to_be_visible()
     # Plotly's bundle loads lazily after the script run ends: wait for the charts, do not count early.
@@ -172,7 +98,7 @@ def test_bad_spec_in_the_browser(server, page):
     from playwright.sync_api import expect
 
     page.goto(f"{server}/explorer?ds=folder:/no/such/dir")
-    _settled(page)
+    settled(page)
     expect(page.get_by_text(re.compile("Could not open dataset"))).to_be_visible()
     assert page.locator("[data-testid='stException']").count() == 0
 
@@ -181,11 +107,11 @@ def test_repair_page_in_the_browser(server, page):
     from playwright.sync_api import expect
 
     page.goto(f"{server}/repair?ds={SPEC}")
-    _settled(page)
+    settled(page)
     expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
     page.get_by_role("button", name="Repair").click()
     expect(page.get_by_text(re.compile(r"Candidates, best first by predicted plausibility"))).to_be_visible()
-    _settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     expect(page.get_by_text(re.compile(r"after \(best candidate #\d\)"))).to_be_visible()
     expect(page.locator("[data-testid='stImage'] img").nth(3 + 4 + 2 * 4 - 1)).to_be_attached()
@@ -201,19 +127,19 @@ def test_repair_page_keeps_its_controls_after_a_bad_id_or_an_upload(server, page
     from playwright.sync_api import expect
 
     page.goto(f"{server}/repair?ds={SPEC}")
-    _settled(page)
+    settled(page)
     box = page.get_by_label("Record id", exact=True)
     box.fill("no-such-id")
     box.press("Enter")
     expect(page.get_by_text(re.compile("no record with id 'no-such-id'"))).to_be_visible()
-    _settled(page)
+    settled(page)
     box.fill("shapes-1-000003")
     box.press("Enter")
-    _settled(page)
+    settled(page)
     threshold = page.locator(".st-key-rep_threshold input[type=range]")
     threshold.focus()
     threshold.press("ArrowRight")
-    _settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
 
@@ -221,16 +147,16 @@ def test_repair_page_keeps_its_controls_after_a_bad_id_or_an_upload(server, page
     path = tmp_path / "mine.png"
     Image.new("RGB", (64, 64), (220, 220, 220)).save(path)
     page.locator(".st-key-rep_source").get_by_text("Upload", exact=True).click()
-    _settled(page)
+    settled(page)
     page.locator("input[type='file']").first.set_input_files(str(path))
-    _settled(page)
+    settled(page)
     prompt = page.get_by_label("Its prompt")
     prompt.fill("a red circle")
     prompt.press("Enter")
-    _settled(page)
+    settled(page)
     threshold.focus()
     threshold.press("ArrowLeft")
-    _settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     expect(page.get_by_text(re.compile(r"mask: [\d.]+% of the image"))).to_be_visible()
 
@@ -239,12 +165,12 @@ def test_lee_page_in_the_browser(server, page):
     from playwright.sync_api import expect
 
     page.goto(f"{server}/lee?ds={SPEC}")
-    _settled(page)
+    settled(page)
     page.get_by_text("Free text", exact=True).click()  # the three example prompts: 3 × 16 × 2 images
-    _settled(page)
+    settled(page)
     page.get_by_role("button", name="Compare").click()
     expect(page.get_by_text("Measures per arm")).to_be_visible(timeout=300_000)
-    _settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     # Plotly's bundle loads lazily after the script run ends (slow on a loaded CI machine).
     expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=60_000)
@@ -264,16 +190,16 @@ def test_lee_page_in_the_browser(server, page):
     prompt_box = page.locator("[class*='st-key-lee_prompt_']")
     prompt_box.click()
     page.get_by_role("option", name="three squares").click()
-    _settled(page)
+    settled(page)
     expect(page.get_by_text("The kept images of each arm for “three squares”.")).to_be_visible()
     text = page.locator(".st-key-lee_text textarea")
     text.fill("a blue star\ntwo green triangles")
     text.press("Control+Enter")
-    _settled(page)
+    settled(page)
     expect(page.get_by_text("Measures per arm")).to_have_count(0)  # the old result is not shown under new prompts
     page.get_by_role("button", name="Compare").click()
     expect(page.get_by_text("Measures per arm")).to_be_visible(timeout=300_000)
-    _settled(page)
+    settled(page)
     shown = page.locator("[class*='st-key-lee_prompt_'] input").input_value()  # what the box displays
     drawn = re.search("The kept images of each arm for “(.+)”", page.get_by_text(re.compile("The kept images of")).inner_text()).group(1)
     assert shown == drawn and drawn in ("a blue star", "two green triangles"), (shown, drawn)
@@ -286,20 +212,20 @@ def test_lee_page_fine_tune_stops_and_resumes_in_the_browser(server, page):
     from playwright.sync_api import expect
 
     page.goto(f"{server}/lee?ds={SPEC}")
-    _settled(page)
+    settled(page)
     page.get_by_text("Fine-tune a new adapter now").click()
     page.get_by_label("Name", exact=True).fill("browser-stop")
     page.get_by_role("spinbutton", name="Steps").fill("20")
     page.get_by_role("spinbutton", name="Training prompts").fill("10")
     page.get_by_role("spinbutton", name="Training prompts").press("Enter")
-    _settled(page)
+    settled(page)
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     expect(page.get_by_text(re.compile(r"Fine-tuning… [1-9]"))).to_be_visible(timeout=300_000)
     page.get_by_role("button", name="Stop fine-tuning").click()
     stopped = page.get_by_text(re.compile(r"Fine-tuning browser-stop stopped; its saved state holds \d+ of 20 steps"))
     expect(stopped).to_be_visible()
     kept = int(re.search(r"holds (\d+) of 20", stopped.inner_text()).group(1))
-    _settled(page)
+    settled(page)
     expect(page.get_by_role("button", name="Stop fine-tuning")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "lee-fine-tune-stopped.png"))
     page.get_by_role("button", name="Fine-tune", exact=True).click()
@@ -323,12 +249,12 @@ def test_lee_page_stop_before_the_first_step_says_nothing_was_kept(server, page)
     from playwright.sync_api import expect
 
     page.goto(f"{server}/lee?ds={SPEC}")
-    _settled(page)
+    settled(page)
     page.get_by_text("Fine-tune a new adapter now").click()
     page.get_by_label("Name", exact=True).fill("browser-early-stop")
     page.get_by_role("spinbutton", name="Training prompts").fill("10")
     page.get_by_role("spinbutton", name="Training prompts").press("Enter")
-    _settled(page)
+    settled(page)
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     page.get_by_role("button", name="Stop fine-tuning").click()  # while it still makes its training set
     # On a loaded machine the click can land after the first step: then the page must say how many
@@ -339,7 +265,7 @@ def test_lee_page_stop_before_the_first_step_says_nothing_was_kept(server, page)
     text = said.inner_text()
     assert ("stopped before its first step finished: no step was kept" in text
             or re.search(r"its saved state holds [1-9]\d* of 300 steps", text)), text
-    _settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
 
 
@@ -354,15 +280,15 @@ def test_live_rahf_upload_and_predict_in_the_browser(server, page, tmp_path):
     path = tmp_path / "upload.png"
     s.image().resize((256, 256)).save(path)
     page.goto(f"{server}/live_rahf?ds={SPEC}")
-    _settled(page)
+    settled(page)
     page.locator("input[type='file']").first.set_input_files(str(path))
     box = page.get_by_label("Prompt for upload.png")
     box.fill(s.prompt)
     box.press("Enter")
-    _settled(page)
+    settled(page)
     page.get_by_role("button", name="Predict").click()
     expect(page.get_by_role("button", name=re.compile("Download predictions"))).to_be_visible()
-    _settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     expect(page.get_by_text("predicted implausibility")).to_be_visible()
     expect(page.locator("[data-testid='stMetric']").nth(3)).to_be_attached()
@@ -372,7 +298,7 @@ def test_live_rahf_upload_and_predict_in_the_browser(server, page, tmp_path):
     # Another prompt: the old prediction is neither shown nor offered for download.
     box.fill(s.prompt + " and a cat")
     box.press("Enter")
-    _settled(page)
+    settled(page)
     expect(page.get_by_text(re.compile("changed since the last prediction"))).to_be_visible()
     expect(page.get_by_role("button", name=re.compile("Download predictions"))).to_have_count(0)
     expect(page.get_by_text("predicted implausibility")).to_have_count(0)
@@ -382,16 +308,16 @@ def test_live_rahf_mode_comes_back_after_another_page_in_the_browser(server, pag
     from playwright.sync_api import expect
 
     page.goto(f"{server}/live_rahf?ds={SPEC}")
-    _settled(page)
+    settled(page)
     page.locator(".st-key-live_mode").get_by_text("Dataset record", exact=True).click()
-    _settled(page)
+    settled(page)
     expect(page.get_by_label("Record id", exact=True)).to_be_visible()
     page.locator("[data-testid='stSidebarNav']").get_by_text("Home", exact=True).click()
-    _settled(page)
+    settled(page)
     page.locator("[data-testid='stSidebarNav']").get_by_text("Live RAHF", exact=True).click()
-    _settled(page)
+    settled(page)
     expect(page.get_by_label("Record id", exact=True)).to_be_visible()  # still the record view
     page.locator(".st-key-live_opacity input[type=range]").press("ArrowRight")  # any other widget
-    _settled(page)
+    settled(page)
     expect(page.get_by_label("Record id", exact=True)).to_be_visible()
     assert page.locator("[data-testid='stException']").count() == 0

@@ -3,21 +3,15 @@ Playwright, clicks on the `streamlit-image-coordinates` component at known posit
 larger than it is stored. Screenshots go to tests/artifacts/ (git-ignored)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import tests.test_browser as tb  # its helpers only (a module import, so its tests are not collected twice)
 from rhf_core import annotation as A
 from rhf_core.data import open_dataset
+from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_server
 
 W, H = 120, 80  # stored size; the page shows it 512 px wide (×4.27)
 SHOWN_W = 512
@@ -38,51 +32,12 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(tb.CHROMIUM).exists():
-        pytest.skip("no Chromium at /usr/bin/chromium: install Debian's chromium (.ci/run does with apt)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
-    pytest.importorskip("streamlit_image_coordinates", reason="streamlit-image-coordinates is not installed")
-    port = tb._free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, RHF_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), HF_HUB_OFFLINE="1")
-    env.pop("RHF_SHARED", None)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=tb.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"streamlit did not come up:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from streamlit_server(tmp_path_factory, requires=("streamlit_image_coordinates",))
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=60_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=tb.CHROMIUM, args=tb.CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1500, "height": 1300})
-        pg.set_default_timeout(90_000)
-        yield pg
-        browser.close()
+    yield from browser_page(height=1300)
 
 
 def _image(page):
@@ -95,13 +50,13 @@ def _click(page, x, y, n_kind: str):
 
     _image(page).click(position={"x": x, "y": y})
     expect(page.get_by_text(re.compile(re.escape(n_kind)))).to_be_visible()
-    tb._settled(page)
+    settled(page)
 
 
 def _rate(page, ratings: dict):
     for name, value in ratings.items():
         page.locator(f"[class*='st-key-ann_{name}_']").get_by_text(str(value), exact=True).click()
-        tb._settled(page)
+        settled(page)
 
 
 def _stored(x, y, box):
@@ -113,9 +68,9 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     from playwright.sync_api import expect
 
     src, target = folders
-    tb.ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(exist_ok=True)
     page.goto(f"{server}/annotate?ds=folder:{src}&ann_target={target}")
-    tb._settled(page)
+    settled(page)
     expect(page.get_by_text(re.compile(r"Image 1 of 2"))).to_be_visible()
     box = _image(page).bounding_box()
     assert round(box["width"]) == SHOWN_W and abs(box["height"] - SHOWN_W * H / W) < 1.5  # shown ≠ stored
@@ -125,20 +80,20 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     _click(page, *clicks[0], "(1 implausibility")
     _click(page, *clicks[1], "(2 implausibility")
     page.get_by_role("button", name=re.compile("^Misalignment")).click()
-    tb._settled(page)
+    settled(page)
     _click(page, 300, 250, "1 misalignment")
     # A stray point removed by its label, another undone with the keyboard (U; focus off the image's frame).
     _click(page, 40, 40, "2 misalignment")
     page.locator("[class*='st-key-ann_rm_']").get_by_text("misalignment 2", exact=True).click()
     expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
-    tb._settled(page)
+    settled(page)
     _click(page, 480, 300, "2 misalignment")
     page.mouse.click(1450, 1250)
     page.keyboard.press("u")
     expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
-    tb._settled(page)
+    settled(page)
     page.locator("[class*='st-key-ann_words_']").get_by_text("cat", exact=True).click()
-    tb._settled(page)
+    settled(page)
     _rate(page, {"plausibility": 2, "alignment": 4, "aesthetics": 3, "overall": 2})
 
     # Bad input first: no annotator name gives a readable message and saves nothing.
@@ -148,8 +103,8 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     name = page.get_by_role("textbox", name="Annotator")
     name.fill("alice")
     name.press("Enter")
-    tb._settled(page)
-    page.screenshot(path=str(tb.ARTIFACTS / "annotate-mid.png"))  # mid-annotation: markers, word, ratings
+    settled(page)
+    page.screenshot(path=str(ARTIFACTS / "annotate-mid.png"))  # mid-annotation: markers, word, ratings
 
     # Save with the keyboard shortcut (S), focus off the text field.
     name.blur()
@@ -157,7 +112,7 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     page.keyboard.press("s")
     expect(page.get_by_text(re.compile(r"Saved: a by alice"))).to_be_visible()
     expect(page.get_by_text(re.compile(r"Image 2 of 2"))).to_be_visible()  # moved on
-    tb._settled(page)
+    settled(page)
 
     ann = A.annotations_of(target, "a")
     assert len(ann) == 1 and ann[0]["annotator"] == "alice" and ann[0]["image_size"] == [W, H]
@@ -180,16 +135,16 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     # Bob, on the same image: one implausible point near alice's first, other ratings; saved with the button.
     name.fill("bob")
     name.press("Enter")
-    tb._settled(page)
+    settled(page)
     page.get_by_role("button", name=re.compile("Back")).click()
     expect(page.get_by_text(re.compile(r"Image 1 of 2"))).to_be_visible()
     expect(page.get_by_text(re.compile(r"annotated by alice \(1 saves\)"))).to_be_visible()
     page.get_by_role("button", name=re.compile("^Implausibility")).click()
-    tb._settled(page)
+    settled(page)
     _click(page, 110, 155, "(1 implausibility")
     _rate(page, {"plausibility": 4, "alignment": 4, "aesthetics": 5, "overall": 3})
     page.get_by_role("button", name=re.compile("^Save & next")).dblclick()  # a double click saves once
-    tb._settled(page)
+    settled(page)
     assert [a["annotator"] for a in A.annotations_of(target, "a")] == ["alice", "bob"]
     assert [json.loads(line)["id"] for line in (target / "labels.jsonl").read_text().splitlines()] == ["a"]
 
@@ -212,13 +167,13 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     expect(page.locator("[data-testid='stMetric']").filter(has_text="Plausibility spread")).to_contain_text("0.250")
     page.get_by_role("button", name=re.compile("Back")).click()
     expect(page.get_by_text("Agreement on this image")).to_be_visible()
-    tb._settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
-    page.screenshot(path=str(tb.ARTIFACTS / "annotate-after.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "annotate-after.png"), full_page=True)
 
     # The folder opens in the explorer at once.
     page.goto(f"{server}/explorer?ds=folder:{target}")
-    tb._settled(page)
+    settled(page)
     expect(page.get_by_text(re.compile(r"1 of 1 records match"))).to_be_visible()
 
 
@@ -231,10 +186,10 @@ def test_annotate_bad_folders_in_the_browser(server, page, tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("")
     page.goto(f"{server}/annotate?ds=shapes:n=20,seed=1&annotator=carol&ann_target={a_file}")
-    tb._settled(page)
+    settled(page)
     expect(page.get_by_text("Save to folder: that path is a file, not a folder.")).to_be_visible()
     page.get_by_text("Image folder", exact=True).click()
-    tb._settled(page)
+    settled(page)
     box = page.get_by_role("textbox", name="Image folder")
     box.fill(str(tmp_path / "missing"))
     box.press("Enter")
@@ -242,5 +197,5 @@ def test_annotate_bad_folders_in_the_browser(server, page, tmp_path):
     box.fill(str(bad))
     box.press("Enter")
     expect(page.get_by_text(re.compile(r"This image cannot be shown: x.png"))).to_be_visible()
-    tb._settled(page)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
