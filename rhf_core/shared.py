@@ -17,7 +17,7 @@ make the server download gigabytes (put the model or dataset in a root folder in
 as a dataset spec is refused too, since recognising it means walking the folder. Messages name
 what the user typed relative to a root, never an absolute server path (`scrub`).
 
-This module does not import streamlit; `ui/` and the pages apply it.
+This module is UI-free (no Streamlit); `ui/` and the pages apply it.
 """
 
 from __future__ import annotations
