@@ -22,6 +22,7 @@ This module is UI-free (no Streamlit); `ui/` and the pages apply it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -240,5 +241,13 @@ class Policy:
 
 
 def current_policy() -> Policy:
-    """The policy the environment sets now (cheap: a few realpath calls)."""
-    return Policy.from_env()
+    """The policy the environment sets now. Built once per set of variable values (pages ask for it
+    several times a rerun); a test that changes the variables gets the new policy at once."""
+    keys = (ENV_SHARED, ENV_DATA_ROOTS, ENV_MODEL_ROOTS, ENV_EXPORT_ROOT)
+    return _policy_for(tuple(os.environ.get(k, "") for k in keys))
+
+
+@functools.lru_cache(maxsize=8)
+def _policy_for(values: tuple[str, ...]) -> Policy:
+    keys = (ENV_SHARED, ENV_DATA_ROOTS, ENV_MODEL_ROOTS, ENV_EXPORT_ROOT)
+    return Policy.from_env(dict(zip(keys, values)))

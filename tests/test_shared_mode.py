@@ -201,6 +201,8 @@ def test_library_errors_reach_the_user_scrubbed(tree):
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.test_page_explorer import open_app  # noqa: E402
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
@@ -214,14 +216,7 @@ def shared_env(tree, monkeypatch):
 
 
 def run_app(page: str | None = "app_pages/explorer.py", **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_app(None, page, **params)  # the spec, if any, comes in params (ds=…)
 
 
 def shown_text(at: AppTest) -> str:
