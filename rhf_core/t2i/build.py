@@ -60,6 +60,11 @@ class TinyT2IConfig:
     # which removes each image's per-channel mean: the VAE then cannot keep colours.
     norm_groups: int = 8
     vae_norm_groups: int = 4
+    # What the UNet predicts: "epsilon" (SD 1.x, SD 2 base) or "v_prediction" (SD 2.x 768-px models).
+    prediction_type: str = "epsilon"
+    # SD 2.x's UNet layout: linear in/out projections around the attention blocks, attention upcast to
+    # float32 (what SD 2.1 ships with).
+    sd2_layout: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -93,7 +98,7 @@ def build_components(cfg: TinyT2IConfig, seed: int = 0) -> dict:
         up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
         block_out_channels=tuple(cfg.unet_channels), layers_per_block=cfg.unet_layers,
         cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_groups,
+        norm_num_groups=cfg.norm_groups, use_linear_projection=cfg.sd2_layout, upcast_attention=cfg.sd2_layout,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_dim, intermediate_size=cfg.text_dim * 4,
@@ -102,7 +107,7 @@ def build_components(cfg: TinyT2IConfig, seed: int = 0) -> dict:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     ))
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=cfg.prediction_type)
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
@@ -113,3 +118,24 @@ def build_pipeline(cfg: TinyT2IConfig | None = None, seed: int = 0):
     comps = build_components(cfg or TinyT2IConfig(), seed)
     return StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+# What an SDXL checkpoint's model_index.json says (stabilityai/stable-diffusion-xl-base-1.0): enough for
+# the refusal, which reads it before loading anything.
+SDXL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.19.0.dev0",
+    "force_zeros_for_empty_prompt": True, "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def write_sdxl_index(path) -> None:
+    """A folder that announces itself as an SDXL pipeline (no weights): what the generator must refuse."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model_index.json").write_text(json.dumps(SDXL_INDEX, indent=2) + "\n")

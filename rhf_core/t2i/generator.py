@@ -1,5 +1,6 @@
-"""One generator API over any Stable-Diffusion-style diffusers pipeline: the embedded ShapesWorld
-model in `rhf_core/assets/t2i-shapes/`, a hub id, or a local folder.
+"""One generator API over Stable Diffusion 1.x/2.x diffusers pipelines: the embedded ShapesWorld
+model in `rhf_core/assets/t2i-shapes/`, a hub id, or a local folder. Other families (SDXL, SD3, Flux,
+…) are refused before loading, by the pipeline class their `model_index.json` names.
 
     gen = load_generator()
     images = gen.generate(["two red circles"], n=4, seed=0)   # images[i][j]: sample j of prompt i
@@ -10,6 +11,7 @@ or position it is generated in, so arms of an experiment can share seeds exactly
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from pathlib import Path
@@ -29,6 +31,14 @@ MAX_IMAGES_PER_CALL = 4096
 MAX_STEPS = 1000
 # Classifier-free guidance beyond this only saturates the image (infinity gave black images, ranked).
 MAX_GUIDANCE = 100.0
+# The pipeline classes of Stable Diffusion 1.x and 2.x (ε- and v-prediction alike): one text encoder,
+# a 4-channel latent UNet (9 for inpainting checkpoints), no added time/size conditioning. SDXL, SD3,
+# Flux and the rest condition differently; LoRA training, inpainting and sampling here assume SD's.
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline",
+                       "StableDiffusionImg2ImgPipeline")
+SUPPORTED_TEXT = ("Stable Diffusion 1.x/2.x pipelines (StableDiffusionPipeline, or StableDiffusionInpaintPipeline "
+                  "for inpainting checkpoints), as a local folder or a downloaded hub id")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class GeneratorError(RHFError, ValueError):
@@ -109,10 +119,22 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """`auto`: float32 on a CPU; on CUDA bfloat16 where the GPU has it (float32's range, so SD 2.x's
+    attention and VAE cannot overflow to NaN as they can in float16), else float16."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise GeneratorError(f"dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+        return DTYPES[dtype]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 class Generator:
-    def __init__(self, pipe, name: str = "", device: str | None = None):
+    def __init__(self, pipe, name: str = "", device: str | None = None, dtype: str = "auto"):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = pick_dtype(self.device, dtype)
         self.pipe = pipe.to(self.device) if pipe.unet.dtype == self.dtype else pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.name = name
@@ -132,6 +154,18 @@ class Generator:
     def root(self) -> Path:
         """The folder (or hub id, as a path) the pipeline was loaded from."""
         return Path(str(self.pipe.config._name_or_path))
+
+    @property
+    def is_shapes_world(self) -> bool:
+        """A ShapesWorld generator: the embedded one, or any pipeline `train-t2i` wrote (it leaves its
+        train_log.json beside the weights), wherever it was saved and whatever it is called. Only these
+        draw scenes the judge can read."""
+        return "shapes" in self.name or (self.root / "train_log.json").is_file()
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: `epsilon` (SD 1.x, SD 2 base) or `v_prediction` (SD 2.x 768)."""
+        return str(self.pipe.scheduler.config.get("prediction_type", "epsilon"))
 
     def fingerprint(self) -> list:
         """What identifies this model's weights for cache keys: its files (size, mtime) and the adapter's."""
@@ -264,8 +298,33 @@ class Generator:
         return result
 
 
-def load_generator(name_or_path: str | Path | None = None, device: str | None = None) -> Generator:
-    """The embedded ShapesWorld pipeline, or any Stable-Diffusion-style diffusers pipeline by path or hub id."""
+def pipeline_class(target: str) -> str | None:
+    """The pipeline class a folder's or (already downloaded) hub id's model_index.json names; None when it
+    cannot be read without loading (the check after loading still applies)."""
+    path = Path(target).expanduser()
+    try:
+        if path.exists():
+            raw = json.loads((path / "model_index.json").read_text())
+        else:
+            from diffusers import DiffusionPipeline
+
+            raw = DiffusionPipeline.load_config(target)
+    except Exception:  # unreadable JSON, not downloaded, offline: the loader reports it
+        return None
+    name = raw.get("_class_name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def check_pipeline_class(name: str | None, target: str) -> None:
+    """Refuse every pipeline family but Stable Diffusion 1.x/2.x, naming what is supported."""
+    if name is not None and name not in SUPPORTED_PIPELINES:
+        raise GeneratorError(f"{target} is a {name}, which this project does not run: supported are {SUPPORTED_TEXT}")
+
+
+def load_generator(name_or_path: str | Path | None = None, device: str | None = None,
+                   dtype: str = "auto") -> Generator:
+    """The embedded ShapesWorld pipeline, or a Stable Diffusion 1.x/2.x pipeline by folder or hub id.
+    `dtype`: auto (float32 on CPU, bfloat16 or float16 on CUDA), float16, bfloat16 or float32."""
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     target = str(name_or_path) if name_or_path else str(DEFAULT_GENERATOR)
@@ -281,15 +340,20 @@ def load_generator(name_or_path: str | Path | None = None, device: str | None = 
         raise GeneratorError(f"no such folder: {target} (and it is not a hub id like org/model)")
     else:
         name = target
+    check_pipeline_class(pipeline_class(target), target)  # before loading gigabytes of another family
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    torch_dtype = pick_dtype(dev, dtype)
     try:
-        pipe = DiffusionPipeline.from_pretrained(target if not path.exists() else str(path), dtype=dtype,
+        pipe = DiffusionPipeline.from_pretrained(target if not path.exists() else str(path), dtype=torch_dtype,
                                                  safety_checker=None, requires_safety_checker=False)
     except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError, HF errors...
         raise GeneratorError(f"could not load a diffusers pipeline from {target}: {err}") from err
+    check_pipeline_class(type(pipe).__name__, target)
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise GeneratorError(f"{target} is a {type(pipe).__name__}, not a Stable-Diffusion-style pipeline")
+    if pipe.unet.config.get("addition_embed_type"):  # SDXL-style size/time conditioning under an SD class name
+        raise GeneratorError(f"{target}'s UNet takes added {pipe.unet.config.addition_embed_type!r} conditioning "
+                             f"(SDXL-style), which this project does not run: supported are {SUPPORTED_TEXT}")
     if not isinstance(pipe, StableDiffusionPipeline) and int(pipe.unet.config.in_channels) == 4:
         pipe = StableDiffusionPipeline.from_pipe(pipe)
-    return Generator(pipe, name=name, device=str(dev))
+    return Generator(pipe, name=name, device=str(dev), dtype=dtype)
