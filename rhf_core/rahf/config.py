@@ -43,6 +43,11 @@ class TextConfig:
     heads: int = 4
 
 
+# Fields that size a scratch encoder (refused with a Hugging Face backbone, which has its own sizes).
+SCRATCH_FIELDS = {VisionConfig: ("patch_size", "dim", "layers", "heads"),
+                  TextConfig: ("vocab_buckets", "dim", "layers", "heads")}
+
+
 @dataclass
 class RAHFConfig:
     # Input resolution the image is resized to (pixels, square).
@@ -93,6 +98,14 @@ class RAHFConfig:
         for name, scale in self.heatmap_scale.items():
             if name not in HEATMAP_NAMES or not float(scale) > 0:
                 raise InvalidArgumentError(f"heatmap_scale needs positive scales of known heatmaps, got {name!r}: {scale!r}")
+        for part, default in ((self.vision, VisionConfig()), (self.text, TextConfig())):
+            if part.kind == "hf":  # the scratch sizes mean nothing to a Hugging Face backbone: refuse, never ignore
+                changed = [f for f in SCRATCH_FIELDS[type(part)] if getattr(part, f) != getattr(default, f)]
+                if changed:
+                    raise InvalidArgumentError(
+                        f"{', '.join(changed)} set the scratch {type(part).__name__[:-6].lower()} encoder's size; "
+                        f"the Hugging Face backbone {part.name_or_path!r} has its own (from its config.json). "
+                        "Leave them at their defaults, or drop the backbone to train a scratch one.")
         p = self.vision.patch_size
         if self.vision.kind == "scratch" and (p & (p - 1) or self.image_size % p):
             raise InvalidArgumentError(f"patch size {p} must be a power of two dividing the image size {self.image_size}")

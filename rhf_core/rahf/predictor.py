@@ -120,11 +120,7 @@ class RAHF:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.config.save(out)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = out / f".{WEIGHTS}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "rhf": "rahf"})
-        tmp.chmod(0o644)
-        tmp.replace(out / WEIGHTS)
+        save_weights(self.model, out / WEIGHTS)
         if self.config.vision.kind == "hf":
             self.model.vision.hf_config.save_pretrained(out / "vision")
             _save_processor(self.config.vision.name_or_path, out / "vision")
@@ -143,14 +139,7 @@ class RAHF:
         except (ValueError, TypeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}/config.json is not a RAHF config: {e}") from None
         model = RAHFModel(config, backbone_dir=path, pretrained=False)
-        state = load_file(str(path / WEIGHTS))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not match the config — missing {sorted(missing)[:8]}"
-                f"{'…' if len(missing) > 8 else ''}, unexpected {sorted(unexpected)[:8]}"
-                f"{'…' if len(unexpected) > 8 else ''}"
-            )
+        load_weights(model, path / WEIGHTS)
         return cls(model, config, device=device, path=path)
 
     # --- inference ----------------------------------------------------------------------------
@@ -206,6 +195,45 @@ class RAHF:
             if progress is not None:
                 progress(min(start + batch_size, len(images)), len(images))
         return out
+
+
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """Each state-dict name that is another name's tensor (tied weights: T5's `shared` and
+    `encoder.embed_tokens`), mapped to the first name holding it."""
+    first, tied = {}, {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride())) if t.numel() else None
+        if key is not None and key in first:
+            tied[name] = first[key]
+        elif key is not None:
+            first[key] = name
+    return tied
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The state dict as safetensors, written atomically; a tied weight is stored once (safetensors
+    refuses tensors that share memory) and re-tied by `load_weights`, which builds the same model."""
+    tied = tied_names(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "rhf": "rahf", "tied": json.dumps(tied)})
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load `save_weights`' file into `model`; any name missing or left over is a CheckpointError.
+    A tied name may be absent: it is the same tensor as the name it is tied to, which is loaded."""
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = tied_names(model)
+    missing = [k for k in missing if not (k in tied and tied[k] in state)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path.parent}: weights do not match the config — missing {sorted(missing)[:8]}"
+            f"{'…' if len(missing) > 8 else ''}, unexpected {sorted(unexpected)[:8]}"
+            f"{'…' if len(unexpected) > 8 else ''}"
+        )
 
 
 def _save_processor(source: str, out: Path) -> None:

@@ -7,12 +7,21 @@ than the paper's MSE, whose gradient vanishes through a saturated sigmoid); MSE 
 cross-entropy per prompt word against its misalignment strength. Augmentation: random horizontal flips and mild random crops,
 applied identically to the image and its heatmaps (words and scores are unchanged by either).
 Resumable: `checkpoint/` holds the latest weights and the optimiser state.
+
+Memory is bounded by the batch, not the dataset: a split whose decoded arrays exceed `preload_mb` is
+decoded once into an on-disk cache at the model's resolution (`DecodedSplit`, in the state folder)
+and read back row by row with `os.pread` (no memory map, whose touched pages would count towards the
+process's memory). Smaller splits are held in memory as before. Both give the same batches in the same
+order, bit for bit. Several processes (`accelerate launch`) each train on an equal-length shard; the
+schedule counts one process's steps; only the main process writes checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rhf_core.errors import DatasetFormatError
+from rhf_core.errors import DatasetFormatError, InvalidArgumentError
 from rhf_core.cache import atomic_write_text, cache_dir
 from rhf_core.data import open_dataset
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.config import RAHFConfig
-from rhf_core.rahf.predictor import RAHF, new_rahf
+from rhf_core.rahf.predictor import RAHF, WEIGHTS, load_weights, new_rahf
 
 
 @dataclass
@@ -61,15 +70,78 @@ class TrainConfig:
     seed: int = 0
     # Cap on training records (0 = all), for quick runs and tests.
     max_records: int = 0
+    # Learning rate of the vision / text backbone as a multiple of `lr`; 0 freezes it. (The RichHF
+    # authors fine-tune every layer and report that freezing the ViT hurt the heatmaps.)
+    vision_lr_scale: float = 1.0
+    text_lr_scale: float = 1.0
+    # Autocast of the forward pass: "no", "bf16" or "fp16" (fp16 needs CUDA); "" = what `accelerate
+    # launch --mixed_precision` says (default "no").
+    mixed_precision: str = ""
+    # Recompute the Hugging Face backbones' activations in the backward pass: less GPU memory, slower steps.
+    gradient_checkpointing: bool = False
+    # A split whose decoded arrays (image + heatmaps at image_size) exceed this many MB is decoded once
+    # into an on-disk cache and read back batch by batch; smaller ones are held in memory.
+    preload_mb: int = 2048
+    # Folder of that on-disk cache ("" = decoded/ in the state folder); about 1 MB per record at 384 px.
+    decoded_dir: str = ""
     model: RAHFConfig = field(default_factory=RAHFConfig)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot apply (rather than ignoring them)."""
+        if self.mixed_precision not in ("", "no", "bf16", "fp16"):
+            raise InvalidArgumentError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("vision_lr_scale", "text_lr_scale"):
+            if not getattr(self, name) >= 0:
+                raise InvalidArgumentError(f"{name} must be 0 (frozen) or more, got {getattr(self, name)!r}")
+        if self.gradient_checkpointing and "hf" not in (self.model.vision.kind, self.model.text.kind):
+            raise InvalidArgumentError("gradient_checkpointing applies to Hugging Face backbones; this model has "
+                                       "only scratch ones (give a vision or text name_or_path)")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise InvalidArgumentError(f"batch_size and epochs must be at least 1, got {self.batch_size}, {self.epochs}")
+        self.model.validate()
+
+
+class RowFile:
+    """A (N, *row_shape) array on disk, read by rows: `rows[idx]` for an int array `idx` reads just those
+    rows with `os.pread`, so only the batch is in memory (the OS page cache does the caching)."""
+
+    def __init__(self, path: Path, n: int, row_shape: tuple, dtype):
+        self.path, self.row_shape, self.dtype = Path(path), tuple(row_shape), np.dtype(dtype)
+        self.shape = (n, *self.row_shape)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if self._fd is None or self._pid != os.getpid():  # a DataLoader worker or a fork opens its own
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        out = np.empty((len(idx), *self.row_shape), self.dtype)
+        view = out.reshape(len(idx), -1).view(np.uint8)
+        for j, i in enumerate(idx):
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"row {i} out of range for {self.shape[0]} rows")
+            data = os.pread(self._fd, self.row_bytes, int(i) * self.row_bytes)
+            view[j] = np.frombuffer(data, np.uint8)
+        return out
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
 
 
 @dataclass
 class Arrays:
-    """A dataset split as tensors a training loop can index."""
+    """A dataset split as arrays a training loop can index (in memory, or `RowFile`s on disk)."""
 
-    images: np.ndarray  # (N, S, S, 3) uint8
-    heatmaps: np.ndarray  # (N, 2, S, S) float16
+    images: np.ndarray | RowFile  # (N, S, S, 3) uint8
+    heatmaps: np.ndarray | RowFile  # (N, 2, S, S) float16
     heat_mask: np.ndarray  # (N, 2) bool: heatmap collected
     scores: np.ndarray  # (N, 4) float32
     score_mask: np.ndarray  # (N, 4) bool
@@ -80,35 +152,114 @@ class Arrays:
         return len(self.images)
 
 
-def dataset_arrays(ds: Dataset, size: int, progress: Callable | None = None) -> Arrays:
-    """Decode every record of `ds` (images resized to `size`); records without an image are dropped."""
+def record_rows(rec, size: int) -> dict | None:
+    """One record decoded at `size`: image (S, S, 3) uint8, heatmaps (2, S, S) float16 and its labels;
+    None without an image. The one decoding both the in-memory and the on-disk paths use."""
     from PIL import Image
 
-    imgs, heats, hmask, scores, smask, words, wt = [], [], [], [], [], [], []
+    img = rec.image
+    if img is None:
+        return None
+    h = np.zeros((len(HEATMAP_NAMES), size, size), np.float16)
+    m = np.zeros(len(HEATMAP_NAMES), bool)
+    for k, name in enumerate(HEATMAP_NAMES):
+        if name in rec.heatmaps:
+            h[k] = resize_heatmap(rec.heatmaps[name], (size, size))
+            m[k] = True
+    return {"image": np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8),
+            "heatmaps": h, "heat_mask": m, "scores": [rec.scores.get(s, 0.0) for s in SCORE_NAMES],
+            "score_mask": [s in rec.scores for s in SCORE_NAMES], "words": [t for t, _ in rec.words],
+            "word_targets": [float(s) for _, s in rec.words]}
+
+
+def _labels(rows: list[dict]) -> dict:
+    return {"heat_mask": np.array([r["heat_mask"] for r in rows]).reshape(len(rows), len(HEATMAP_NAMES)),
+            "scores": np.array([r["scores"] for r in rows], np.float32).reshape(len(rows), len(SCORE_NAMES)),
+            "score_mask": np.array([r["score_mask"] for r in rows], bool).reshape(len(rows), len(SCORE_NAMES)),
+            "words": [r["words"] for r in rows], "word_targets": [r["word_targets"] for r in rows]}
+
+
+def dataset_arrays(ds: Dataset, size: int, progress: Callable | None = None) -> Arrays:
+    """Decode every record of `ds` into memory (images resized to `size`); records without an image are dropped."""
+    imgs, heats, rows = [], [], []
     for i in range(len(ds)):
-        rec = ds[i]
-        img = rec.image
-        if img is None:
-            continue
-        imgs.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8))
-        h = np.zeros((len(HEATMAP_NAMES), size, size), np.float16)
-        m = np.zeros(len(HEATMAP_NAMES), bool)
-        for k, name in enumerate(HEATMAP_NAMES):
-            if name in rec.heatmaps:
-                h[k] = resize_heatmap(rec.heatmaps[name], (size, size))
-                m[k] = True
-        heats.append(h)
-        hmask.append(m)
-        scores.append([rec.scores.get(s, 0.0) for s in SCORE_NAMES])
-        smask.append([s in rec.scores for s in SCORE_NAMES])
-        words.append([t for t, _ in rec.words])
-        wt.append([float(s) for _, s in rec.words])
+        row = record_rows(ds[i], size)
+        if row is not None:
+            imgs.append(row.pop("image"))
+            heats.append(row.pop("heatmaps"))
+            rows.append(row)
         if progress is not None and (i % 500 == 0 or i == len(ds) - 1):
             progress(i + 1, len(ds))
     if not imgs:
         raise DatasetFormatError(f"{ds.spec}: no record with an image to train on")
-    return Arrays(np.stack(imgs), np.stack(heats), np.array(hmask), np.array(scores, np.float32),
-                  np.array(smask), words, wt)
+    return Arrays(np.stack(imgs), np.stack(heats), **_labels(rows))
+
+
+def decoded_mb(n_records: int, size: int) -> float:
+    """Memory of `n_records` decoded at `size`: a uint8 RGB image and two float16 heatmaps each."""
+    return n_records * size * size * (3 + 2 * len(HEATMAP_NAMES)) / 2 ** 20
+
+
+DECODED_VERSION = 1  # bump when record_rows changes what it writes
+
+
+def decoded_arrays(ds: Dataset, size: int, folder: Path, progress: Callable | None = None) -> Arrays:
+    """`dataset_arrays` through an on-disk cache in `folder`: records are decoded once, one at a time,
+    and written as rows; the result reads rows back on demand. A cache whose key (version, size, the
+    split's ids and frame) matches is reused, so a resumed run or a second process does not decode again."""
+    folder = Path(folder)
+    frame_hash = hashlib.sha256(ds.frame.to_json(default_handler=str).encode()).hexdigest()[:20]
+    key = {"version": DECODED_VERSION, "size": size, "records": len(ds), "frame": frame_hash}
+    manifest = folder / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("key") == key):
+        _write_decoded(ds, size, folder, key, progress)
+    info = json.loads(manifest.read_text())
+    n = info["rows"]
+    if n == 0:
+        raise DatasetFormatError(f"{ds.spec}: no record with an image to train on")
+    labels = json.loads((folder / "labels.json").read_text())
+    return Arrays(RowFile(folder / "images.u8", n, (size, size, 3), np.uint8),
+                  RowFile(folder / "heatmaps.f16", n, (len(HEATMAP_NAMES), size, size), np.float16),
+                  np.array(labels["heat_mask"], bool).reshape(n, len(HEATMAP_NAMES)),
+                  np.array(labels["scores"], np.float32).reshape(n, len(SCORE_NAMES)),
+                  np.array(labels["score_mask"], bool).reshape(n, len(SCORE_NAMES)),
+                  labels["words"], labels["word_targets"])
+
+
+def _write_decoded(ds: Dataset, size: int, folder: Path, key: dict, progress: Callable | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").unlink(missing_ok=True)  # no manifest = incomplete cache
+    rows = []
+    with open(folder / "images.u8", "wb") as fi, open(folder / "heatmaps.f16", "wb") as fh:
+        for i in range(len(ds)):
+            row = record_rows(ds[i], size)
+            if row is not None:
+                fi.write(row.pop("image").tobytes())
+                fh.write(row.pop("heatmaps").tobytes())
+                rows.append(row)
+            if progress is not None and (i % 500 == 0 or i == len(ds) - 1):
+                progress(i + 1, len(ds))
+    labels = _labels(rows)
+    atomic_write_text(folder / "labels.json", json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                                          for k, v in labels.items()}))
+    atomic_write_text(folder / "manifest.json", json.dumps({"key": key, "rows": len(rows)}))
+
+
+def split_arrays(ds: Dataset, size: int, preload_mb: float, folder: Path) -> Arrays:
+    """In memory when the decoded split fits in `preload_mb`, else the on-disk cache in `folder`."""
+    if decoded_mb(len(ds), size) <= preload_mb:
+        return dataset_arrays(ds, size)
+    return decoded_arrays(ds, size, folder)
+
+
+def shard_order(n: int, rank: int, world: int, rng: np.random.Generator) -> np.ndarray:
+    """This process's records for one epoch, shuffled. Every process gets ceil(n / world) of them (the
+    shorter shards repeat their first records), so all take the same number of steps, as DDP needs."""
+    shard = np.arange(rank, n, world)
+    per_process = math.ceil(n / world)
+    if len(shard) < per_process:
+        shard = np.concatenate([shard, np.resize(shard, per_process - len(shard))])
+    return rng.permutation(shard)
 
 
 def augment_batch(pixels: torch.Tensor, heatmaps: torch.Tensor, gen: torch.Generator):
@@ -210,37 +361,35 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
     """Train, keeping the best epoch by validation loss; returns the best model."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator()
+    cfg.validate()
+    accelerator = make_accelerator(cfg, Accelerator)
     out = Path(cfg.out)
     ckpt = Path(cfg.state_dir) if cfg.state_dir else cache_dir("rahf-train") / out.resolve().name
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    # 1. Data
-    ds = open_dataset(cfg.data)
-    train_ds = ds.split(cfg.train_split)
-    if cfg.max_records:
-        train_ds = train_ds.subset(np.arange(min(cfg.max_records, len(train_ds))))
-    val_ds = ds.split(cfg.val_split)
-    if len(val_ds) == 0:  # no dev split: hold out 10% of training records
-        if len(train_ds) < 2:
-            raise DatasetFormatError(f"{ds.spec}: {len(train_ds)} record(s) in split {cfg.train_split!r} and no "
-                                     f"{cfg.val_split!r} split; training needs at least 2 (one is held out)")
-        k = max(1, len(train_ds) // 10)
-        val_ds, train_ds = train_ds.subset(np.arange(k)), train_ds.subset(np.arange(k, len(train_ds)))
-    if cfg.max_records:
-        val_ds = val_ds.subset(np.arange(min(max(cfg.max_records // 5, 8), len(val_ds))))
+    # 1. Data: the main process decodes (or finds the on-disk cache) first, the others reuse it
+    train_ds, val_ds = train_val_split(cfg)
     size = cfg.model.image_size
-    train = dataset_arrays(train_ds, size)
-    val = dataset_arrays(val_ds, size)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    accelerator.print(f"RAHF training: {len(train)} train / {len(val)} val records, {steps_per_epoch} steps per "
-                      f"epoch × {cfg.epochs} epochs, batch {cfg.batch_size} × {accelerator.num_processes} processes, "
-                      f"variant {cfg.model.variant}, device {accelerator.device}")
+    decoded = Path(cfg.decoded_dir) if cfg.decoded_dir else ckpt / "decoded"
+    with accelerator.main_process_first():
+        train = split_arrays(train_ds, size, cfg.preload_mb, decoded / f"{cfg.train_split}-{size}")
+        val = split_arrays(val_ds, size, cfg.preload_mb, decoded / f"{cfg.val_split}-{size}")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = math.ceil(math.ceil(len(train) / world) / cfg.batch_size)
+    where = "in memory" if isinstance(train.images, np.ndarray) else f"on disk in {decoded}"
+    accelerator.print(f"RAHF training: {len(train)} train / {len(val)} val records ({where}), {steps_per_epoch} steps "
+                      f"per epoch × {cfg.epochs} epochs, batch {cfg.batch_size} × {world} processes, "
+                      f"variant {cfg.model.variant}, device {accelerator.device}, precision {accelerator.mixed_precision}")
 
     # 2. Model, optimiser, schedule (cosine with a short warm-up)
     rahf = new_rahf(cfg.model, device=str(accelerator.device), seed=cfg.seed)
-    opt = torch.optim.AdamW(rahf.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prepare_backbones(rahf.model, cfg)
+    probe = _to(make_batch(train, np.arange(min(2, len(train))), cfg.model.max_words), accelerator.device)
+    unused = freeze_unreached(rahf.model, probe)
+    if unused:  # DDP needs every trained parameter in the loss (poolers, CLIP's post_layernorm, SigLIP's head)
+        accelerator.print(f"not trained (no loss reaches them): {', '.join(unused[:6])}{' …' if len(unused) > 6 else ''}")
+    opt = torch.optim.AdamW(parameter_groups(rahf.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = min(200, total_steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -248,10 +397,8 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
     model, opt = accelerator.prepare(rahf.model, opt)
     start_epoch, best, log = 0, float("inf"), []
     if resume and (ckpt / "trainer_state.pt").is_file():
-        from safetensors.torch import load_file
-
         state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        load_weights(accelerator.unwrap_model(model), ckpt / WEIGHTS)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, log = int(state["epoch"]), float(state["best"]), json.loads(state["log"])
@@ -260,10 +407,9 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
     # 3. Train
     gen = torch.Generator().manual_seed(cfg.seed + start_epoch)
     rng = np.random.default_rng(cfg.seed + start_epoch)
-    shard = np.arange(accelerator.process_index, len(train), accelerator.num_processes)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        order = rng.permutation(shard)
+        order = shard_order(len(train), rank, world, rng)
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not accelerator.is_local_main_process, leave=False)
         t0, parts = time.time(), []
@@ -288,7 +434,7 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
                  **{f"train_{k}": float(np.mean([p[k] for p in parts])) for k in parts[0]}}
         log.append(entry)
         accelerator.print(json.dumps(entry))
-        if accelerator.is_main_process:
+        if accelerator.is_main_process:  # the one writer of checkpoints
             if val_loss < best:
                 best = val_loss
                 rahf.save(out)
@@ -296,6 +442,7 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
                         "best": best, "log": json.dumps(log)}, ckpt / "trainer_state.pt")
             atomic_write_text(out / "train_log.json", json.dumps({"config": _jsonable(cfg), "epochs": log}, indent=2))
+        accelerator.wait_for_everyone()
         if progress is not None:
             progress(epoch + 1, cfg.epochs)
         if should_stop is not None and should_stop():
@@ -310,6 +457,75 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
         accelerator.print(f"heatmap calibration on {len(val_ds)} dev records: {scales}")
     accelerator.wait_for_everyone()
     return RAHF.load(out)
+
+
+def make_accelerator(cfg: TrainConfig, accelerator_cls):
+    """An Accelerator with the asked precision; fp16 without CUDA is refused, not silently run in fp32."""
+    precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise InvalidArgumentError("mixed_precision fp16 needs a CUDA GPU and none is visible; use bf16 or no")
+    return accelerator_cls(mixed_precision=precision)
+
+
+def train_val_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+    """The training and validation records (10% of training held out when there is no dev split)."""
+    ds = open_dataset(cfg.data)
+    train_ds = ds.split(cfg.train_split)
+    if cfg.max_records:
+        train_ds = train_ds.subset(np.arange(min(cfg.max_records, len(train_ds))))
+    val_ds = ds.split(cfg.val_split)
+    if len(val_ds) == 0:  # no dev split: hold out 10% of training records
+        if len(train_ds) < 2:
+            raise DatasetFormatError(f"{ds.spec}: {len(train_ds)} record(s) in split {cfg.train_split!r} and no "
+                                     f"{cfg.val_split!r} split; training needs at least 2 (one is held out)")
+        k = max(1, len(train_ds) // 10)
+        val_ds, train_ds = train_ds.subset(np.arange(k)), train_ds.subset(np.arange(k, len(train_ds)))
+    if cfg.max_records:
+        val_ds = val_ds.subset(np.arange(min(max(cfg.max_records // 5, 8), len(val_ds))))
+    return train_ds, val_ds
+
+
+def prepare_backbones(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Freeze a backbone whose learning-rate scale is 0; turn on gradient checkpointing in HF backbones."""
+    for part, scale in ((model.vision, cfg.vision_lr_scale), (model.text, cfg.text_lr_scale)):
+        if scale == 0:
+            part.requires_grad_(False)
+        if cfg.gradient_checkpointing and hasattr(part, "backbone"):
+            # Non-reentrant checkpointing works under DDP and with frozen inputs.
+            part.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def freeze_unreached(model: torch.nn.Module, batch: dict) -> list[str]:
+    """Freeze the trainable parameters no output depends on, found by one backward pass; their names.
+
+    Hugging Face towers carry parts the patch tokens do not use (ViT/BERT poolers, CLIP's
+    post_layernorm, SigLIP's attention-pooling head): DDP stops with 'Expected to have finished
+    reduction' when a trained parameter gets no gradient. The probe runs with the random state saved,
+    so a seeded run gives the same weights with or without it."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        out = model(batch["pixels"], batch["words"])
+        sum(v.float().sum() for v in out.values()).backward()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    for n, p in model.named_parameters():
+        if n in names:
+            p.requires_grad_(False)
+    return names
+
+
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: the backbones at their learning-rate scales, the rest at `lr`; frozen ones left out."""
+    def trainable(module):
+        return [p for p in module.parameters() if p.requires_grad]
+
+    if cfg.vision_lr_scale == 1 and cfg.text_lr_scale == 1:
+        return [{"params": trainable(model)}]
+    backbone = {id(p) for part in (model.vision, model.text) for p in part.parameters()}
+    groups = [{"params": trainable(model.vision), "lr": cfg.lr * cfg.vision_lr_scale},
+              {"params": trainable(model.text), "lr": cfg.lr * cfg.text_lr_scale},
+              {"params": [p for p in trainable(model) if id(p) not in backbone]}]
+    return [g for g in groups if g["params"]]
 
 
 def _jsonable(cfg: TrainConfig) -> dict:
