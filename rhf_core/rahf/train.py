@@ -39,6 +39,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.config import RAHFConfig
 from rhf_core.rahf.predictor import RAHF, WEIGHTS, load_weights, new_rahf
+from rhf_core.training import warmup_cosine
 
 
 @dataclass
@@ -392,8 +393,7 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
     opt = torch.optim.AdamW(parameter_groups(rahf.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = min(200, total_steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / max(total_steps, 1), 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total_steps, warmup))
     model, opt = accelerator.prepare(rahf.model, opt)
     start_epoch, best, log = 0, float("inf"), []
     if resume and (ckpt / "trainer_state.pt").is_file():
@@ -464,7 +464,13 @@ def make_accelerator(cfg: TrainConfig, accelerator_cls):
     precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if precision == "fp16" and not torch.cuda.is_available():
         raise InvalidArgumentError("mixed_precision fp16 needs a CUDA GPU and none is visible; use bf16 or no")
-    return accelerator_cls(mixed_precision=precision)
+    # Processes started by torchrun (`accelerate launch --multi_gpu`) on a machine without CUDA join as
+    # CPU processes (gloo); without cpu=True each would train alone on everything and write checkpoints.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = accelerator_cls(mixed_precision=precision, cpu=world > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != world:
+        raise InvalidArgumentError(f"{world} processes were launched but {accelerator.num_processes} joined the run")
+    return accelerator
 
 
 def train_val_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
