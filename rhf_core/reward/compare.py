@@ -5,9 +5,11 @@ Four arms, k images per prompt each:
     original best-k     the k of n original samples with the highest reward (rejection sampling)
     fine-tuned random   samples 0..k-1 of the fine-tuned model (the same seeds)
     fine-tuned best-k   rejection sampling on the fine-tuned model
-Measured per arm: mean reward; the judge's alignment rate, overall and per category (ShapesWorld);
-diversity (mean pairwise cosine distance of image embeddings within a prompt); fidelity (judge
-implausible share and mean RAHF plausibility); win rate against original random."""
+Measured per arm: mean reward (the one best-k selects by, by default the adapter's training reward) and
+held-out rewards it was not selected or trained with (RAHF plausibility and alignment by default), each
+with a paired-bootstrap gain; diversity (mean pairwise cosine distance of image embeddings within a
+prompt); win rate against original random; and, only where a judge exists (a ShapesWorld generator and
+prompts), the judge's alignment rate, overall and per category, and its implausible share."""
 
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ import numpy as np
 from PIL import Image
 
 from rhf_core.cache import atomic_savez, cache_dir, cache_key, weights_fingerprint
+from rhf_core.judge import JUDGE_VERSION, judge
+from rhf_core.reward.encoders import load_encoders
 from rhf_core.reward.model import RewardError
+from rhf_core.reward.rewards import get_reward, get_rewards, held_out_specs, score_all
 from rhf_core.reward.sampling import top_k
+from rhf_core.shapes.grammar import parse_prompt
 
 ARMS = ("original random", "original best-k", "fine-tuned random", "fine-tuned best-k")
 
@@ -35,11 +41,16 @@ class Comparison:
     reward_name: str
     images: dict[str, np.ndarray]  # "original"/"fine-tuned": P×n×H×W×3 uint8
     rewards: dict[str, np.ndarray]  # P×n
-    aligned: dict[str, np.ndarray]  # P×n float (NaN where the judge cannot read the prompt)
-    implausible: dict[str, np.ndarray]  # P×n float
-    plausibility: dict[str, np.ndarray]  # P×n RAHF plausibility
+    aligned: dict[str, np.ndarray]  # P×n float (NaN where no judge reads the prompt)
+    implausible: dict[str, np.ndarray]  # P×n float (NaN likewise)
+    held_out: dict[str, dict[str, np.ndarray]]  # held-out reward spec → model → P×n
     embeddings: dict[str, np.ndarray]  # P×n×D image embeddings
     settings: dict
+
+    @property
+    def judged(self) -> bool:
+        """Whether the judge read any prompt: its measures are reported only then."""
+        return bool(not np.isnan(self.aligned["original"]).all())
 
     def picks(self, arm: str) -> tuple[str, np.ndarray]:
         """(model, P×k sample indices) of an arm."""
@@ -83,52 +94,71 @@ GAIN_AGAINST = {"original best-k": "original, all n", "fine-tuned random": "orig
                 "fine-tuned best-k": "original best-k"}
 
 
-def summarize(c: Comparison) -> dict:
-    from rhf_core.shapes.grammar import parse_prompt
+def _gains(c: Comparison, values: dict[str, np.ndarray]) -> dict[str, dict | None]:
+    """Each arm's paired-bootstrap gain in `values` (model → P×n) over the arm GAIN_AGAINST names."""
+    per = {"original, all n": values["original"].mean(1)}
+    for arm in ARMS:
+        per[arm] = c.arm_values(arm, values).mean(1)
+    fine_all_n = values["fine-tuned"].mean(1)
+    out = {}
+    for arm, against in GAIN_AGAINST.items():
+        mine = fine_all_n if arm == "fine-tuned random" else per[arm]
+        gain = paired_bootstrap(mine - per[against])
+        out[arm] = gain and {"against": against, **gain}
+    return out
 
+
+def summarize(c: Comparison) -> dict:
+    """Per arm: rewards (selection and held-out) with their gains, diversity, win rate; the judge's
+    measures only when it read some prompt (no judge, no judge keys: nothing to misread as 0)."""
     cats = [getattr(parse_prompt(p), "category", None) for p in c.prompts]
     base = c.arm_values("original random", c.aligned).mean(1)
     base_r = c.arm_values("original random", c.rewards).mean(1)
-    out, per = {}, {"original, all n": c.aligned["original"].mean(1)}
+    reward_gain = _gains(c, c.rewards)
+    held_gain = {spec: _gains(c, v) for spec, v in c.held_out.items()}
+    out = {}
     for arm in ARMS:
         al = c.arm_values(arm, c.aligned)
         rew = c.arm_values(arm, c.rewards)
         model, idx = c.picks(arm)
         emb = np.take_along_axis(c.embeddings[model], idx[..., None], axis=1)
-        per_prompt_al = per[arm] = al.mean(1)
+        per_prompt_al = al.mean(1)
         divs = [diversity(e) for e in emb]
         judged = ~np.isnan(per_prompt_al)
         # Win rate against original random: judge alignment where the judge reads the prompt, else reward.
         mine = np.where(judged, per_prompt_al, rew.mean(1))
         theirs = np.where(judged, base, base_r)
+        held = {spec: c.arm_values(arm, v) for spec, v in c.held_out.items()}
         res = {
             "mean_reward": round(float(rew.mean()), 4),
-            "alignment_rate": round(float(np.nanmean(al)), 4) if judged.any() else None,
-            "alignment_by_category": {cat: round(float(np.nanmean(al[[x == cat for x in cats]])), 4)
-                                      for cat in sorted({x for x in cats if x})},
+            "reward_gain": reward_gain.get(arm),
+            "held_out": {spec: {"mean": round(float(v.mean()), 4), "gain": held_gain[spec].get(arm)}
+                         for spec, v in held.items()},
             "diversity": round(float(np.mean(divs)), 4),
-            "judge_implausible_share": round(float(np.nanmean(c.arm_values(arm, c.implausible))), 4) if judged.any() else None,
-            "rahf_plausibility": round(float(c.arm_values(arm, c.plausibility).mean()), 4),
             "win": round(float(np.mean(mine > theirs)), 4), "tie": round(float(np.mean(mine == theirs)), 4),
             "loss": round(float(np.mean(mine < theirs)), 4),
             # per prompt, for paired comparisons between arms and between adapters (NaN → None in JSON)
-            "per_prompt": {"alignment": _listed(per_prompt_al), "diversity": _listed(divs),
-                           "implausible": _listed(c.arm_values(arm, c.implausible).mean(1))},
+            "per_prompt": {"reward": _listed(rew.mean(1)), "diversity": _listed(divs),
+                           "held_out": {spec: _listed(v.mean(1)) for spec, v in held.items()}},
         }
-        if arm.endswith("random") and judged.any():
-            # A random k's expected alignment is the model's rate over all n samples: n / k times the
-            # images behind the same number, so model-vs-model differences stand out of the noise.
-            res["alignment_rate_all_n"] = round(float(np.nanmean(c.aligned[model])), 4)
-            res["judge_implausible_share_all_n"] = round(float(np.nanmean(c.implausible[model])), 4)
-            res["per_prompt"]["alignment_all_n"] = _listed(c.aligned[model].mean(1))
-            res["per_prompt"]["implausible_all_n"] = _listed(c.implausible[model].mean(1))
+        if c.judged:
+            res["alignment_rate"] = round(float(np.nanmean(al)), 4) if judged.any() else None
+            res["alignment_by_category"] = {cat: round(float(np.nanmean(al[[x == cat for x in cats]])), 4)
+                                            for cat in sorted({x for x in cats if x})}
+            res["judge_implausible_share"] = round(float(np.nanmean(c.arm_values(arm, c.implausible))), 4)
+            res["per_prompt"]["alignment"] = _listed(per_prompt_al)
+            res["per_prompt"]["implausible"] = _listed(c.arm_values(arm, c.implausible).mean(1))
+            if arm.endswith("random"):
+                # A random k's expected alignment is the model's rate over all n samples: n / k times the
+                # images behind the same number, so model-vs-model differences stand out of the noise.
+                res["alignment_rate_all_n"] = round(float(np.nanmean(c.aligned[model])), 4)
+                res["judge_implausible_share_all_n"] = round(float(np.nanmean(c.implausible[model])), 4)
+                res["per_prompt"]["alignment_all_n"] = _listed(c.aligned[model].mean(1))
+                res["per_prompt"]["implausible_all_n"] = _listed(c.implausible[model].mean(1))
         out[arm] = res
-    if not np.isnan(per["original, all n"]).all():  # the judge reads some of the prompts
-        fine_all_n = c.aligned["fine-tuned"].mean(1)
-        for arm, against in GAIN_AGAINST.items():
-            mine = fine_all_n if arm == "fine-tuned random" else per[arm]
-            gain = paired_bootstrap(mine - per[against])
-            out[arm]["alignment_gain"] = gain and {"against": against, **gain}
+    if c.judged:
+        for arm, gain in _gains(c, c.aligned).items():
+            out[arm]["alignment_gain"] = gain
     return out
 
 
@@ -136,16 +166,18 @@ def _listed(values) -> list:
     return [None if np.isnan(v) else round(float(v), 4) for v in np.asarray(values, dtype=float)]
 
 
-def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance, predictor=None, reward=None) -> str:
-    from rhf_core.judge import JUDGE_VERSION
+def _weights(reward) -> list:
+    """What identifies a reward's scores for a cache key: its weights' files, or its kind when weightless."""
+    path = getattr(reward, "path", None)
+    return weights_fingerprint(path) if path else [type(reward).__name__, getattr(reward, "__name__", "")]
 
-    # The RAHF predictor scores every image (plausibility, and the rahf-* rewards) and a trained reward
-    # model (lee) scores them too: new weights of either must not be served stale numbers.
-    rahf = getattr(predictor, "path", None)
+
+def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance, reward, held_out: dict,
+         use_judge: bool) -> str:
+    # Every reward scores every image: new weights of any of them must not be served stale numbers.
     return cache_key("compare", generator.fingerprint(), weights_fingerprint(adapter), list(prompts), n, reward_name,
-                     seed, steps, guidance, JUDGE_VERSION,
-                     weights_fingerprint(rahf) if rahf else [type(predictor).__name__],
-                     weights_fingerprint(getattr(reward, "path", None)))
+                     seed, steps, guidance, JUDGE_VERSION if use_judge else "no judge", _weights(reward),
+                     {spec: _weights(r) for spec, r in held_out.items()})
 
 
 def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, seed: int, steps: int,
@@ -173,13 +205,17 @@ def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, 
 
 def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: int = 4, reward_name: str = "lee",
                    reward: Callable | None = None, predictor=None, encoders=None, seed: int = 0, steps: int = 25,
-                   guidance: float = 7.5, progress: Callable[[str, float], None] | None = None) -> Comparison:
-    """Generate with the original model and with the adapter, score, judge and embed; cached on disk
-    (k only picks among the n samples, so any k reuses the same run)."""
-    from rhf_core.judge import judge
-    from rhf_core.reward.rewards import get_reward
-    from rhf_core.shapes.grammar import parse_prompt
+                   guidance: float = 7.5, progress: Callable[[str, float], None] | None = None,
+                   held_out: list[str] | str | None = None, held_out_rewards: dict | None = None,
+                   use_judge: bool | None = None) -> Comparison:
+    """Generate with the original model and with the adapter, score with the selection reward and the
+    held-out ones, judge (ShapesWorld only) and embed; cached on disk (k only picks among the n samples,
+    so any k reuses the same run).
 
+    `reward_name` is the selection reward's spec (`reward` stands in for it, e.g. a page's loaded model);
+    `held_out` the held-out specs (default rahf-plausibility, rahf-alignment, never the selection reward),
+    `held_out_rewards` loaded ones by spec; `predictor` stands in for the embedded RAHF. `use_judge`: judge
+    the images (default: only for a ShapesWorld generator, the only one whose scenes it can read)."""
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise RewardError("the prompt set is empty: pick a prompt set or write at least one prompt")
@@ -188,32 +224,31 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
     if not adapter or not (Path(adapter) / "pytorch_lora_weights.safetensors").is_file():
         raise RewardError(f"no fine-tuned adapter at {adapter!r}: pick a shipped or saved one, or fine-tune now")
     report = progress or (lambda stage, f: None)
-    if predictor is None:
-        from rhf_core.rahf import load_rahf
-
-        predictor = load_rahf()
-    reward = reward or get_reward(reward_name, predictor=predictor)
-    key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance, predictor, reward)
+    use_judge = getattr(generator, "is_shapes_world", False) if use_judge is None else use_judge
+    reward = reward or get_reward(reward_name, predictor=predictor, generator=generator)
+    if held_out_rewards is None:
+        held_out_rewards = get_rewards(held_out_specs(reward_name, held_out), predictor=predictor, generator=generator)
+    key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance, reward, held_out_rewards, use_judge)
     path = cache_dir("comparisons") / f"{key}.npz"
+    models = ("original", "fine-tuned")
     if path.is_file():
         z = np.load(path, allow_pickle=False)
-        get = lambda name: {m: z[f"{name}_{i}"] for i, m in enumerate(("original", "fine-tuned"))}  # noqa: E731
+        get = lambda name: {m: z[f"{name}_{i}"] for i, m in enumerate(models)}  # noqa: E731
         return Comparison(prompts, n, k, reward_name, get("images"), get("rewards"), get("aligned"), get("implausible"),
-                          get("plausibility"), get("embeddings"), json.loads(str(z["settings"])) | {"cached": True})
-    if encoders is None:
-        from rhf_core.reward.encoders import load_encoders
-
-        encoders = load_encoders()
-    specs = [parse_prompt(p) for p in prompts]
-    res: dict[str, dict] = {x: {} for x in ("images", "rewards", "aligned", "implausible", "plausibility", "embeddings")}
-    for model in ("original", "fine-tuned"):
+                          {spec: get(f"heldout{j}") for j, spec in enumerate(held_out_rewards)}, get("embeddings"),
+                          json.loads(str(z["settings"])) | {"cached": True})
+    encoders = encoders or load_encoders()
+    specs = [parse_prompt(p) if use_judge else None for p in prompts]
+    res: dict[str, dict] = {x: {} for x in ("images", "rewards", "aligned", "implausible", "embeddings")}
+    held: dict[str, dict] = {spec: {} for spec in held_out_rewards}
+    for model in models:
         imgs = generate_cached(generator, adapter if model == "fine-tuned" else None, prompts, n, seed, steps, guidance,
                                progress=lambda d, t, m=model: report(f"generating ({m})", d / t))
         flat = [im for row in imgs for im in row]
         flat_p = [p for p in prompts for _ in range(n)]
         # Scoring reports as it goes: the judge, image by image, is most of its time (about 0.25 s an
         # image on a laptop CPU; 2 × 48 images sat at "Scoring… 0%" for 50 s). The shares below follow
-        # the stages' measured times: reward 5%, judge 65%, RAHF 25%, embeddings 5%.
+        # the stages' measured times: reward 5%, judge 65%, held-out rewards 25%, embeddings 5%.
         stage = f"scoring ({model})"
         report(stage, 0.0)
         res["rewards"][model] = np.asarray(reward(flat, flat_p), np.float32).reshape(len(prompts), n)
@@ -224,14 +259,16 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
             report(stage, 0.05 + 0.65 * (i + 1) / len(flat))
         res["aligned"][model] = np.array([float(v.aligned) if v else np.nan for v in verdicts]).reshape(len(prompts), n)
         res["implausible"][model] = np.array([float(v.implausible) if v else np.nan for v in verdicts]).reshape(len(prompts), n)
-        preds = predictor.predict(flat, flat_p, progress=lambda d, t: report(stage, 0.7 + 0.25 * d / max(t, 1)))
-        res["plausibility"][model] = np.array([p.scores["plausibility"] for p in preds], np.float32).reshape(len(prompts), n)
+        for spec, v in score_all(held_out_rewards, flat, flat_p).items():
+            held[spec][model] = v.reshape(len(prompts), n)
+        report(stage, 0.95)
         res["embeddings"][model] = encoders.embed_images(flat).reshape(len(prompts), n, -1)
         report(stage, 1.0)
         res["images"][model] = np.stack([np.asarray(im.convert("RGB")) for im in flat]).reshape(len(prompts), n, *np.asarray(flat[0]).shape)
     settings = {"generator": generator.name, "adapter": str(adapter), "seed": seed, "steps": steps, "guidance": guidance,
-                "reward": reward_name}
-    arrays = {f"{name}_{i}": res[name][m] for name in res for i, m in enumerate(("original", "fine-tuned"))}
+                "reward": reward_name, "held_out": list(held_out_rewards), "judge": bool(use_judge)}
+    arrays = {f"{name}_{i}": res[name][m] for name in res for i, m in enumerate(models)}
+    arrays |= {f"heldout{j}_{i}": held[spec][m] for j, spec in enumerate(held) for i, m in enumerate(models)}
     atomic_savez(path, settings=np.array(json.dumps(settings)), **arrays)
     return Comparison(prompts, n, k, reward_name, res["images"], res["rewards"], res["aligned"], res["implausible"],
-                      res["plausibility"], res["embeddings"], settings | {"cached": False})
+                      held, res["embeddings"], settings | {"cached": False})

@@ -45,8 +45,22 @@ class RewardHead(nn.Module):
 
 
 class RewardModel:
+    """A reward (see `rhf_core.reward.rewards`): callable on PIL images, and differentiable in the pixels."""
+
+    differentiable = True
+
     def __init__(self, encoders: Encoders, head: RewardHead, config: RewardConfig, path: Path | None = None):
         self.encoders, self.head, self.config, self.path = encoders, head.eval(), config, path
+        # The spec it was asked for by: `lee` for the embedded model, else `lee:DIR`.
+        self.spec = "lee" if path is None or Path(path).resolve() == DEFAULT_REWARD.resolve() else f"lee:{path}"
+
+    @property
+    def name(self) -> str:
+        head, _, folder = self.spec.partition(":")
+        return f"{head}:{Path(folder).name}" if folder else head
+
+    def __repr__(self) -> str:
+        return f"<RewardModel {self.spec} on {self.encoders.name}>"
 
     @torch.no_grad()
     def score_embeddings(self, img: np.ndarray, txt: np.ndarray) -> np.ndarray:
