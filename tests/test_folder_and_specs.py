@@ -298,3 +298,141 @@ def test_the_frame_cache_follows_the_labels_content_not_its_stat(tmp_path):
     os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
     ds = open_dataset(f"folder:{tmp_path}")
     assert ds.frame["id"].tolist() == ["b"] and ds.frame["prompt"].tolist() == ["two"]
+
+
+# --- every option in the spec (issue 18) ------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import re  # noqa: E402
+
+from rhf_core.data import SOURCE_OPTIONS, DatasetSpec, read_spec  # noqa: E402
+from tests.builders import build_rapidata, build_richhf  # noqa: E402
+
+
+def test_richhf_spec_names_its_pickapic_folder_and_split(tmp_path):
+    tf, pick = build_richhf(tmp_path)
+    by_spec = open_dataset(f"richhf18k:{tf},pickapic={pick},split=train")
+    by_args = open_dataset(f"richhf18k:{tf}", pickapic=str(pick), split="train")
+    assert by_spec.ids == by_args.ids == ["train/aaa", "train/bbb", "train/zzz"]
+    assert by_spec.get("train/aaa").prompt == "A red cat, sitting on a mat."
+    assert by_spec.get("train/aaa").image is not None  # the images come from the Pick-a-Pic folder
+    assert open_dataset(f"richhf18k:{tf}").get("train/aaa").prompt == ""  # without it: labels only
+    with pytest.raises(DatasetSpecError, match="richhf18k: split must be one of"):
+        open_dataset(f"richhf18k:{tf},split=validation")
+
+
+def test_split_in_the_spec_for_every_source(tmp_path):
+    assert set(open_dataset("shapes:n=40,seed=3,split=dev").frame["split"]) == {"dev"}
+    rapidata = build_rapidata(tmp_path)
+    assert len(open_dataset(f"rapidata:{rapidata},split=train")) == 3
+    with pytest.raises(DatasetNotFoundError, match="no parquet files for split 'test'"):
+        open_dataset(f"rapidata:{rapidata},split=test")
+    folder = export(open_dataset("shapes:n=40,seed=3"), tmp_path / "f")
+    dev = open_dataset(f"folder:{folder},split=dev")
+    assert 0 < len(dev) < 40 and set(dev.frame["split"]) == {"dev"}
+    with pytest.raises(DatasetSpecError, match="folder: no record has split 'val'; its splits are dev, test, train"):
+        open_dataset(f"folder:{folder},split=val")
+
+
+def test_paths_may_hold_commas_and_equals(tmp_path):
+    odd = tmp_path / "a,b=c, split"
+    export(open_dataset("shapes:n=12,seed=1"), odd)
+    assert read_spec(f"folder:{odd}") == DatasetSpec("folder", str(odd))
+    assert len(open_dataset(f"folder:{odd}")) == 12
+    assert read_spec(f"folder:{odd},split=test").path == str(odd)
+    assert set(open_dataset(f"folder:{odd},split=test").frame["split"]) == {"test"}
+
+
+def test_options_are_checked_per_source(tmp_path):
+    folder = export(open_dataset("shapes:n=6,seed=1"), tmp_path / "f")
+    cases = [
+        ("shapes:n=5,pickapic=/x", "shapes: unknown options \\['pickapic'\\]; use n, seed, size, raters, split, cache"),
+        ("shapes:n=five", "shapes: n must be a whole number, got 'five'"),
+        (f"folder:{folder},n=5", "folder: unknown options \\['n'\\] in .*; use split, cache"),
+        (f"folder:{folder},split=dev,split=test", "folder: split is given twice in the spec"),
+        (f"rapidata:{folder},heatmap_cache=maybe", "rapidata: heatmap_cache must be true or false, got 'maybe'"),
+        (f"richhf18k:{folder},pickapic=", "richhf18k: pickapic= needs a value"),
+        ("richhf18k:,split=dev", "richhf18k: give a path"),
+    ]
+    for spec, match in cases:
+        with pytest.raises(DatasetSpecError, match=match):
+            open_dataset(spec)
+    with pytest.raises(DatasetSpecError, match="folder: unknown options \\['n'\\]; use split, cache"):
+        open_dataset(f"folder:{folder}", n=5)
+
+
+def test_keyword_options_must_agree_with_the_spec(tmp_path):
+    with pytest.raises(DatasetSpecError, match="n is given twice, 8 in the spec and 9 as an argument"):
+        open_dataset("shapes:n=8", n=9)
+    with pytest.raises(DatasetSpecError, match="split is given twice, 'dev' in the spec and 'test'"):
+        open_dataset("shapes:n=30,split=dev", split="test")
+    same = open_dataset("shapes:n=30,seed=2,split=dev", n=30, split="dev", cache=True)
+    assert len(same) == len(open_dataset("shapes", n=30, seed=2, split="dev"))
+    folder = export(open_dataset("shapes:n=6,seed=1"), tmp_path / "f")
+    assert len(open_dataset(f"folder:{folder},cache=false", cache=False)) == 6
+    assert len(open_dataset(f"folder:{folder}", pickapic=None, split=None)) == 6  # None: not given
+
+
+def test_the_cli_hands_the_spec_to_open_dataset_unchanged():
+    from rhf_core.__main__ import build_parser
+
+    spec = "richhf18k:/data/rich hf,pickapic=/data/pick,a,split=train"
+    parse = build_parser().parse_args
+    assert parse(["train-rahf", "--data", spec]).settings.data == spec  # train_rahf: open_dataset(cfg.data)
+    assert parse(["eval-rahf", "--data", spec]).settings.data == spec
+    assert parse(["calibrate-rahf", "ckpt", "--data", spec]).data == spec
+    assert read_spec(spec) == DatasetSpec("richhf18k", "/data/rich hf", {"pickapic": "/data/pick,a", "split": "train"})
+
+
+def test_sidebar_deep_link_with_every_option(tmp_path):
+    from tests.test_page_explorer import match_count, open_app
+
+    tf, pick = build_richhf(tmp_path)
+    at = open_app(spec=f"richhf18k:{tf},pickapic={pick},split=train")
+    assert not at.error and match_count(at) == (3, 3)
+    assert not [w for w in at.text_input if w.key == "pickapic"]  # the spec names it: no second field
+    at = open_app(spec=f"richhf18k:{tf},split=dev", pickapic=str(pick))  # an older link's ?pickapic=
+    assert match_count(at) == (1, 1) and [w for w in at.text_input if w.key == "pickapic"]
+
+
+# Paths and values a spec can carry: no leading/trailing spaces, no `,KEY=` for an option KEY of the
+# source (where the text is cut), and for shapes no comma at all.
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00\n\r"), min_size=1, max_size=20)
+
+
+def _representable(source: str, text: str) -> bool:
+    cut = re.compile(r",\s*(?:" + "|".join(SOURCE_OPTIONS[source]) + r")\s*=")
+    return text == text.strip() and not cut.search(text) and (source != "shapes" or "," not in text)
+
+
+@st.composite
+def specs(draw):
+    source = draw(st.sampled_from(sorted(SOURCE_OPTIONS)))
+    keys = draw(st.lists(st.sampled_from(sorted(SOURCE_OPTIONS[source])), unique=True, max_size=4))
+    kinds = {int: st.integers(-10**6, 10**6), bool: st.booleans(),
+             str: _text.filter(lambda v: _representable(source, v))}
+    options = {key: draw(kinds[SOURCE_OPTIONS[source][key]]) for key in keys}
+    path = "" if source == "shapes" else draw(_text.filter(lambda v: _representable(source, v)))
+    return DatasetSpec(source, path, options)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(spec=specs())
+def test_spec_text_round_trips(spec):
+    text = str(spec)
+    assert read_spec(text) == spec
+    head, _, rest = text.partition(":")
+    assert read_spec(f"  {head.upper()}:{rest}") == spec  # the source name is case-insensitive
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(source=st.sampled_from(["shapes", "richhf18k", "rapidata", "folder", "richhf"]), rest=st.text(max_size=40))
+def test_any_text_after_a_source_parses_or_is_refused_readably(source, rest):
+    try:
+        parsed = read_spec(f"{source}:{rest}")
+    except DatasetSpecError as e:
+        assert len(str(e)) < 300 and str(e).startswith(("shapes", "richhf18k", "rapidata", "folder", "empty"))
+        return
+    assert parsed.source in SOURCE_OPTIONS and set(parsed.options) <= set(SOURCE_OPTIONS[parsed.source])

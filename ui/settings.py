@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rhf_core.data import DEFAULT_SPEC
+from rhf_core.data import DEFAULT_SPEC, read_spec
 from rhf_core.dataset import Dataset
 from rhf_core.errors import RHFError
 from rhf_core.shared import current_policy
@@ -16,12 +16,13 @@ from ui.loaders import load_dataset
 
 SPEC_HELP = (
     "`shapes` (embedded ShapesWorld; options like `shapes:n=20000,seed=1,raters=rapidata`), "
-    "`richhf18k:/dir/with/tfrecords`, `rapidata:/parquet/dir` or `folder:/dir`."
+    "`richhf18k:/dir/with/tfrecords,pickapic=/pickapic/dir`, `rapidata:/parquet/dir` or `folder:/dir`; "
+    "any of them may end in `,split=train|dev|test`."
 )
 SHARED_SPEC_HELP = (
     "`shapes` (embedded ShapesWorld; options like `shapes:n=5000,seed=1,raters=rapidata`), "
     "`richhf18k:DIR`, `rapidata:DIR` or `folder:DIR`, with DIR inside the folders this shared server "
-    "allows (a relative DIR is read inside them)."
+    "allows (a relative DIR is read inside them); any of them may end in `,split=…`."
 )
 
 
@@ -35,15 +36,27 @@ def error_text(e: BaseException) -> str:
     return policy().scrub(e)
 
 
+def _spec_names_pickapic(spec: str) -> tuple[bool, bool]:
+    """(is a RichHF-18K spec, carries its own `pickapic=`) for the text typed so far (may be unfinished)."""
+    try:
+        parsed = read_spec(spec)
+    except RHFError:  # half-typed: judge by the prefix, the spec's own error shows when it is opened
+        return spec.lower().startswith("richhf"), False
+    return parsed.source == "richhf18k", "pickapic" in parsed.options
+
+
 def dataset_settings() -> None:
-    """The dataset spec (bound to `?ds=` in the URL) and, for RichHF-18K, the Pick-a-Pic path."""
+    """The dataset spec (bound to `?ds=` in the URL) and, for a RichHF-18K spec without its own
+    `pickapic=`, a separate Pick-a-Pic field (bound to `?pickapic=`, kept for older links)."""
     shared = policy().shared
     with st.sidebar:
         st.text_input("Dataset", value=DEFAULT_SPEC, key="ds", help=SHARED_SPEC_HELP if shared else SPEC_HELP,
                       bind="query-params")
-        if str(st.session_state.get("ds", "")).lower().startswith("richhf"):
+        richhf, own = _spec_names_pickapic(str(st.session_state.get("ds", "")).strip())
+        if richhf and not own:
             st.text_input("Pick-a-Pic folder (prompts and images)", key="pickapic", bind="query-params",
-                          help="Parquet files with caption/image_*_uid/jpg_* columns, or {uid}.png files.")
+                          help="Parquet files with caption/image_*_uid/jpg_* columns, or {uid}.png files "
+                               "(or name it in the spec: `richhf18k:DIR,pickapic=DIR`).")
         if shared:
             st.caption("Shared server: paths only inside the allowed folders.")
 
@@ -96,9 +109,13 @@ def current_predictor(stop_on_error: bool = True):
 
 
 def current_spec() -> tuple[str, str | None]:
-    """The spec and Pick-a-Pic folder as typed in the sidebar (what the user sees; not yet checked)."""
+    """The spec and Pick-a-Pic folder as typed in the sidebar (what the user sees; not yet checked).
+
+    A spec that names its own `pickapic=` hides the separate field, so that field's value (perhaps
+    left in the URL by an older link) is not used: the spec says everything."""
     spec = str(st.session_state.get("ds") or DEFAULT_SPEC).strip()
-    pickapic = st.session_state.get("pickapic") or None
+    richhf, own = _spec_names_pickapic(spec)
+    pickapic = (st.session_state.get("pickapic") or None) if richhf and not own else None
     return spec, pickapic
 
 
