@@ -206,6 +206,12 @@ def test_rapidata_rows_are_kept_or_skipped_with_a_reason(case):
                 assert rec.image.size == rows[i]["image"].size
         again = open_dataset(f"rapidata:{root}")  # a frame-cache hit
         assert again.ids == ds.ids and [(s.where, s.reason) for s in again.skipped] == [(s.where, s.reason) for s in ds.skipped]
+        plain = open_dataset(f"rapidata:{root}", heatmap_cache=False)  # maps decoded from the parquet file
+        for cached, decoded in zip(again, plain):  # the heatmap cache gives the very same arrays
+            assert cached.heatmaps.keys() == decoded.heatmaps.keys()
+            for name, hm in decoded.heatmaps.items():
+                assert cached.heatmaps[name].dtype == np.float32
+                np.testing.assert_array_equal(cached.heatmaps[name], hm)
         TALLY["rapidata"]["rows"] += len(rows)
         TALLY["rapidata"]["kept"] += len(ds)
         TALLY["rapidata"]["skipped"] += len(skipped)

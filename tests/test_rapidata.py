@@ -269,3 +269,122 @@ def test_parquet_files_are_looked_for_two_levels_deep_not_walked(tmp_path):
     (deep / "train-00000.parquet").write_bytes(b"not read")
     with pytest.raises(DatasetNotFoundError, match="no .parquet files"):
         open_dataset(f"rapidata:{tmp_path}")
+
+
+# --- the heatmap cache (issue 18): a record reads its own maps, not its whole row group --------------
+
+def _maps_file(tmp_path, n=9, dtype="float16"):
+    """`n` rows in row groups of 2, maps of every kind: float maps with per-pixel nulls, null (not
+    collected), all zero, different shapes per row, and one row skipped for a 0–255 map."""
+    rng = np.random.default_rng(0)
+    rows = _good_rows(n)
+    for i in range(n):
+        h, w = 3 + i % 4, 5 + i % 3
+        heat = rng.random((h, w)).round(3).tolist()
+        heat[0][0] = None  # a per-pixel null reads as 0
+        rows["alignment_heatmap"][i] = None if i % 4 == 1 else heat
+        rows["coherence_heatmap"][i] = [[0.0] * w for _ in range(h)] if i % 3 == 0 else rng.random((h, w)).tolist()
+    rows["coherence_heatmap"][4] = [[0.0, 255.0]]
+    feats = Features({**FEATURES, "alignment_heatmap": datasets.List(datasets.List(datasets.Value(dtype))),
+                      "coherence_heatmap": datasets.List(datasets.List(datasets.Value(dtype)))})
+    root = tmp_path / "rapidata"
+    (root / "data").mkdir(parents=True)
+    table = datasets.Dataset.from_dict(rows, features=feats).data.table
+    pq.write_table(table, root / "data" / "train-00000.parquet", row_group_size=2)
+    return root
+
+
+@pytest.fixture
+def count_heatmap_reads(monkeypatch):
+    """Counts row-group reads that include a heatmap column (each one decodes a whole row group)."""
+    calls = []
+    original = pq.ParquetFile.read_row_group
+
+    def counted(self, i, columns=None, **kw):
+        if columns is None or any(c.endswith("_heatmap") for c in columns):
+            calls.append(i)
+        return original(self, i, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    return calls
+
+
+def _clear_row_group_caches():
+    import rhf_core.sources.rapidata as rp
+
+    rp._read_row_group.cache_clear()
+    rp._read_heatmap_group.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_heatmap_cache_gives_the_same_maps_without_decoding_row_groups(tmp_path, count_heatmap_reads, dtype):
+    root = _maps_file(tmp_path, dtype=dtype)
+    first = open_dataset(f"rapidata:{root}")  # the first scan reads each row group once and writes the cache
+    assert len(count_heatmap_reads) == 5 and first.n_skipped == 1 and "255" in first.skipped[0].reason
+    count_heatmap_reads.clear()
+    _clear_row_group_caches()
+    cached = open_dataset(f"rapidata:{root}")  # frame and heatmap caches warm
+    got = [cached[pos].heatmaps for pos in range(len(cached))]
+    assert count_heatmap_reads == []  # no row group decoded for any record's heatmaps
+    plain = open_dataset(f"rapidata:{root}", heatmap_cache=False)
+    want = [plain[pos].heatmaps for pos in range(len(plain))]
+    assert len(count_heatmap_reads) == 5  # the uncached path decodes every row group (each holds a kept row)
+    assert len(got) == len(want) == 8
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for name in g:
+            assert g[name].dtype == np.float32 and g[name].shape == w[name].shape
+            np.testing.assert_array_equal(g[name], w[name])
+    assert "misalignment" not in got[1] and got[0]["misalignment"][0, 0] == 0.0  # null map; null pixel → 0
+    assert got[0]["implausibility"].max() == 0.0  # collected, all zero: kept
+
+
+def test_heatmap_cache_lives_in_the_cache_folder_and_follows_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path / "cache"))
+    root = _maps_file(tmp_path)
+    data_before = sorted(p.name for p in root.rglob("*"))
+    ds = open_dataset(f"rapidata:{root}")
+    maps = cache_dir("rapidata-maps")
+    written = sorted(maps.glob("*.bin"))
+    assert len(written) == 1 and not list(maps.glob("*.tmp")) and not list(maps.glob(".*"))
+    assert sorted(p.name for p in root.rglob("*")) == data_before  # nothing beside the user's data
+    before = ds[0].heatmaps["misalignment"].copy()
+    # The file changes (same name): a new cache entry, with the new values.
+    f = root / "data" / "train-00000.parquet"
+    table = pq.read_table(f)
+    col = table.column("alignment_heatmap").combine_chunks()
+    halved = pa.ListArray.from_arrays(col.offsets, pa.ListArray.from_arrays(
+        col.values.offsets, pa.compute.divide(col.values.values.cast(pa.float32()), 2).cast(pa.float16())), mask=col.is_null())
+    pq.write_table(table.set_column(table.schema.get_field_index("alignment_heatmap"), "alignment_heatmap", halved),
+                   f, row_group_size=2)
+    _clear_row_group_caches()
+    again = open_dataset(f"rapidata:{root}")
+    assert len(list(maps.glob("*.bin"))) == 2
+    np.testing.assert_array_equal(again[0].heatmaps["misalignment"], (before.astype(np.float16) / 2).astype(np.float32))
+
+
+def test_a_damaged_or_missing_heatmap_cache_is_rebuilt(tmp_path, count_heatmap_reads, monkeypatch):
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path / "cache"))
+    root = _maps_file(tmp_path)
+    want = [r.heatmaps for r in open_dataset(f"rapidata:{root}", heatmap_cache=False)]
+    open_dataset(f"rapidata:{root}")
+    (path,) = cache_dir("rapidata-maps").glob("*.bin")
+    path.write_bytes(path.read_bytes()[:-20])  # cut short: no footer
+    for damage in ("truncated", "deleted"):
+        count_heatmap_reads.clear()
+        _clear_row_group_caches()
+        ds = open_dataset(f"rapidata:{root}")  # the frame is cached; the maps are scanned again
+        assert len(count_heatmap_reads) == 5, damage
+        for rec, w in zip(ds, want):
+            assert rec.heatmaps.keys() == w.keys()
+            for name in w:
+                np.testing.assert_array_equal(rec.heatmaps[name], w[name])
+        path.unlink()
+
+
+def test_heatmap_cache_off_in_the_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path / "cache"))
+    root = _maps_file(tmp_path)
+    ds = open_dataset(f"rapidata:{root},heatmap_cache=false")
+    assert len(ds) == 8 and not list(cache_dir("rapidata-maps").glob("*.bin"))
+    assert ds[0].heatmaps["misalignment"].shape == (3, 5)

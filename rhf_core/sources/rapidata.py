@@ -23,9 +23,14 @@ reads only its own row group.
 from __future__ import annotations
 
 import ast
+import io
 import json
+import logging
 import math
+import os
 import reprlib
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rhf_core.cache import cache_key, cached_frame, file_fingerprint
+from rhf_core.cache import cache_dir, cache_key, cached_frame, file_fingerprint
 from rhf_core.dataset import Dataset, Record, SkippedRow, frame_row, with_standard_columns
 from rhf_core.errors import DatasetFormatError, DatasetNotFoundError, ImageLoadError
 from rhf_core.images import load_image
@@ -42,6 +47,8 @@ from rhf_core.images import load_image
 NO_MISTAKES = {"[no_mistakes]", "[no_mistake]"}
 SCORE_COLUMNS = {"alignment": "alignment", "coherence": "plausibility", "style": "aesthetics"}
 HEATMAP_COLUMNS = {"coherence_heatmap": "implausibility", "alignment_heatmap": "misalignment"}
+
+log = logging.getLogger(__name__)
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -67,6 +74,13 @@ def decode_heatmap(value) -> np.ndarray | None:
     `DatasetFormatError` for anything else: not a 2-D list of numbers, ragged or null rows, no pixels,
     NaN / inf pixels, or values outside [0, 1]. Out-of-range values are refused, never clipped: a
     0–255 map clipped to [0, 1] would read as solid, which is worse than no map."""
+    native = heatmap_array(value)
+    return None if native is None else native.astype(np.float32)
+
+
+def heatmap_array(value) -> np.ndarray | None:
+    """`decode_heatmap` before the cast to float32: the column's own dtype (float16 for Rapidata),
+    checked the same way. The heatmap cache stores this (half the bytes of float32, cast exactly)."""
     if isinstance(value, pa.Scalar):
         if not value.is_valid:
             return None
@@ -92,10 +106,11 @@ def decode_heatmap(value) -> np.ndarray | None:
     if widths[0] == 0:
         raise DatasetFormatError("heatmap has no pixels (rows of length 0)")
     flat = rows.values.slice(offsets[0], offsets[-1] - offsets[0])
-    out = flat.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls → NaN, told apart below
+    out = flat.to_numpy(zero_copy_only=False)  # nulls → NaN (floats; ints with nulls come as float64)
     if flat.null_count:
-        out[flat.is_null().to_numpy(zero_copy_only=False)] = 0.0
-    if not np.all(np.isfinite(out)):
+        out = out.copy()
+        out[flat.is_null().to_numpy(zero_copy_only=False)] = 0
+    if out.dtype.kind == "f" and not np.all(np.isfinite(out)):
         raise DatasetFormatError("heatmap holds NaN or infinite values")
     lo, hi = float(out.min()), float(out.max())
     if lo < 0.0 or hi > 1.0:
@@ -164,6 +179,7 @@ class _ParquetRows:
     def __init__(self, files: list[Path]):
         self.files = files
         self._groups = []  # (file, row group, first row, n rows)
+        self.file_starts = []  # first row of each file
         names = None
         start = 0
         for f in files:
@@ -175,6 +191,7 @@ class _ParquetRows:
             names = fnames if names is None else names
             if fnames != names:
                 raise DatasetFormatError(f"{f}: columns differ from {files[0].name}'s")
+            self.file_starts.append(start)
             for g in range(meta.metadata.num_row_groups):
                 n = meta.metadata.row_group(g).num_rows
                 self._groups.append((str(f), g, start, n))
@@ -187,8 +204,10 @@ class _ParquetRows:
         return range(len(self._groups))
 
     def read_group(self, g: int, columns: list[str]) -> pa.Table:
+        """Uncached: the first scan reads every group once, and caching its heatmaps would hold
+        hundreds of megabytes that nothing reads again."""
         f, rg, _, _ = self._groups[g]
-        return _read_row_group(f, rg, tuple(columns))
+        return pq.ParquetFile(f).read_row_group(rg, columns=columns)
 
     def group_start(self, g: int) -> int:
         return self._groups[g][2]
@@ -196,16 +215,127 @@ class _ParquetRows:
     def group_size(self, g: int) -> int:
         return self._groups[g][3]
 
+    def group_file(self, g: int) -> int:
+        """Index (into `files`) of the file holding group `g`."""
+        return int(np.searchsorted(self.file_starts, self._groups[g][2], side="right") - 1)
+
     def row(self, i: int, columns: list[str]) -> dict:
+        """One row's values; its row group stays cached (small columns: a few; heatmaps: one)."""
         g = int(np.searchsorted(self._starts, i, side="right") - 1)
-        table = self.read_group(g, columns)
-        k = i - self._groups[g][2]
-        return {c: table.column(c)[k] for c in columns}
+        f, rg, start, _ = self._groups[g]
+        heavy = any(c in HEATMAP_COLUMNS for c in columns)
+        table = (_read_heatmap_group if heavy else _read_row_group)(f, rg, tuple(columns))
+        return {c: table.column(c)[i - start] for c in columns}
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _read_row_group(file: str, row_group: int, columns: tuple) -> pa.Table:
     return pq.ParquetFile(file).read_row_group(row_group, columns=list(columns))
+
+
+@lru_cache(maxsize=1)
+def _read_heatmap_group(file: str, row_group: int, columns: tuple) -> pa.Table:
+    """A row group with its heatmap columns (~100 MB decoded with `datasets`' row groups): one at a
+    time, so stepping through neighbouring records decodes it once and memory stays bounded."""
+    return pq.ParquetFile(file).read_row_group(row_group, columns=list(columns))
+
+
+# --- the heatmap cache --------------------------------------------------------------------------
+#
+# Decoding one record's heatmaps from the parquet file means decoding its whole row group (~1 s and
+# ~100–400 MB for the hub's files). The first scan decodes every map anyway, so it also writes them,
+# compressed, to one cache file per parquet file under cache/rapidata-maps/ (never beside the data),
+# keyed by the file's path, size and mtime: a record then reads only its own maps (a few ms).
+# Layout: MAGIC, the compressed maps one after another, the index (an .npy array, one entry
+# (offset, length, height, width, itemsize) per row and heatmap column), the index's offset (8 bytes,
+# little-endian) and MAGIC. Length -1 = null (not collected); -2 = not stored (a row the scan
+# skipped), read from the parquet file instead. Maps are stored byte-shuffled (all first bytes, then
+# all second bytes) and zstd-compressed: smooth float16 maps compress to ~45% that way, to ~70% without.
+
+MAPS_MAGIC = b"RHFMAPS1"
+MAPS_CODEC = "zstd"
+_NULL, _NOT_STORED = -1, -2
+
+
+def heatmap_cache_path(file: Path, columns: list[str]) -> Path:
+    """Where the heatmap cache of one parquet file lives (`$RHF_CACHE_DIR/rapidata-maps/...`)."""
+    return cache_dir("rapidata-maps") / f"{cache_key('rapidata-maps', file_fingerprint([Path(file).resolve()]), columns)}.bin"
+
+
+def _pack(arr: np.ndarray) -> bytes:
+    shuffled = np.ascontiguousarray(arr.reshape(-1).view(np.uint8).reshape(-1, arr.itemsize).T)
+    return pa.Codec(MAPS_CODEC, compression_level=1).compress(shuffled, asbytes=True)
+
+
+def _unpack(blob: bytes, height: int, width: int, itemsize: int) -> np.ndarray:
+    raw = pa.Codec(MAPS_CODEC).decompress(blob, decompressed_size=height * width * itemsize, asbytes=True)
+    planes = np.frombuffer(raw, np.uint8).reshape(itemsize, -1)
+    dtype = np.float16 if itemsize == 2 else np.float32
+    return np.ascontiguousarray(planes.T).view(dtype).reshape(height, width).astype(np.float32)
+
+
+class HeatmapCacheWriter:
+    """Streams one parquet file's checked heatmaps into its cache file: written to a temporary file
+    beside the target and renamed over it when complete (readers never see half a file)."""
+
+    def __init__(self, path: Path, n_rows: int, n_columns: int):
+        self.path = path
+        fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self._f = os.fdopen(fd, "wb")
+        self._f.write(MAPS_MAGIC)
+        self._offset = len(MAPS_MAGIC)
+        self.index = np.full((n_rows, n_columns, 5), _NOT_STORED, np.int64)
+
+    def add(self, row: int, column: int, arr: np.ndarray | None) -> None:
+        if arr is None:
+            self.index[row, column] = (0, _NULL, 0, 0, 0)
+            return
+        stored = arr if arr.dtype == np.float16 else arr.astype(np.float32)  # float32 = decode's output
+        blob = _pack(stored)
+        self._f.write(blob)
+        self.index[row, column] = (self._offset, len(blob), *stored.shape, stored.itemsize)
+        self._offset += len(blob)
+
+    def close(self) -> None:
+        buf = io.BytesIO()
+        np.save(buf, self.index, allow_pickle=False)
+        self._f.write(buf.getvalue())
+        self._f.write(self._offset.to_bytes(8, "little") + MAPS_MAGIC)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
+class HeatmapCache:
+    """One parquet file's heatmap cache, read one map at a time."""
+
+    def __init__(self, path: Path, n_rows: int, n_columns: int):
+        """Raises OSError / ValueError for a file that is not a complete cache of this shape."""
+        self.path = path
+        with open(path, "rb") as f:
+            f.seek(-16, os.SEEK_END)
+            tail = f.read(16)
+            if tail[8:] != MAPS_MAGIC:
+                raise ValueError(f"{path}: not a complete heatmap cache")
+            f.seek(int.from_bytes(tail[:8], "little"))
+            self.index = np.load(f, allow_pickle=False)
+        if self.index.shape != (n_rows, n_columns, 5):
+            raise ValueError(f"{path}: index of shape {self.index.shape}, expected {(n_rows, n_columns, 5)}")
+
+    def get(self, row: int, column: int):
+        """The float32 map, None (not collected), or `_NOT_STORED`."""
+        offset, length, height, width, itemsize = (int(v) for v in self.index[row, column])
+        if length < 0:
+            return None if length == _NULL else _NOT_STORED
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return _unpack(f.read(length), height, width, itemsize)
 
 
 class _TableRows:
@@ -253,7 +383,11 @@ class RapidataDataset(Dataset):
 
     name = "Rapidata rich feedback"
 
-    def __init__(self, path: str, split: str = "train", progress=None, cache: bool = True):
+    def __init__(self, path: str, split: str = "train", progress=None, cache: bool = True,
+                 heatmap_cache: bool = True):
+        """`cache`: keep the frame in cache/frames; `heatmap_cache`: keep the checked heatmaps of local
+        parquet files in cache/rapidata-maps (about the size of the files' heatmap columns), so that a
+        record reads only its own maps instead of decoding its whole row group."""
         super().__init__()
         local = Path(path).expanduser()
         if local.exists():
@@ -294,9 +428,12 @@ class RapidataDataset(Dataset):
             elif f"{raw}_score" in names:
                 self.score_cols[canon] = (None, f"{raw}_score")
         self.heatmap_cols = {c: n for c, n in HEATMAP_COLUMNS.items() if c in names}
+        self._map_caches = self._open_heatmap_caches() if heatmap_cache and self.heatmap_cols else {}
         key = cache_key("rapidata", key_src, self.split_name)
         build = lambda: self._build_frame(progress)  # noqa: E731
         frame = cached_frame("rapidata", key, build) if cache else build()
+        if any(c is None for c in self._map_caches.values()):  # the frame came from cache/frames
+            self._build_frame(progress)  # one scan that writes the missing heatmap caches
         for where, why in zip(frame.pop("_skip_where"), frame.pop("_skip_reason")):
             if isinstance(why, str) and why:
                 self.skipped.append(SkippedRow(where, why))
@@ -355,57 +492,146 @@ class RapidataDataset(Dataset):
             meta["notes"] = notes
         return prompt, scores, words, meta
 
-    def _heatmaps(self, values: dict) -> dict:
+    def _heatmaps(self, values: dict, as_float32: bool = True) -> dict:
         heatmaps = {}
         for c, name in self.heatmap_cols.items():
             try:
-                hm = decode_heatmap(values[c])
+                hm = decode_heatmap(values[c]) if as_float32 else heatmap_array(values[c])
             except DatasetFormatError as e:
                 raise DatasetFormatError(f"{c}: {e}") from None
             if hm is not None:
                 heatmaps[name] = hm
         return heatmaps
 
-    def _build_frame(self, progress) -> pd.DataFrame:
-        cols = self._scalar_columns()
-        rows = []
-        groups = list(self._rows.groups())
-        for gi, g in enumerate(groups):
-            start = self._rows.group_start(g)
+    # --- the heatmap caches -----------------------------------------------------------------------
+    def _open_heatmap_caches(self) -> dict:
+        """{file index: HeatmapCache, or None where it is missing (the next scan writes it)}; {} for a
+        hub table (memory-mapped: one row's maps are read without decoding its neighbours)."""
+        if not isinstance(self._rows, _ParquetRows):
+            return {}
+        caches, rows = {}, self._rows
+        for k, f in enumerate(rows.files):
+            n = (rows.file_starts[k + 1] if k + 1 < len(rows.files) else rows.n) - rows.file_starts[k]
             try:
-                table = self._rows.read_group(g, cols + list(self.heatmap_cols))
-                scalars = table.select(cols).to_pylist()
-            except (pa.ArrowException, OSError) as e:  # a damaged row group costs its rows, not the dataset
-                n = self._rows.group_size(g)
-                rows.append({"id": None, "_row": start, "_skip_where": f"rows {start}–{start + n - 1}",
-                             "_skip_reason": f"row group unreadable ({type(e).__name__}: {_short(str(e))})"})
-                continue
-            hm_cols = {c: table.column(c) for c in self.heatmap_cols}
-            for k, values in enumerate(scalars):
-                i = start + k
+                path = heatmap_cache_path(f, list(self.heatmap_cols))
+            except OSError:  # no cache folder: decode from the parquet file
+                return {}
+            try:
+                caches[k] = HeatmapCache(path, n, len(self.heatmap_cols)) if path.exists() else None
+            except (OSError, ValueError) as e:  # damaged or foreign: rebuilt, never fatal
+                log.info("heatmap cache %s unreadable (%s); rebuilding it", path, e)
+                path.unlink(missing_ok=True)
+                caches[k] = None
+        return caches
+
+    def _cache_writers(self) -> dict:
+        """{file index: HeatmapCacheWriter} for the files whose heatmap cache is missing."""
+        writers, rows = {}, self._rows
+        for k, have in self._map_caches.items():
+            if have is None:
+                n = (rows.file_starts[k + 1] if k + 1 < len(rows.files) else rows.n) - rows.file_starts[k]
                 try:
-                    prompt, scores, words, meta = self._pieces(values)
-                    heatmaps = self._heatmaps({c: col[k] for c, col in hm_cols.items()})
-                except DatasetFormatError as e:
-                    rows.append({"id": None, "_row": i, "_skip_where": f"row {i}", "_skip_reason": str(e)})
-                    continue
-                extra = {f"{c}": v for c, v in meta["raw_scores"].items()}
-                rows.append(frame_row(f"r{i:06d}", prompt, self.split_name, scores, heatmaps, words,
-                                      **extra, _row=i, _skip_where="", _skip_reason=""))
-            if progress is not None:
-                progress(gi + 1, len(groups))
+                    writers[k] = HeatmapCacheWriter(heatmap_cache_path(rows.files[k], list(self.heatmap_cols)),
+                                                    n, len(self.heatmap_cols))
+                except OSError as e:  # a cache folder that cannot be written: fine, only slower
+                    log.info("heatmap cache for %s not written (%s)", rows.files[k], e)
+        return writers
+
+    def _cached_heatmaps(self, i: int) -> dict | None:
+        """Row i's maps from its file's heatmap cache; None if not cached there."""
+        if not self._map_caches:
+            return None
+        k = int(np.searchsorted(self._rows.file_starts, i, side="right") - 1)
+        cache = self._map_caches.get(k)
+        if cache is None:
+            return None
+        heatmaps = {}
+        for j, name in enumerate(self.heatmap_cols.values()):
+            hm = cache.get(i - self._rows.file_starts[k], j)
+            if hm is _NOT_STORED:
+                return None
+            if hm is not None:
+                heatmaps[name] = hm
+        return heatmaps
+
+    # --- the first scan ---------------------------------------------------------------------------
+    def _scan_group(self, g: int) -> list[dict]:
+        """One row group → one entry per row: its frame row (or skip) and its checked heatmaps in the
+        column's own dtype. Runs in worker threads: Arrow's reads and numpy's checks release the GIL."""
+        cols = self._scalar_columns()
+        start = self._rows.group_start(g)
+        try:
+            table = self._rows.read_group(g, cols + list(self.heatmap_cols))
+            scalars = table.select(cols).to_pylist()
+        except (pa.ArrowException, OSError) as e:  # a damaged row group costs its rows, not the dataset
+            n = self._rows.group_size(g)
+            return [{"id": None, "_row": start, "_skip_where": f"rows {start}–{start + n - 1}",
+                     "_skip_reason": f"row group unreadable ({type(e).__name__}: {_short(str(e))})"}]
+        hm_cols = {c: table.column(c) for c in self.heatmap_cols}
+        out = []
+        for k, values in enumerate(scalars):
+            i = start + k
+            try:
+                prompt, scores, words, meta = self._pieces(values)
+                heatmaps = self._heatmaps({c: col[k] for c, col in hm_cols.items()}, as_float32=False)
+            except DatasetFormatError as e:
+                out.append({"id": None, "_row": i, "_skip_where": f"row {i}", "_skip_reason": str(e)})
+                continue
+            # heatmap_mass is a float64 mean: the same from float16 as from its float32 cast
+            row = frame_row(f"r{i:06d}", prompt, self.split_name, scores, heatmaps, words,
+                            **meta["raw_scores"], _row=i, _skip_where="", _skip_reason="")
+            out.append({**row, "_maps": heatmaps})
+        return out
+
+    def _build_frame(self, progress) -> pd.DataFrame:
+        """Scan every row group once (a few at a time in threads, consumed in order, so memory holds a
+        few row groups at most), building the frame and writing the missing heatmap caches."""
+        writers = self._cache_writers()
+        groups = list(self._rows.groups())
+        workers = max(1, min(4, os.cpu_count() or 1))
+        rows = []
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                pending = [pool.submit(self._scan_group, g) for g in groups[:workers]]
+                for gi, g in enumerate(groups):
+                    entries = pending.pop(0).result()
+                    if gi + workers < len(groups):
+                        pending.append(pool.submit(self._scan_group, groups[gi + workers]))
+                    self._write_maps(g, entries, writers)
+                    rows += entries
+                    if progress is not None:
+                        progress(gi + 1, len(groups))
+            for k, w in writers.items():
+                w.close()
+                self._map_caches[k] = HeatmapCache(w.path, len(w.index), len(self.heatmap_cols))
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
         if not rows:
             return pd.DataFrame(columns=["id", "prompt", "split", "_row", "_skip_where", "_skip_reason"])
         return pd.DataFrame(rows)
 
+    def _write_maps(self, g: int, entries: list[dict], writers: dict) -> None:
+        """Move each kept row's maps (popped from its entry) into its file's heatmap cache writer."""
+        k = self._rows.group_file(g) if isinstance(self._rows, _ParquetRows) else None
+        writer = writers.get(k)
+        for entry in entries:
+            maps = entry.pop("_maps", None)
+            if writer is None or maps is None:
+                continue
+            row = entry["_row"] - self._rows.file_starts[k]
+            for j, name in enumerate(self.heatmap_cols.values()):
+                writer.add(row, j, maps.get(name))
+
     def _load(self, pos: int) -> Record:
         i = int(self._row_of[pos])
         rec_id = str(self._frame["id"].iat[pos])
-        cols = self._scalar_columns() + list(self.heatmap_cols)
-        values = self._rows.row(i, cols)
-        scalars = {c: v.as_py() for c, v in values.items() if c not in self.heatmap_cols}
+        scalars = {c: v.as_py() for c, v in self._rows.row(i, self._scalar_columns()).items()}
         prompt, scores, words, meta = self._pieces(scalars)
-        heatmaps = self._heatmaps(values)
+        heatmaps = self._cached_heatmaps(i)
+        if heatmaps is None:  # no heatmap cache (or a hub table): decode from the row's group
+            heatmaps = self._heatmaps(self._rows.row(i, list(self.heatmap_cols))) if self.heatmap_cols else {}
         meta["row"] = i
         loader = None
         if self.image_col is not None:
