@@ -145,12 +145,9 @@ def _finetune(args) -> None:
 
 
 def _eval_lee(args) -> None:
-    from rhf_core.reward.experiment import format_experiment, lee_experiment
-    from rhf_core.t2i import load_generator
+    from rhf_core.reward.experiment import format_experiment, run_lee_eval
 
-    result = lee_experiment(**asdict(args.settings), generator=load_generator(args.generator or None))
-    print(format_experiment(result))
-    _write_json(args.json, result)
+    print(format_experiment(run_lee_eval(args.settings)))  # (the JSON is written before this prints)
 
 
 def _eval_repair(args) -> None:
@@ -176,7 +173,6 @@ T2I_ALIASES = (
     Alias("--lr", ("unet_lr",), "= --unet-lr"),
     Alias("--ema", ("ema_decay",), "= --ema-decay"),
 )
-SHIPPED_LEE_ADAPTERS = ["rhf_core/assets/adapters/lee-shapes", "rhf_core/assets/adapters/lee-shapes-beta0"]
 
 
 def _json_flag(parser) -> None:
@@ -252,10 +248,7 @@ def build_parser() -> CommandLine:
     f.set_defaults(func=_finetune)
 
     le = ap.command("eval-lee", "rejection sampling vs fine-tuning on held-out prompts, judged",
-                    Settings("rhf_core.reward.experiment:lee_experiment", defaults={"adapters": SHIPPED_LEE_ADAPTERS},
-                             aliases=(Alias("--reward", ("reward_name",), "= --reward-name"),)))
-    le.add_argument("--generator", default="", help="the generator the adapters were trained on (default: embedded)")
-    _json_flag(le)
+                    Settings("rhf_core.reward.experiment:LeeEvalConfig"))
     le.set_defaults(func=_eval_lee)
 
     rp = ap.command("eval-repair", "how often inpainting repair lowers the judge's implausibility",

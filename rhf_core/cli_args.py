@@ -127,7 +127,13 @@ HELP: dict[str, str] = {
     "TinyT2IConfig.sd2_layout": "SD 2.x UNet layout (linear attention projections, float32 attention)",
     # train-reward: RewardTrainConfig, RewardConfig
     "RewardTrainConfig.out": "folder for the reward model and its metrics.json",
-    "RewardTrainConfig.generator": "pipeline whose samples are labelled by the judge (empty: embedded)",
+    "RewardTrainConfig.generator": "no --data: pipeline whose samples are labelled by the judge (empty: embedded)",
+    "RewardTrainConfig.data": "rated dataset spec to learn from (empty: judge-labelled generations of ShapesWorld)",
+    "RewardTrainConfig.pickapic": "RichHF-18K only: the Pick-a-Pic folder holding its prompts and images",
+    "RewardTrainConfig.score": "the score that labels a rated image: good when it is at least --threshold",
+    "RewardTrainConfig.threshold": "score at or above which a rated image is good (0.5 = 3 on a 1–5 scale)",
+    "RewardTrainConfig.max_records": "most rated records read (0 = all), in the data's order",
+    "RewardTrainConfig.heldout_share": "share of prompts held out when the data has no dev/test split",
     "RewardTrainConfig.train_prompts": "training prompts",
     "RewardTrainConfig.heldout_prompts": "held-out prompts per split (seen, unseen)",
     "RewardConfig.encoders": "CLIP hub id or folder (empty: the embedded ShapesWorld CLIP)",
@@ -177,12 +183,16 @@ HELP: dict[str, str] = {
     "evaluate_generator.per_category": "prompts per category and split",
     "evaluate_generator.steps": "sampler steps",
     "evaluate_generator.guidance": "classifier-free guidance",
-    # eval-lee: lee_experiment(...)
-    "lee_experiment.adapters": "adapter folders, comma-separated",
-    "lee_experiment.n_prompts": "prompts per split (trained, held-out seen, unseen)",
-    "lee_experiment.n": "samples per prompt",
-    "lee_experiment.k": "rejection sampling keeps the best of k",
-    "lee_experiment.reward_name": "reward that ranks the samples (lee, rahf-…, judge)",
+    # eval-lee: LeeEvalConfig
+    "LeeEvalConfig.adapters": "adapter folders, comma-separated; each is measured on the same prompts and seeds",
+    "LeeEvalConfig.prompts": "a text file, one prompt a line (any generator); empty: ShapesWorld's splits",
+    "LeeEvalConfig.n_prompts": "prompts per split (trained, held-out seen, unseen)",
+    "LeeEvalConfig.n": "samples per prompt and model",
+    "LeeEvalConfig.k": "best-of-k keeps the best of k samples",
+    "LeeEvalConfig.reward": "reward best-of-k selects by (empty: the first adapter's training reward)",
+    "LeeEvalConfig.held_out": "held-out rewards reported beside it, comma-separated",
+    "LeeEvalConfig.generator": "the generator the adapters were trained on (empty: the embedded one)",
+    "LeeEvalConfig.json": "write the results here (before anything is printed); empty: not written",
     # eval-repair: evaluate_repair(...)
     "evaluate_repair.n": "images per set",
     "evaluate_repair.threshold": "heatmap threshold of the repair mask",
@@ -244,17 +254,20 @@ class Alias:
 
 @dataclass
 class Settings:
-    """Where a command's settings come from: "module:Name" of a dataclass, or of a function whose
-    annotated keyword parameters are the settings (unannotated ones are objects that code passes)."""
+    """Where a command's settings come from: a dataclass, or a function whose annotated keyword
+    parameters are the settings (unannotated ones are objects that code passes). Named "module:Name",
+    it is imported only when the command is used."""
 
-    source: str
+    source: str | type | typing.Callable
     aliases: tuple[Alias, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)  # for function parameters without a default
     exclude: tuple[str, ...] = ()  # function parameters that are not settings
 
     def settings_class(self) -> type:
-        module, name = self.source.split(":")
-        obj = getattr(importlib.import_module(module), name)
+        obj = self.source
+        if isinstance(obj, str):
+            module, name = obj.split(":")
+            obj = getattr(importlib.import_module(module), name)
         return obj if dataclasses.is_dataclass(obj) else function_settings(obj, self.defaults, self.exclude)
 
 
@@ -463,13 +476,15 @@ class CommandLine(argparse.ArgumentParser):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._subparsers_action = self.add_subparsers(dest="command", required=True, parser_class=CommandParser)
-        self.commands: dict[str, CommandParser] = {}
+        # (a module may add its own command to it: `subparsers.add_parser(...)`)
+        self.subparsers = self.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     def command(self, name: str, help: str, settings: Settings | None = None) -> CommandParser:
-        parser = self._subparsers_action.add_parser(name, help=help, description=help, settings=settings)
-        self.commands[name] = parser
-        return parser
+        return self.subparsers.add_parser(name, help=help, description=help, settings=settings)
+
+    @property
+    def commands(self) -> dict[str, CommandParser]:
+        return self.subparsers.choices
 
 
 def add_settings_flags(parser: CommandParser, settings: Settings) -> tuple[type, list[Field]]:
@@ -479,8 +494,8 @@ def add_settings_flags(parser: CommandParser, settings: Settings) -> tuple[type,
     group = parser.add_argument_group(f"settings ({cls.__name__}; TOML keys as in `--config`)")
     parser.flags.append(group.add_argument(
         "--config", dest="config_file", metavar="FILE.toml",
-        help="read settings from this TOML file (its keys: the fields of " + cls.__name__ +
-             ", e.g. `epochs = 24`, `[model.vision]`); flags given as well override it"))
+        help=f"read settings from this TOML file (keys: the fields of {cls.__name__}, a table for each nested "
+             "one); flags given as well override it"))
     for fld in fields:
         kwargs = dict(dest=SETTING + fld.key, default=argparse.SUPPRESS, help=f"{fld.help} (default: {shown(fld.default)})")
         if fld.kind is bool and fld.sequence is None:
@@ -538,13 +553,14 @@ def markdown_reference(parser: CommandLine) -> str:
              "below, and flags given as well override the file. `configs/` holds the shipped runs' files.", ""]
     for name, sub in parser.commands.items():
         sub.settings_fields()
-        lines += [f"## `{name}`", "", sub.description, "", "| flag | TOML key | default | meaning |", "|---|---|---|---|"]
+        lines += [f"## `{name}`", "", sub.description or "", "", "| flag | TOML key | default | meaning |", "|---|---|---|---|"]
         for action in (a for a in sub.flags if a.dest != "help"):
             flags = " / ".join(f"`{s}`" for s in action.option_strings) or f"`{action.dest}` (positional)"
             fld = getattr(action, "setting", None)
             default = shown(fld.default) if fld else "" if action.default in (None, False, argparse.SUPPRESS) else shown(action.default)
-            help_text = (fld.help if fld else action.help or "").replace("|", "\\|")
-            lines.append(f"| {flags} | {fld.key if fld else ''} | {default} | {help_text} |")
+            help_text = (fld.help if fld else action.help or "").replace("|", "\\|").replace("<", "\\<")
+            key, default = (f"`{text}`" if text else "" for text in (fld.key if fld else "", default))
+            lines.append(f"| {flags} | {key} | {default} | {help_text} |")
         lines.append("")
     return "\n".join(lines)
 
