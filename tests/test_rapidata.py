@@ -380,6 +380,9 @@ def test_a_damaged_or_missing_heatmap_cache_is_rebuilt(tmp_path, count_heatmap_r
             for name in w:
                 np.testing.assert_array_equal(rec.heatmaps[name], w[name])
         path.unlink()
+    ds = open_dataset(f"rapidata:{root}")
+    path.unlink()  # removed while the dataset is open (a cleared cache folder): decoded from the parquet file
+    np.testing.assert_array_equal(ds[0].heatmaps["misalignment"], want[0]["misalignment"])
 
 
 def test_heatmap_cache_off_in_the_spec(tmp_path, monkeypatch):

@@ -15,9 +15,10 @@ who flagged the word when every annotator who flagged anything flagged the top w
 bound on the answering crowd otherwise; it maps to [0, 1] with 1 = everybody flagged it. The raw
 pairs stay in `meta["word_scores_raw"]`.
 
-The dataset is never loaded whole: the frame is built one row group at a time from the small
-columns (heatmaps decoded through pyarrow buffers and numpy, then dropped) and cached; a record
-reads only its own row group.
+The dataset is never loaded whole: the first open scans the files a few row groups at a time
+(heatmaps decoded through pyarrow buffers and numpy and checked), building the frame (cached in
+cache/frames) and the heatmap cache (cache/rapidata-maps, see below). A record then reads its small
+columns from its row group and its maps from the heatmap cache, not its row group's heatmaps.
 """
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ class _ParquetRows:
     def group_size(self, g: int) -> int:
         return self._groups[g][3]
 
+    def file_rows(self, k: int) -> int:
+        """Rows in file k."""
+        return (self.file_starts[k + 1] if k + 1 < len(self.files) else self.n) - self.file_starts[k]
+
     def group_file(self, g: int) -> int:
         """Index (into `files`) of the file holding group `g`."""
         return int(np.searchsorted(self.file_starts, self._groups[g][2], side="right") - 1)
@@ -254,7 +259,8 @@ def _read_heatmap_group(file: str, row_group: int, columns: tuple) -> pa.Table:
 
 MAPS_MAGIC = b"RHFMAPS1"
 MAPS_CODEC = "zstd"
-_NULL, _NOT_STORED = -1, -2
+_NULL, _NOT_STORED = -1, -2  # index lengths
+NOT_STORED = object()  # what HeatmapCache.get returns for a row it does not hold
 
 
 def heatmap_cache_path(file: Path, columns: list[str]) -> Path:
@@ -329,10 +335,10 @@ class HeatmapCache:
             raise ValueError(f"{path}: index of shape {self.index.shape}, expected {(n_rows, n_columns, 5)}")
 
     def get(self, row: int, column: int):
-        """The float32 map, None (not collected), or `_NOT_STORED`."""
+        """The float32 map, None (not collected), or NOT_STORED."""
         offset, length, height, width, itemsize = (int(v) for v in self.index[row, column])
         if length < 0:
-            return None if length == _NULL else _NOT_STORED
+            return None if length == _NULL else NOT_STORED
         with open(self.path, "rb") as f:
             f.seek(offset)
             return _unpack(f.read(length), height, width, itemsize)
@@ -511,7 +517,7 @@ class RapidataDataset(Dataset):
             return {}
         caches, rows = {}, self._rows
         for k, f in enumerate(rows.files):
-            n = (rows.file_starts[k + 1] if k + 1 < len(rows.files) else rows.n) - rows.file_starts[k]
+            n = rows.file_rows(k)
             try:
                 path = heatmap_cache_path(f, list(self.heatmap_cols))
             except OSError:  # no cache folder: decode from the parquet file
@@ -529,10 +535,9 @@ class RapidataDataset(Dataset):
         writers, rows = {}, self._rows
         for k, have in self._map_caches.items():
             if have is None:
-                n = (rows.file_starts[k + 1] if k + 1 < len(rows.files) else rows.n) - rows.file_starts[k]
                 try:
                     writers[k] = HeatmapCacheWriter(heatmap_cache_path(rows.files[k], list(self.heatmap_cols)),
-                                                    n, len(self.heatmap_cols))
+                                                    rows.file_rows(k), len(self.heatmap_cols))
                 except OSError as e:  # a cache folder that cannot be written: fine, only slower
                     log.info("heatmap cache for %s not written (%s)", rows.files[k], e)
         return writers
@@ -547,8 +552,13 @@ class RapidataDataset(Dataset):
             return None
         heatmaps = {}
         for j, name in enumerate(self.heatmap_cols.values()):
-            hm = cache.get(i - self._rows.file_starts[k], j)
-            if hm is _NOT_STORED:
+            try:
+                hm = cache.get(i - self._rows.file_starts[k], j)
+            except (OSError, ValueError, pa.ArrowException) as e:  # removed or damaged since the open
+                log.info("heatmap cache %s unreadable (%s); decoding from the parquet file", cache.path, e)
+                self._map_caches[k] = None
+                return None
+            if hm is NOT_STORED:
                 return None
             if hm is not None:
                 heatmaps[name] = hm
@@ -588,7 +598,7 @@ class RapidataDataset(Dataset):
         few row groups at most), building the frame and writing the missing heatmap caches."""
         writers = self._cache_writers()
         groups = list(self._rows.groups())
-        workers = max(1, min(4, os.cpu_count() or 1))
+        workers = max(1, min(8, os.cpu_count() or 1))  # memory: at most this many row groups in flight
         rows = []
         try:
             with ThreadPoolExecutor(workers) as pool:
