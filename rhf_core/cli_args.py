@@ -382,7 +382,8 @@ def read_settings_file(path: str | Path, fields: list[Field]) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise InvalidArgumentError(f"--config {path}: not valid TOML ({err})") from None
     by_key = {f.key: f for f in fields}
-    values = dict(_flat_items(data, "", {k.rpartition(".")[0] for k in by_key}))
+    tables = {".".join(f.path[:i]) for f in fields for i in range(1, len(f.path))}  # the nested dataclasses
+    values = dict(_flat_items(data, "", tables))
     unknown = sorted(set(values) - set(by_key))
     if unknown:
         raise InvalidArgumentError(f"{path}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
