@@ -39,8 +39,11 @@ def test_compare_four_arms_on_free_text_prompts():
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table.index) == ["original random", "original best-k", "fine-tuned random", "fine-tuned best-k"]
-    assert (table.loc["original best-k", "mean reward"] >= table.loc["original random", "mean reward"])
+    assert (table.loc["original best-k", "reward judge"] >= table.loc["original random", "reward judge"])
     assert table.loc["original random", "tie"] == 1.0
+    # The held-out rewards sit beside the training reward, and the judge's columns are there (ShapesWorld).
+    assert {"held-out rahf-plausibility", "held-out rahf-alignment", "judge alignment"} <= set(table.columns)
+    assert ((table["held-out rahf-alignment"] >= 0) & (table["held-out rahf-alignment"] <= 1)).all()
     assert len(at.get("plotly_chart")) == 3
     captions = [c for img in at.image for c in img.captions]
     assert sum("reward" in c for c in captions) == 4 * 2
@@ -184,3 +187,59 @@ def test_a_stopped_fine_tune_says_what_its_saved_state_holds(monkeypatch, kept, 
     assert not at.exception, at.exception
     assert any(says in i.value for i in at.info), [i.value for i in at.info]
     assert not any("every finished step" in i.value for i in at.info)
+
+
+def test_a_real_generator_with_rewards_by_spec_and_no_judge(tmp_path, monkeypatch):
+    """A tiny SD 2-style folder in the sidebar: only its own adapters, no grammar prompt sets, no judge; a
+    trained reward folder (lee:DIR) selects, a RAHF checkpoint folder is the held-out reward."""
+    from dataclasses import replace
+
+    from rhf_core.rahf import new_rahf
+    from rhf_core.reward.encoders import build_tiny_clip
+    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.reward.model import RewardConfig, RewardHead, RewardModel
+    from rhf_core.reward.rewards import get_reward
+    from rhf_core.t2i import load_generator
+    from rhf_core.t2i.build import build_pipeline
+    from tests.test_rahf import tiny as tiny_rahf
+    from tests.test_reward import TINY_CLIP
+    from tests.test_t2i import TINY
+
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path / "cache"))
+    build_pipeline(replace(TINY, prediction_type="v_prediction", sd2_layout=True), seed=1).save_pretrained(tmp_path / "sd")
+    clip = build_tiny_clip(TINY_CLIP)
+    clip.save(tmp_path / "clip")
+    RewardModel(clip, RewardHead(clip.dim, 16), RewardConfig(encoders=str(tmp_path / "clip"), hidden=16)).save(tmp_path / "rm")
+    new_rahf(tiny_rahf(), seed=5).save(tmp_path / "rahf")
+    (tmp_path / "p.txt").write_text("a red car on a street\n")
+    spec = f"lee:{tmp_path / 'rm'}"
+    finetune(FinetuneConfig(name="real-one", reward=spec, prompts=str(tmp_path / "p.txt"), per_prompt=2, beta=0.0,
+                            rank=4, steps=2, batch_size=2, sample_steps=2),
+             generator=load_generator(tmp_path / "sd"), reward=get_reward(spec), resume=False)
+
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["ds"] = "shapes:n=60,seed=4"
+    at.query_params["gen"] = str(tmp_path / "sd")
+    at.run()
+    at.switch_page("app_pages/lee.py").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="lee_set").options == ["The adapter's training prompts", "Free text", "Prompt file"]
+    assert at.selectbox(key="lee_adapter").options == ["real-one (saved)"]  # no adapter made for the embedded model
+    assert "judge" not in at.selectbox(key="lee_reward").options
+    assert at.selectbox(key="lee_reward").value == "adapter"  # the adapter's own reward by default
+    at.radio(key="lee_set").set_value("Free text").run()
+    at.text_area(key="lee_text").input("a red car on a street\na cat on a sofa").run()
+    at.slider(key="lee_n").set_value(2).run()
+    at.slider(key="lee_k").set_value(1).run()
+    at.text_input(key="lee_held").input(f"rahf-plausibility:{tmp_path / 'rahf'}, judge").run()
+    assert any("judge reward knows only ShapesWorld" in e.value for e in at.error)  # refused, with a message
+    at.text_input(key="lee_held").input(f"rahf-plausibility:{tmp_path / 'rahf'}").run()
+    at.button(key="lee_run").click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns[:2]) == ["reward lee:rm", "held-out rahf-plausibility:rahf"]
+    assert not {"judge alignment", "judge implausible share", "model alignment (all n)"} & set(table.columns)
+    assert table.loc["original best-k", "reward lee:rm"] >= table.loc["original random", "reward lee:rm"]
+    gains = at.dataframe[1].value
+    assert set(gains["measure"]) == {"reward lee:rm", "held-out rahf-plausibility:rahf"}
+    assert not any("judge" in c for img in at.image for c in img.captions)

@@ -129,6 +129,7 @@ def test_rewards_by_name():
     with pytest.raises(RewardError, match="unknown reward 'clip-magic'"):
         get_reward("clip-magic")
     judge = get_reward("judge")
+    assert judge.spec == judge.name == "judge" and not judge.differentiable
     from rhf_core.shapes.dataset import generate_sample
 
     s = generate_sample(0, seed=3)
@@ -211,7 +212,7 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     rahf = load_rahf()
     prompts = ["a red circle", "two blue squares on the sand", "a cat on a sofa"]
     c = run_comparison(gen, str(adapter), prompts, n=4, k=2, reward_name="brightness", reward=brightness,
-                       predictor=rahf, encoders=clip, steps=2)
+                       predictor=rahf, encoders=clip, steps=2, use_judge=True)  # judge the tiny model's images
     assert c.settings["cached"] is False and c.images["original"].shape == (3, 4, 32, 32, 3)
     s = summarize(c)
     assert list(s) == list(ARMS)
@@ -224,6 +225,12 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     assert s["original random"]["alignment_rate_all_n"] == pytest.approx(float(np.nanmean(c.aligned["original"])), abs=1e-4)
     assert "alignment_rate_all_n" not in s["original best-k"]
     assert 0 <= s["fine-tuned random"]["diversity"] <= 2
+    # The held-out rewards (the embedded RAHF's plausibility and alignment) score every kept image.
+    plaus = np.array([p.scores["plausibility"] for p in rahf.predict(
+        [Image.fromarray(im) for im in c.images["original"][:, :2].reshape(-1, 32, 32, 3)], [p for p in prompts for _ in range(2)])])
+    assert set(s["original random"]["held_out"]) == {"rahf-plausibility", "rahf-alignment"}
+    assert s["original random"]["held_out"]["rahf-plausibility"]["mean"] == pytest.approx(plaus.mean(), abs=1e-3)
+    assert s["fine-tuned random"]["reward_gain"]["against"] == "original, all n"
     # Gains are paired per judged prompt: the unreadable prompt is left out, the difference is exact.
     gain = s["fine-tuned random"]["alignment_gain"]
     want = float(np.mean(c.aligned["fine-tuned"][:2].mean(1) - c.aligned["original"][:2].mean(1)))
@@ -231,7 +238,7 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     assert gain["difference"] == pytest.approx(want, abs=1e-4) and gain["ci95"][0] <= want + 1e-4 <= gain["ci95"][1] + 2e-4
     assert s["original random"]["per_prompt"]["alignment"][2] is None and len(s["original random"]["per_prompt"]["diversity"]) == 3
     again = run_comparison(gen, str(adapter), prompts, n=4, k=3, reward_name="brightness", reward=brightness,
-                           predictor=rahf, encoders=clip, steps=2)
+                           predictor=rahf, encoders=clip, steps=2, use_judge=True)
     assert again.settings["cached"] is True and np.array_equal(again.rewards["fine-tuned"], c.rewards["fine-tuned"])
     # A new scoring model re-scores the same images from the generation cache, never re-generates.
     def no_generation(*a, **kw):
@@ -240,7 +247,8 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
     real_generate, gen.generate = gen.generate, no_generation
     try:
         dark = run_comparison(gen, str(adapter), prompts, n=4, k=2, reward_name="darkness",
-                              reward=lambda ims, ps: 1 - brightness(ims, ps), predictor=rahf, encoders=clip, steps=2)
+                              reward=lambda ims, ps: 1 - brightness(ims, ps), predictor=rahf, encoders=clip, steps=2,
+                              use_judge=True)
     finally:
         gen.generate = real_generate
     assert dark.settings["cached"] is False

@@ -83,6 +83,16 @@ def load_reward_model(path: str = ""):
     return load(path or None)
 
 
+@st.cache_resource(show_spinner="Loading the reward…", max_entries=8)
+def load_reward(spec: str, predictor_key: str = "", generator_key: str = "", _predictor=None, _generator=None):
+    """The reward `spec` names (lee, lee:DIR, rahf-<score>[:DIR], judge). A bare rahf-<score> scores with
+    `_predictor` (the sidebar's RAHF, keyed by `predictor_key`); judge is refused for a generator that is not
+    a ShapesWorld one (keyed by `generator_key`). Errors propagate as `RHFError`."""
+    from rhf_core.reward.rewards import get_reward
+
+    return get_reward(spec, predictor=_predictor, generator=_generator)
+
+
 @st.cache_resource(show_spinner="Loading the image encoders…", max_entries=2)
 def load_encoders(name_or_path: str = ""):
     from rhf_core.reward.encoders import load_encoders as load

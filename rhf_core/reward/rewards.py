@@ -65,6 +65,14 @@ def judge_reward(images: Sequence[Image.Image], prompts: Sequence[str]) -> np.nd
     return np.asarray(out, np.float32)
 
 
+def check_judge(generator) -> None:
+    """Refuse the judge for a generator that is not a ShapesWorld one (None: no generator to check)."""
+    if generator is not None and not getattr(generator, "is_shapes_world", True):
+        raise RewardError(f"the judge reward knows only ShapesWorld scenes, and {generator.name} is not a "
+                          "ShapesWorld generator: use lee:DIR (a reward trained with train-reward --data) or "
+                          "rahf-<score>[:DIR]")
+
+
 class Reward:
     """A non-differentiable reward by spec (RAHF scores, the judge): callable, with its spec and weights."""
 
@@ -106,10 +114,7 @@ def get_reward(spec: str, predictor=None, reward_model=None, generator=None, _lo
     spec = spec.strip()
     loaded = {} if _loaded is None else _loaded
     if kind == "judge":
-        if generator is not None and not getattr(generator, "is_shapes_world", True):
-            raise RewardError(f"the judge reward knows only ShapesWorld scenes, and {generator.name} is not a "
-                              "ShapesWorld generator: use lee:DIR (a reward trained with train-reward --data) or "
-                              "rahf-<score>[:DIR]")
+        check_judge(generator)
         return Reward("judge", judge_reward)
     if kind == "lee":
         if not folder and reward_model is not None:
