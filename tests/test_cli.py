@@ -290,7 +290,9 @@ SCALARS = {int: st.integers(-2**40, 2**40), float: st.floats(allow_nan=False, al
 
 @st.composite
 def settings_classes(draw):
-    """A random flat settings dataclass (of the types the generator supports) and two sets of values."""
+    """A random settings dataclass of the types the generator supports, its fields either flat or in a
+    nested dataclass (named `model`: no flag prefix; or `inner`: --inner-…), and two sets of values
+    keyed by TOML key."""
     n = draw(st.integers(1, 6))
     fields, values, others = [], {}, {}
     for i in range(n):
@@ -304,16 +306,23 @@ def settings_classes(draw):
             hint, strategy = kind, SCALARS[kind]
         fields.append((name, hint, dataclasses.field(default=draw(strategy))))
         values[name], others[name] = draw(strategy), draw(strategy)
-    return dataclasses.make_dataclass("Drawn", fields), values, others
+    cls = dataclasses.make_dataclass("Drawn", fields)
+    nest = draw(st.sampled_from([None, "model", "inner"]))
+    if nest:
+        cls = dataclasses.make_dataclass("Outer", [("top", int, dataclasses.field(default=0)),
+                                                   (nest, cls, dataclasses.field(default_factory=cls))])
+        values = {"top": draw(SCALARS[int]), **{f"{nest}.{k}": v for k, v in values.items()}}
+        others = {"top": draw(SCALARS[int]), **{f"{nest}.{k}": v for k, v in others.items()}}
+    return cls, values, others
 
 
 def argv_of(cls, values: dict) -> list[str]:
     """Flags setting `values` (`--flag=text`, so that a text starting with '-' is not read as a flag)."""
     argv = []
     for f in settings_fields(cls):
-        if f.path[-1] not in values:
+        if f.key not in values:
             continue
-        value = values[f.path[-1]]
+        value = values[f.key]
         if f.kind is bool:
             argv.append(f.flag if value else "--no-" + f.flag[2:])
         else:
@@ -322,15 +331,21 @@ def argv_of(cls, values: dict) -> list[str]:
 
 
 def toml_of(values: dict) -> str:
-    lines = []
+    """A TOML file of {TOML key: value}: top-level keys, then one table per nested dataclass."""
+    tables: dict[str, list[str]] = {}
     for key, value in values.items():
+        table, _, name = key.rpartition(".")
         if isinstance(value, tuple):
-            lines.append(f"{key} = [{', '.join(map(str, value))}]")
+            text = f"[{', '.join(map(str, value))}]"
         elif isinstance(value, bool):
-            lines.append(f"{key} = {str(value).lower()}")
-        elif value is not None:  # TOML has no null: the default stays
-            lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
-    return "\n".join(lines) + "\n"
+            text = str(value).lower()
+        elif value is None:
+            continue  # TOML has no null: the default stays
+        else:
+            text = json.dumps(value, ensure_ascii=False)
+        tables.setdefault(table, []).append(f"{name} = {text}")
+    top = tables.pop("", [])
+    return "\n".join(top + [line for t, lines in tables.items() for line in [f"[{t}]", *lines]]) + "\n"
 
 
 def command_line(cls) -> CommandLine:
@@ -345,7 +360,9 @@ def test_generated_flags_round_trip_any_values(drawn):
     cls, values, _ = drawn
     ap = command_line(cls)
     assert ap.parse_args(["run"]).settings == cls()  # defaults untouched
-    assert asdict(ap.parse_args(["run", *argv_of(cls, values)]).settings) == values
+    assert flat(asdict(ap.parse_args(["run", *argv_of(cls, values)]).settings)) == values
+    flags = [f.flag for f in settings_fields(cls)]
+    assert ("--inner-" in " ".join(flags)) == any(k.startswith("inner.") for k in values)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None)
@@ -354,12 +371,12 @@ def test_flags_override_the_config_file_field_by_field(tmp_path_factory, drawn, 
     cls, in_file, in_flags = drawn
     path = tmp_path_factory.mktemp("cfg") / "drawn.toml"
     path.write_text(toml_of(in_file), encoding="utf-8")
-    defaults = asdict(cls())
-    from_file = asdict(command_line(cls).parse_args(["run", "--config", str(path)]).settings)
+    defaults = flat(asdict(cls()))
+    from_file = flat(asdict(command_line(cls).parse_args(["run", "--config", str(path)]).settings))
     assert from_file == {k: defaults[k] if v is None else v for k, v in in_file.items()}
     given_flags = data.draw(st.sets(st.sampled_from(sorted(in_file))), label="flags given")
     argv = argv_of(cls, {k: in_flags[k] for k in given_flags})
-    got = asdict(command_line(cls).parse_args(["run", "--config", str(path), *argv]).settings)
+    got = flat(asdict(command_line(cls).parse_args(["run", "--config", str(path), *argv]).settings))
     assert got == {k: in_flags[k] if k in given_flags else from_file[k] for k in in_file}
 
 
