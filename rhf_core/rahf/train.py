@@ -120,11 +120,12 @@ class RowFile:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._fd is None or self._pid != os.getpid():  # a DataLoader worker or a fork opens its own
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        bad = idx[(idx < 0) | (idx >= self.shape[0])]
+        if len(bad):
+            raise IndexError(f"row {bad[0]} out of range for {self.shape[0]} rows")
         out = np.empty((len(idx), *self.row_shape), self.dtype)
-        view = out.reshape(len(idx), -1).view(np.uint8)
+        view = out.reshape(-1).view(np.uint8).reshape(len(idx), self.row_bytes)  # the same memory, as bytes
         for j, i in enumerate(idx):
-            if not 0 <= i < self.shape[0]:
-                raise IndexError(f"row {i} out of range for {self.shape[0]} rows")
             data = os.pread(self._fd, self.row_bytes, int(i) * self.row_bytes)
             view[j] = np.frombuffer(data, np.uint8)
         return out
@@ -498,7 +499,7 @@ def prepare_backbones(model: torch.nn.Module, cfg: TrainConfig) -> None:
             part.requires_grad_(False)
         if cfg.gradient_checkpointing and hasattr(part, "backbone"):
             # Non-reentrant checkpointing works under DDP and with frozen inputs.
-            part.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            part.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def freeze_unreached(model: torch.nn.Module, batch: dict) -> list[str]:
