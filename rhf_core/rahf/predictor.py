@@ -250,6 +250,10 @@ def load_rahf(path: str | Path | None = None, device: str | None = None) -> RAHF
     target = Path(path) if path else DEFAULT_CHECKPOINT
     if not target.exists():
         raise CheckpointError(f"no RAHF checkpoint at {target}")
+    from rhf_core.rahf import port  # function-level: port.py imports this module
+
+    if port.is_converted_port(target):  # the authors' published weights, converted by convert-port
+        return port.load_converted_port(target, device=device)
     return RAHF.load(target, device=device)
 
 
