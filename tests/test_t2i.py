@@ -250,3 +250,38 @@ def test_caption_noise_misstates_one_attribute_and_keeps_the_images():
         assert sum(sa[k] != sb[k] for k in ("count", "color", "shape", "background")) == 1, (a, b)
     with pytest.raises(ValueError, match="caption_noise is a share"):
         training_set(2, 0, 32, caption_noise=1.5)
+
+
+def test_dtype_is_float32_on_cpu_and_named_dtypes_are_honoured():
+    from rhf_core.t2i.generator import pick_dtype
+
+    cpu = torch.device("cpu")
+    assert pick_dtype(cpu) == torch.float32 and pick_dtype(cpu, "bfloat16") == torch.bfloat16
+    with pytest.raises(GeneratorError, match="dtype must be auto, float16, bfloat16, float32"):
+        pick_dtype(cpu, "int8")
+
+
+@pytest.mark.parametrize("cls", ["FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLInpaintPipeline"])
+def test_other_pipeline_families_are_refused_by_their_index(tmp_path, cls):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": cls, "transformer": ["diffusers", "X"]}))
+    with pytest.raises(GeneratorError, match=f"is a {cls}, which this project does not run: supported are Stable "
+                                             r"Diffusion 1\.x/2\.x"):
+        load_generator(tmp_path)
+
+
+def test_an_sd_index_over_an_sdxl_style_unet_is_refused_after_loading(tmp_path):
+    """A folder that names StableDiffusionPipeline but whose UNet takes SDXL's added time conditioning."""
+    from dataclasses import replace
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from rhf_core.t2i.build import build_components
+
+    comps = build_components(replace(TINY), seed=0)
+    cfg = {k: v for k, v in comps["unet"].config.items() if not k.startswith("_")}
+    cfg.update(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
+    comps["unet"] = UNet2DConditionModel.from_config(cfg)
+    StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "odd")
+    with pytest.raises(GeneratorError, match="added 'text_time' conditioning .*SDXL-style"):
+        load_generator(tmp_path / "odd")
