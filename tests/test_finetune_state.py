@@ -17,9 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rhf_core.align.state as state_module
+import rhf_core.training as training
+from rhf_core.align import (STATE_FILE, FinetuneConfig, FinetuneSettingsError, finetune, load_adapter_info,
+                            load_finetune_state, run_settings, saved_steps, state_folder)
 from rhf_core.errors import RHFError
-from rhf_core.reward.finetune import (STATE_FILE, FinetuneConfig, FinetuneSettingsError, _load_state, finetune,
-                                      load_adapter_info, run_settings, saved_steps, state_folder)
 from rhf_core.t2i import load_generator
 from rhf_core.t2i.build import build_pipeline
 from tests.test_reward import brightness
@@ -63,7 +65,7 @@ def test_state_is_one_file_holding_weights_optimizer_step_and_settings(gen, tmp_
     info = run(cfg, gen, resume=False)
     folder = state_folder("state")
     assert sorted(p.name for p in folder.iterdir()) == [STATE_FILE]  # no trainer.pt (pickle), no second file
-    lora, opt, meta = _load_state(folder / STATE_FILE)
+    lora, opt, meta = load_finetune_state(folder / STATE_FILE)
     assert meta["step"] == 3 == saved_steps("state") and meta["steps"] == 3
     assert [e["step"] for e in meta["log"]] == [2, 3] == [e["step"] for e in info["log"]]
     # The state's weights are the adapter's, and the optimizer holds Adam's moments of each of them.
@@ -169,7 +171,7 @@ def test_a_crash_while_saving_leaves_the_previous_state_loadable(gen, tmp_path, 
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert len(writes) >= 2 and saved_steps("state") == 2
     assert sorted(p.name for p in state_folder("state").iterdir()) == [STATE_FILE]  # no half-written leftovers
-    lora, opt, meta = _load_state(state_folder("state") / STATE_FILE)
+    lora, opt, meta = load_finetune_state(state_folder("state") / STATE_FILE)
     assert meta["step"] == 2 and [e["step"] for e in meta["log"]] == [2] and len(opt["state"]) == len(lora)
     info = run(config(tmp_path, prompts, steps=6), gen)
     assert info["resumed_from"] == 2 and info["complete"] and [e["step"] for e in info["log"]] == [2, 4, 6]
@@ -177,22 +179,20 @@ def test_a_crash_while_saving_leaves_the_previous_state_loadable(gen, tmp_path, 
 
 def test_the_adapter_folder_is_replaced_whole(gen, tmp_path, prompts, monkeypatch):
     """A crash while writing the new adapter leaves the old one as it was, weights and adapter.json alike."""
-    import rhf_core.reward.finetune as ft
-
     run(config(tmp_path, prompts), gen, resume=False)
     folder = tmp_path / "adapter"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    real = ft.atomic_write_text
+    real = training.atomic_write_text
 
     def crash(path, text):
         if Path(path).name == "adapter.json":
             raise OSError("simulated crash while writing adapter.json")
         real(path, text)
 
-    monkeypatch.setattr(ft, "atomic_write_text", crash)
+    monkeypatch.setattr(training, "atomic_write_text", crash)
     with pytest.raises(OSError, match="simulated crash"):
         run(config(tmp_path, prompts, lr=1e-2), gen, resume=False)
-    monkeypatch.setattr(ft, "atomic_write_text", real)
+    monkeypatch.setattr(training, "atomic_write_text", real)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".adapter")] == []  # no temporary folders
     assert run(config(tmp_path, prompts, lr=1e-2), gen)["config"]["lr"] == 0.01  # resumes the saved state
@@ -231,9 +231,7 @@ def test_stopping_keeps_every_finished_step_and_says_how_many(gen, tmp_path, pro
 def test_slow_steps_are_saved_by_time_too_with_their_unlogged_losses(gen, tmp_path, prompts, monkeypatch):
     """A step slower than SAVE_SECONDS (draft on a CPU: minutes) is saved at once, whatever --save-every says;
     the steps not yet logged travel with the state, so a resumed run's log entry still covers them."""
-    import rhf_core.reward.finetune as ft
-
-    real, saves = ft.atomic_write_bytes, []
+    real, saves = state_module.atomic_write_bytes, []
 
     def record(path, data):
         real(path, data)
@@ -241,17 +239,17 @@ def test_slow_steps_are_saved_by_time_too_with_their_unlogged_losses(gen, tmp_pa
             saves.append(tmp_path / f"state-{len(saves)}")
             saves[-1].write_bytes(data)
 
-    monkeypatch.setattr(ft, "atomic_write_bytes", record)
-    monkeypatch.setattr(ft, "SAVE_SECONDS", 0.0)  # every step counts as slow
+    monkeypatch.setattr(state_module, "atomic_write_bytes", record)
+    monkeypatch.setattr(state_module, "SAVE_SECONDS", 0.0)  # every step counts as slow
     run(config(tmp_path, prompts, steps=4, save_every=100), gen, resume=False)
-    assert [_load_state(p)[2]["step"] for p in saves] == [1, 2, 3, 4]
-    _, _, meta = _load_state(saves[2])
+    assert [load_finetune_state(p)[2]["step"] for p in saves] == [1, 2, 3, 4]
+    _, _, meta = load_finetune_state(saves[2])
     assert meta["log"] == [] and len(meta["parts"]) == 3
-    monkeypatch.setattr(ft, "SAVE_SECONDS", 1e9)
+    monkeypatch.setattr(state_module, "SAVE_SECONDS", 1e9)
     shutil.copy(saves[2], state_folder("state") / STATE_FILE)  # as if killed after step 3's save
     info = run(config(tmp_path, prompts, steps=4, save_every=100), gen)
     assert info["resumed_from"] == 3 and [e["step"] for e in info["log"]] == [4]
-    assert [_load_state(p)[2]["step"] for p in saves] == [1, 2, 3, 4, 4]  # the resumed run saved at its end only
+    assert [load_finetune_state(p)[2]["step"] for p in saves] == [1, 2, 3, 4, 4]  # the resumed run saved at its end only
 
 
 @pytest.mark.parametrize("change, message", [
@@ -267,8 +265,10 @@ def test_bad_names_and_counts_are_refused(gen, tmp_path, prompts, change, messag
 # --- the command line, as a user runs it: kill -9, another run's settings, Ctrl-C ---------------------------
 
 def cli(tiny_dir, prompts, out, *extra) -> list[str]:
+    # The embedded RAHF's plausibility: a reward that ranks this random pipeline's samples (the judge
+    # reads no ShapesWorld scene in them and gives all the same value, which is refused).
     return [sys.executable, "-m", "rhf_core", "finetune", "--name", "cli", "--out", str(out), "--generator",
-            str(tiny_dir), "--reward", "judge", "--prompts", str(prompts), "--per-prompt", "2", "--beta", "0",
+            str(tiny_dir), "--reward", "rahf-plausibility", "--prompts", str(prompts), "--per-prompt", "2", "--beta", "0",
             "--rank", "4", "--batch-size", "2", "--lr", "0.05", "--uncond-prob", "0", *extra]
 
 
