@@ -4,12 +4,12 @@ Two stages, both resumable from `cache/t2i-train/<out name>/`:
 1. the VAE (AutoencoderKL) learns to reconstruct renders (L1 + MSE + a small KL term) on random crops;
 2. the UNet and the text encoder learn to denoise the VAE's latents given the prompt (epsilon
    prediction; the prompt is dropped 10% of the time for classifier-free guidance).
-The result is a standard diffusers StableDiffusionPipeline saved with `save_pretrained`."""
+The result is a standard diffusers StableDiffusionPipeline saved with `save_pretrained`. The schedule,
+the EMA, the SNR weighting and the state file come from the shared toolbox, rhf_core/training.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rhf_core.cache import atomic_write_text, cache_dir
+from rhf_core.cache import atomic_write_bytes, cache_dir
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.shapes.grammar import sample_prompt
 from rhf_core.shapes.render import render, sample_scene
 from rhf_core.t2i.build import TinyT2IConfig, build_components
+from rhf_core.training import EMA, load_state, min_snr_weight, read_json, snr, state_bytes, warmup_cosine, write_json
+
+STATE_FORMAT = "rhf-t2i-state/1"
+TRAINER_FILE = "trainer.safetensors"  # the optimizer, the step and the log, beside one file per module
 
 
 @dataclass
@@ -81,82 +85,35 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
 
 
 def _lr(step: int, total: int, warmup: int = 100, schedule: str = "cosine") -> float:
-    ramp = min(1.0, (step + 1) / warmup)
-    if schedule == "constant":
-        return ramp
-    if schedule != "cosine":
-        raise InvalidArgumentError(f"unknown learning-rate schedule {schedule!r}: use 'cosine' or 'constant'")
-    return ramp * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
-
-
-class _EMA:
-    """Exponential moving average of some modules' float parameters, with the usual warm-up
-    (decay min(d, (1 + n) / (10 + n)) after n updates) so an average started late is not stale."""
-
-    def __init__(self, modules: dict, decay: float, updates: int = 0):
-        self.decay, self.updates = decay, updates
-        self.shadow = {name: {k: v.detach().float().clone() for k, v in m.state_dict().items()}
-                       for name, m in modules.items()}
-
-    @torch.no_grad()
-    def update(self, modules: dict) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, m in modules.items():
-            for k, v in m.state_dict().items():
-                s = self.shadow[name][k]
-                if v.dtype.is_floating_point:
-                    s.mul_(d).add_(v.detach().float(), alpha=1 - d)
-                else:
-                    s.copy_(v)
-
-    def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        for name, sd in self.shadow.items():
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(path / f"ema_{name}.safetensors.tmp"),
-                      metadata={"updates": str(self.updates)})
-            (path / f"ema_{name}.safetensors.tmp").replace(path / f"ema_{name}.safetensors")
-
-    def load(self, path: Path) -> bool:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        files = {name: path / f"ema_{name}.safetensors" for name in self.shadow}
-        if not all(f.is_file() for f in files.values()):
-            return False
-        for name, f in files.items():
-            self.shadow[name] = load_file(str(f))
-            with safe_open(str(f), "pt") as h:
-                self.updates = int((h.metadata() or {}).get("updates", 0))
-        return True
-
-    def copy_to(self, modules: dict) -> None:
-        for name, m in modules.items():
-            m.load_state_dict({k: v.to(m.state_dict()[k].dtype) for k, v in self.shadow[name].items()})
+    """The factor on the base learning rate (the VAE warms up over 100 steps, the UNet over 200)."""
+    return warmup_cosine(step, total, warmup, schedule)
 
 
 def _save_state(path: Path, modules: dict, opt, step: int, log: list) -> None:
+    """Each module's weights in `<name>.safetensors`, then the optimizer, step and log in TRAINER_FILE (the
+    step a resume starts from, so it is written last); each file replaced atomically."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     for name, m in modules.items():
         save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path / f"{name}.safetensors.tmp"))
         (path / f"{name}.safetensors.tmp").replace(path / f"{name}.safetensors")
-    torch.save({"optimizer": opt.state_dict(), "step": step, "log": json.dumps(log)}, path / "trainer.pt.tmp")
-    (path / "trainer.pt.tmp").replace(path / "trainer.pt")
+    atomic_write_bytes(path / TRAINER_FILE, state_bytes({}, opt.state_dict(), {"step": step, "log": log}, STATE_FORMAT))
 
 
 def _load_state(path: Path, modules: dict, opt) -> tuple[int, list]:
     from safetensors.torch import load_file
 
-    if not (path / "trainer.pt").is_file():
+    if not (path / TRAINER_FILE).is_file():
+        if (path / "trainer.pt").is_file():
+            raise InvalidArgumentError(f"{path} holds a state saved by an older version (trainer.pt, a pickle this "
+                                       "version does not read): start over with --no-resume")
         return 0, []
     for name, m in modules.items():
         m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
-    state = torch.load(path / "trainer.pt", weights_only=True)  # our own trainer state, tensors only
-    opt.load_state_dict(state["optimizer"])
-    return int(state["step"]), json.loads(state["log"])
+    _, opt_state, meta = load_state(path / TRAINER_FILE, STATE_FORMAT)
+    opt.load_state_dict(opt_state)
+    return int(meta["step"]), meta["log"]
 
 
 def train_vae(vae, images: np.ndarray, cfg: T2ITrainConfig, state: Path, resume: bool,
@@ -248,10 +205,10 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
     if start:
         accelerator.print(f"UNet: resumed at step {start}")
     modules = {"unet": unet, "text_encoder": te}
-    ema = _EMA(modules, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = EMA(modules, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if ema is not None and resume and ema.load(root / "unet"):
         accelerator.print(f"EMA: resumed after {ema.updates} updates")
-    snr = _snr(sched) if cfg.snr_gamma > 0 else None
+    snr_t = snr(sched) if cfg.snr_gamma > 0 else None
     unet, te, opt = accelerator.prepare(unet, te, opt)
     rng = np.random.default_rng(cfg.seed + 2 + start)
     gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
@@ -273,10 +230,10 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
         drop = torch.rand(len(idx), generator=gen) < cfg.uncond_prob
         tokens[drop] = empty[0]
         pred = unet(noisy.to(dev), t.to(dev), te(tokens.to(dev))[0]).sample
-        if snr is None:
+        if snr_t is None:
             loss = F.mse_loss(pred.float(), noise.to(dev))
         else:  # epsilon prediction: weight min(SNR, gamma) / SNR per sample
-            w = (snr[t].clamp(max=cfg.snr_gamma) / snr[t]).to(dev)
+            w = min_snr_weight(snr_t[t], cfg.snr_gamma).to(dev)
             loss = (F.mse_loss(pred.float(), noise.to(dev), reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -306,8 +263,7 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if accelerator.is_main_process:
         save_pipeline(pipe, out)
-        atomic_write_text(out / "train_log.json", json.dumps(
-            {"config": _jsonable(cfg), "log": log + log2}, indent=2) + "\n")
+        write_json(out / "train_log.json", {"config": _jsonable(cfg), "log": log + log2})
     return pipe
 
 
@@ -330,15 +286,9 @@ def _init_from(path: Path, modules: dict) -> list:
     log_file = path / "train_log.json"
     if not log_file.is_file():
         return []
-    earlier = json.loads(log_file.read_text())
+    earlier = read_json(log_file)
     run = {k: v for k, v in earlier.get("config", {}).items() if k != "model"}
     return [{**entry, "run": entry.get("run", run)} for entry in earlier.get("log", [])]
-
-
-def _snr(sched) -> torch.Tensor:
-    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) of every training timestep."""
-    a = sched.alphas_cumprod.float()
-    return a / (1 - a)
 
 
 def save_pipeline(pipe, out: Path) -> None:
