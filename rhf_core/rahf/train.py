@@ -82,7 +82,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # A split whose decoded arrays (image + heatmaps at image_size) exceed this many MB is decoded once
     # into an on-disk cache and read back batch by batch; smaller ones are held in memory.
-    preload_mb: int = 2048
+    preload_mb: int = 1024
     # Folder of that on-disk cache ("" = decoded/ in the state folder); about 1 MB per record at 384 px.
     decoded_dir: str = ""
     model: RAHFConfig = field(default_factory=RAHFConfig)
@@ -452,12 +452,24 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
     if not (out / "model.safetensors").is_file():
         return rahf
     if accelerator.is_main_process and len(log) == cfg.epochs:  # finished: calibrate the heatmaps on dev
-        from rhf_core.rahf.calibrate import calibrate_checkpoint
-
-        scales = calibrate_checkpoint(out, val_ds)
+        scales = calibrate_in_batches(out, val_ds, cfg.batch_size)
         accelerator.print(f"heatmap calibration on {len(val_ds)} dev records: {scales}")
     accelerator.wait_for_everyone()
     return RAHF.load(out)
+
+
+def calibrate_in_batches(path: Path, ds: Dataset, batch_size: int) -> dict[str, float]:
+    """`calibrate_checkpoint`, predicting in training-sized batches (its default of 64 images at a time
+    held over 2 GB of activations at 384 px, more than the training steps themselves)."""
+    from rhf_core.rahf.calibrate import fit_heatmap_scale
+
+    rahf = RAHF.load(path)
+    scales = fit_heatmap_scale(rahf, ds, batch_size=batch_size)
+    if not scales:
+        raise DatasetFormatError(f"{ds.spec} has no heatmap labels to calibrate against")
+    rahf.config.heatmap_scale = {h: round(s, 6) for h, s in scales.items()}
+    rahf.config.save(Path(path))
+    return rahf.config.heatmap_scale
 
 
 def make_accelerator(cfg: TrainConfig, accelerator_cls):
