@@ -175,6 +175,18 @@ T2I_ALIASES = (
 )
 
 
+def _convert_port_flags(parser) -> None:
+    """convert-port's flags and handler, from rhf_core/rahf/port_cli.py (imported only when the command
+    is used: rhf_core.rahf loads torch)."""
+    from rhf_core.rahf.port_cli import add_convert_port_command
+
+    class ThisParser:  # port_cli adds its command to a subparsers object: hand it the one already registered
+        def add_parser(self, name, **kwargs):
+            return parser
+
+    add_convert_port_command(ThisParser())
+
+
 def _json_flag(parser) -> None:
     parser.add_argument("--json", default="", help="write the results here")
 
@@ -250,6 +262,9 @@ def build_parser() -> CommandLine:
     le = ap.command("eval-lee", "rejection sampling vs fine-tuning on held-out prompts, judged",
                     Settings("rhf_core.reward.experiment:LeeEvalConfig"))
     le.set_defaults(func=_eval_lee)
+
+    ap.command("convert-port", "convert the RichHF port's published weights (model.pt) into a checkpoint folder "
+               "that load_rahf and the sidebar read offline", setup=_convert_port_flags)
 
     rp = ap.command("eval-repair", "how often inpainting repair lowers the judge's implausibility",
                     Settings("rhf_core.repair:evaluate_repair", aliases=(Alias("--mode", ("threshold_mode",),

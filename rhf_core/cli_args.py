@@ -431,14 +431,16 @@ def shown(value) -> str:
 # --- parsers -------------------------------------------------------------------------------------------------
 
 class CommandParser(argparse.ArgumentParser):
-    """A command's parser. With `settings`, it adds the generated flags when first used (the settings
-    classes live in modules that import torch, seconds that `rhf --help` and other commands need not
-    pay) and sets `args.settings`, the settings object built from defaults, `--config` and flags."""
+    """A command's parser. Flags that need an import are added when it is first used: the settings
+    classes (and `setup` functions) live in modules that import torch, seconds that `rhf --help` and the
+    other commands need not pay. With `settings`, `args.settings` is the settings object built from
+    the defaults, `--config` and the flags."""
 
-    def __init__(self, *args, settings: Settings | None = None, **kwargs):
-        self.settings = settings
+    def __init__(self, *args, settings: Settings | None = None, setup: typing.Callable | None = None, **kwargs):
+        self.settings, self.setup = settings, setup  # setup(parser): adds the command's other flags
         self.flags: list[argparse.Action] = []  # in order, for the reference table (set before -h is added)
-        self._built: tuple[type, list[Field]] | None = None
+        self._fields: list[Field] | None = None
+        self._settings_class: type | None = None
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
@@ -447,18 +449,21 @@ class CommandParser(argparse.ArgumentParser):
         return action
 
     def settings_fields(self) -> list[Field]:
-        if self.settings is None:
-            return []
-        if self._built is None:
-            self._built = add_settings_flags(self, self.settings)
-        return self._built[1]
+        """The settings' fields, once the flags that need an import are added (here, the first time)."""
+        if self._fields is None:
+            self._fields = []
+            if self.setup is not None:
+                self.setup(self)
+            if self.settings is not None:
+                self._settings_class, self._fields = add_settings_flags(self, self.settings)
+        return self._fields
 
     def parse_known_args(self, args=None, namespace=None):
         fields = self.settings_fields()
         namespace, extras = super().parse_known_args(args, namespace)
         if self.settings is not None:
             try:
-                namespace.settings = build_settings(self._built[0], fields, self.settings.aliases, namespace)
+                namespace.settings = build_settings(self._settings_class, fields, self.settings.aliases, namespace)
             except InvalidArgumentError as err:
                 self.error(str(err))
         return namespace, extras
@@ -480,8 +485,9 @@ class CommandLine(argparse.ArgumentParser):
         # (a module may add its own command to it: `subparsers.add_parser(...)`)
         self.subparsers = self.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
-    def command(self, name: str, help: str, settings: Settings | None = None) -> CommandParser:
-        return self.subparsers.add_parser(name, help=help, description=help, settings=settings)
+    def command(self, name: str, help: str, settings: Settings | None = None,
+                setup: typing.Callable | None = None) -> CommandParser:
+        return self.subparsers.add_parser(name, help=help, description=help, settings=settings, setup=setup)
 
     @property
     def commands(self) -> dict[str, CommandParser]:

@@ -402,3 +402,10 @@ def test_a_command_runs_with_its_settings(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["renders"]["records"] == 3 and result["degraded"]["degraded"] is True
     assert result["renders"]["seed"] == 1
+
+
+def test_a_command_a_module_registers_is_wired_in():
+    # convert-port's flags live in rhf_core/rahf/port_cli.py and are added when the command is first used
+    args = parse("convert-port", "model.pt", "--vit", "cache/vit", "--t5", "cache/t5")
+    assert args.func.__name__ == "run_convert_port" and (args.checkpoint, args.vit) == ("model.pt", "cache/vit")
+    assert args.out.startswith("cache/")
