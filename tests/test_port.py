@@ -132,6 +132,16 @@ def random_heads(gen):
     return sd
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: on a busy 2-core machine two torch threads spin-waiting on each other made these
+    # tests ~10× slower (the fixture's training: 20 s on one thread).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     root = tmp_path_factory.mktemp("port")
@@ -147,8 +157,6 @@ def port(tmp_path_factory):
     # The decoder learns the port's task on these three (teacher forcing, as its train.py does).
     params = [*vit.parameters(), *t5.parameters(), *proj.parameters()]
     opt = torch.optim.Adam(params, lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only wait on each other (~20 s single-threaded)
     for step in range(300):
         loss = 0.0
         for image, (prompt, target) in zip(images, EXAMPLES):
@@ -160,7 +168,6 @@ def port(tmp_path_factory):
         opt.step()
         if loss.item() < 0.02:
             break
-    torch.set_num_threads(threads)
     vit.eval(), t5.eval()
 
     heads = random_heads(torch.Generator().manual_seed(1))

@@ -6,3 +6,4 @@ from rhf_core.rahf.port import convert_port, load_port
 
 __all__ = ["RAHF", "RAHFConfig", "VisionConfig", "TextConfig", "Prediction", "CheckpointError", "load_rahf", "new_rahf",
            "load_port", "convert_port"]
+

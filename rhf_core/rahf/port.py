@@ -24,6 +24,10 @@ Differences from running the port's own script, on purpose: the encoder and the 
 mask over the prompt's padding, so a prediction does not depend on the other prompts in its batch (the
 port's batched runs let padding into attention; its batch-of-one runs equal ours). Images are resized
 with PIL bilinear and normalised with the ViT processor's mean and std, as its processor does.
+
+transformers is imported inside the functions that build or run the network: load_rahf imports this
+module for every checkpoint folder it opens, and importing transformers' ViT, T5 and processors takes
+seconds that a ShapesWorld checkpoint should not pay.
 """
 
 from __future__ import annotations
@@ -38,16 +42,13 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (AutoImageProcessor, AutoTokenizer, GenerationConfig, T5Config,
-                          T5ForConditionalGeneration, ViTConfig, ViTModel)
-from transformers.modeling_outputs import BaseModelOutput
 
 from rhf_core.cache import atomic_write_text
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
@@ -57,6 +58,9 @@ from rhf_core.images import load_image
 from rhf_core.rahf.calibrate import heatmap_gate
 from rhf_core.rahf.predictor import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words,
                                      images_to_tensor, pick_device)
+
+if TYPE_CHECKING:
+    from transformers import T5Config, ViTConfig
 
 ARCHITECTURE = "richhf-port"
 WEIGHTS = "model.safetensors"
@@ -191,6 +195,8 @@ class RichHFPort(nn.Module):
     """The port's `RAHF` (multi_heads=True) on today's transformers classes."""
 
     def __init__(self, cfg: PortConfig, vit_config: ViTConfig, t5_config: T5Config):
+        from transformers import T5ForConditionalGeneration, ViTModel
+
         super().__init__()
         d = int(t5_config.d_model)
         if d % 64:
@@ -301,6 +307,8 @@ def read_port_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 # --- loading ------------------------------------------------------------------------------------
 
 def _image_stats(vit: str) -> tuple[tuple, tuple]:
+    from transformers import AutoImageProcessor
+
     try:
         proc = AutoImageProcessor.from_pretrained(vit)
         return tuple(float(x) for x in proc.image_mean), tuple(float(x) for x in proc.image_std)
@@ -309,6 +317,8 @@ def _image_stats(vit: str) -> tuple[tuple, tuple]:
 
 
 def _backbone_configs(vit: str, t5: str) -> tuple[ViTConfig, T5Config]:
+    from transformers import T5Config, ViTConfig
+
     try:
         vit_config = ViTConfig.from_pretrained(vit)
         t5_config = T5Config.from_pretrained(t5)
@@ -321,6 +331,8 @@ def _backbone_configs(vit: str, t5: str) -> tuple[ViTConfig, T5Config]:
 
 
 def _tokenizer(t5: str):
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(t5)
     except (OSError, ValueError) as e:
@@ -442,6 +454,8 @@ def convert_port(checkpoint: str | Path, vit: str = "google/vit-large-patch16-38
 
 
 def _save_processor(vit: str, folder: Path) -> None:
+    from transformers import AutoImageProcessor
+
     try:
         AutoImageProcessor.from_pretrained(vit).save_pretrained(folder)
     except (OSError, ValueError):  # none at the source: the loader falls back to ViT's mean/std 0.5
@@ -515,6 +529,8 @@ class PortPredictor:
 
     def __init__(self, model: RichHFPort, config: PortConfig, tokenizer, image_stats, device=None,
                  dtype: str | torch.dtype = "auto", path: Path | None = None):
+        from transformers import GenerationConfig
+
         self.config = config
         self.device = pick_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -561,6 +577,8 @@ class PortPredictor:
     def predict(self, images, prompts: Sequence[str], batch_size: int = 32,
                 progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
         """Heatmaps (at each image's size), the four scores and misaligned words, as the port outputs them."""
+        from transformers.modeling_outputs import BaseModelOutput
+
         # 1. Check inputs
         images, prompts, all_words = self._check(images, prompts, batch_size)
         out: list[Prediction] = []
@@ -624,7 +642,7 @@ def build_tiny_backbones(folder: str | Path, image_size: int = 64, patch_size: i
     unigram tokenizer over `words`, letters and digits, with "_" and "0" for the port's marks)."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import Unigram
-    from transformers import T5TokenizerFast, ViTImageProcessor
+    from transformers import T5Config, T5TokenizerFast, ViTConfig, ViTImageProcessor
 
     folder = Path(folder)
     vit_dir, t5_dir = folder / "vit", folder / "t5"
