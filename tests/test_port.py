@@ -218,6 +218,9 @@ def test_load_port_gives_the_port_outputs(port):
         assert all(0.0 <= p <= 1.0 for _, p in pred.words)
     assert model.domain["name"] == "richhf18k" and "RichHF-18K" in model.domain["description"]
     assert model.name == "richhf-port (model.pt)" and model.config.variant == "multihead"
+    # Patch tokens for the domain check, like RAHFModel.vision: CLS dropped
+    pixels = torch.cat([pixels_of(im) * 0.5 + 0.5 for im in port["images"]])
+    assert model.model.vision(pixels).shape == (3, GRID * GRID, 32)
     # Batched with padding == one at a time (the encoder and decoder mask the padding)
     single = [model.predict([im], [p])[0] for im, p in zip(port["images"], PROMPTS)]
     for a, b in zip(preds, single):

@@ -194,7 +194,8 @@ class ScorePredictor(nn.Module):
 class RichHFPort(nn.Module):
     """The port's `RAHF` (multi_heads=True) on today's transformers classes."""
 
-    def __init__(self, cfg: PortConfig, vit_config: ViTConfig, t5_config: T5Config):
+    def __init__(self, cfg: PortConfig, vit_config: ViTConfig, t5_config: T5Config,
+                 image_stats: tuple = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))):
         from transformers import T5ForConditionalGeneration, ViTModel
 
         super().__init__()
@@ -207,10 +208,24 @@ class RichHFPort(nn.Module):
         self.visual_token_projection = nn.Linear(int(vit_config.hidden_size), d)
         self.heatmap_predictor = nn.ModuleDict({h: HeatmapPredictor(d, cfg) for h in HEATMAP_NAMES})
         self.score_predictor = nn.ModuleDict({s: ScorePredictor(d, self.grid ** 2, cfg) for s in SCORE_NAMES})
+        # The ViT processor's normalisation; not in the state_dict (the port normalised in its data loader)
+        mean, std = image_stats
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) pixels in [0, 1] → (B, g², Dv) ViT patch tokens, CLS dropped (as RAHFModel.vision)."""
+        return self._vit_tokens(pixels)[:, 1:]
+
+    def _vit_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = ((pixels - self.pixel_mean) / self.pixel_std).to(self.pixel_mean.dtype)
+        return self.vit(pixel_values=pixels).last_hidden_state  # (B, 1+g², Dv)
 
     def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor):
-        """One T5 encoder pass over [projected ViT tokens; embedded prompt] → (image grid, prompt states)."""
-        visual = self.visual_token_projection(self.vit(pixel_values=pixels).last_hidden_state)  # (B, 1+g², D)
+        """One T5 encoder pass over [projected ViT tokens; embedded prompt] → (image grid, prompt states).
+
+        `pixels` (B, 3, S, S) in [0, 1]; `input_ids`, `text_mask` (B, T) the tokenized prompts."""
+        visual = self.visual_token_projection(self._vit_tokens(pixels))  # (B, 1+g², D)
         text = self.t5.get_encoder().embed_tokens(input_ids)  # (B, T, D)
         n = visual.shape[1]
         mask = torch.cat([text_mask.new_ones(text_mask.shape[0], n), text_mask], dim=1)
@@ -369,8 +384,9 @@ def head_widths(state: dict) -> dict:
             "score_mlp_widths": (state[f"{sc}0.weight"].shape[0], state[f"{sc}2.weight"].shape[0])}
 
 
-def _build(state: dict, cfg: PortConfig, vit_config: ViTConfig, t5_config: T5Config, where: str) -> RichHFPort:
-    model = RichHFPort(cfg, vit_config, t5_config)
+def _build(state: dict, cfg: PortConfig, vit_config: ViTConfig, t5_config: T5Config, image_stats: tuple,
+           where: str) -> RichHFPort:
+    model = RichHFPort(cfg, vit_config, t5_config, image_stats)
     model.load_state_dict(match_state_dict(state, model, where), strict=False)  # tied aliases filled by `shared`
     return model.eval()
 
@@ -384,8 +400,8 @@ def load_port(checkpoint: str | Path, vit: str = "google/vit-large-patch16-384",
     state = read_port_checkpoint(checkpoint)
     cfg = PortConfig(image_size=int(vit_config.image_size), patch_size=int(vit_config.patch_size), **head_widths(state),
                      source={"checkpoint": Path(checkpoint).name, "vit": str(vit), "t5": str(t5)})
-    model = _build(state, cfg, vit_config, t5_config, str(checkpoint))
-    return PortPredictor(model, cfg, tokenizer, _image_stats(vit), device=device, dtype=dtype)
+    model = _build(state, cfg, vit_config, t5_config, _image_stats(vit), str(checkpoint))
+    return PortPredictor(model, cfg, tokenizer, device=device, dtype=dtype)
 
 
 def is_converted_port(path: str | Path) -> bool:
@@ -407,9 +423,9 @@ def load_converted_port(path: str | Path, device: str | None = None, dtype: str 
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}/config.json is not a converted port config: {e}") from None
     vit_config, t5_config = _backbone_configs(str(path / "vit"), str(path / "t5"))
-    model = _build(load_file(str(path / WEIGHTS)), cfg, vit_config, t5_config, str(path))
-    return PortPredictor(model, cfg, _tokenizer(str(path / "t5")), _image_stats(str(path / "vit")),
-                         device=device, dtype=dtype, path=path)
+    model = _build(load_file(str(path / WEIGHTS)), cfg, vit_config, t5_config, _image_stats(str(path / "vit")),
+                   str(path))
+    return PortPredictor(model, cfg, _tokenizer(str(path / "t5")), device=device, dtype=dtype, path=path)
 
 
 def _sha256(path: Path) -> str:
@@ -527,7 +543,7 @@ def align_words(prompt_words: list[str], generated: list[tuple[str, bool, float]
 class PortPredictor:
     """The port behind RAHF's interface: `.predict(images, prompts)` → list[Prediction]."""
 
-    def __init__(self, model: RichHFPort, config: PortConfig, tokenizer, image_stats, device=None,
+    def __init__(self, model: RichHFPort, config: PortConfig, tokenizer, device=None,
                  dtype: str | torch.dtype = "auto", path: Path | None = None):
         from transformers import GenerationConfig
 
@@ -539,9 +555,6 @@ class PortPredictor:
         self.path = path
         self.metrics = {}  # nothing measured here: the authors' numbers are config.reported
         self.domain = config.domain
-        mean, std = image_stats
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.mark_ids = torch.tensor([i for i, p in enumerate(vocab) if p and p.startswith("_")], dtype=torch.long)
         if not len(self.mark_ids):
@@ -586,10 +599,10 @@ class PortPredictor:
             # 2. Decode images; the caption is the prompt's RichHF tokens joined by spaces (the port's clean_prompt)
             batch = [_decode_image(im, start + i) for i, im in enumerate(images[start:start + batch_size])]
             words = all_words[start:start + batch_size]
-            pixels = (images_to_tensor(batch, self.config.image_size) - self.mean) / self.std
+            pixels = images_to_tensor(batch, self.config.image_size)  # (B, 3, S, S) in [0, 1]
             enc = self.tokenizer([" ".join(w) for w in words], return_tensors="pt", padding=True, truncation=True)
             # 3. Run the network: one encoder pass, the heads, the decoder
-            grid, text_states = self.model.encode(pixels.to(self.device, self.dtype), enc.input_ids.to(self.device),
+            grid, text_states = self.model.encode(pixels.to(self.device), enc.input_ids.to(self.device),
                                                   enc.attention_mask.to(self.device))
             heatmaps, scores = self.model.heads(grid)
             gen = self.model.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=text_states),
