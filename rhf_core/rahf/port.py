@@ -265,13 +265,11 @@ def renamed(key: str, rules) -> str | None:
 def tied_aliases(model: nn.Module) -> set[str]:
     """State-dict names that share storage with an earlier name (T5's embed_tokens / lm_head tied to
     `shared`): optional in a file, since loading the first fills them all."""
-    seen, aliases = {}, set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if key in seen:
+    seen, aliases = set(), set()
+    for name, tensor in model.state_dict(keep_vars=True).items():  # tied names hold the same Parameter
+        if id(tensor) in seen:
             aliases.add(name)
-        else:
-            seen[key] = name
+        seen.add(id(tensor))
     return aliases
 
 
