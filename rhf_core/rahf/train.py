@@ -208,7 +208,8 @@ DECODED_VERSION = 1  # bump when record_rows changes what it writes
 def decoded_arrays(ds: Dataset, size: int, folder: Path, progress: Callable | None = None) -> Arrays:
     """`dataset_arrays` through an on-disk cache in `folder`: records are decoded once, one at a time,
     and written as rows; the result reads rows back on demand. A cache whose key (version, size, the
-    split's ids and frame) matches is reused, so a resumed run or a second process does not decode again."""
+    split's ids and frame) matches is reused, so a resumed run or a second process does not decode again.
+    The frame holds the labels, not the pixels: after replacing images in place, delete the folder."""
     folder = Path(folder)
     frame_hash = hashlib.sha256(ds.frame.to_json(default_handler=str).encode()).hexdigest()[:20]
     key = {"version": DECODED_VERSION, "size": size, "records": len(ds), "frame": frame_hash}
