@@ -25,7 +25,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.rahf import CheckpointError, load_port, load_rahf
-from rhf_core.rahf.port import (ARCHITECTURE, align_words, build_tiny_backbones, decoded_words, read_port_checkpoint)
+from rhf_core.rahf.port import (ARCHITECTURE, NEW_TO_OLD, OLD_TO_NEW, align_words, build_tiny_backbones,
+                                decoded_words, read_port_checkpoint, renamed)
 from rhf_core.rahf.port_cli import add_convert_port_command
 from rhf_core.reward.rewards import get_reward
 
@@ -237,6 +238,9 @@ def test_todays_key_names_load_too_and_anything_else_is_refused(port, tmp_path):
     check_against_reference(load_port(tmp_path / "new.pt", vit=port["vit"], t5=port["t5"]).predict(
         port["images"], PROMPTS), port)
 
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # torch < 1.6's format
+    assert read_port_checkpoint(tmp_path / "legacy.pt").keys() == state.keys()
+
     broken = {k: v for k, v in state.items() if k != "score_predictor.overall.linear_layers.4.bias"}
     broken["extra.head.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "broken.pt")
@@ -395,3 +399,16 @@ def test_alignment_survives_a_word_the_decoder_changed(words, where, change):
         assert probs == [0.9 if i % 2 == 0 else 0.1 for i in range(len(words))]
     else:
         assert len(unmatched) >= 1 and all(p in (0.0, 0.1, 0.9) for p in probs)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.integers(0, 40), st.sampled_from(["attention.attention.query", "attention.attention.key",
+                                            "attention.attention.value", "attention.output.dense", "intermediate.dense",
+                                            "output.dense", "layernorm_before", "layernorm_after"]),
+       st.sampled_from(["weight", "bias"]))
+def test_vit_key_names_map_both_ways(layer, part, kind):
+    old = f"vit.encoder.layer.{layer}.{part}.{kind}"
+    new = renamed(old, OLD_TO_NEW)
+    assert new.startswith(f"vit.layers.{layer}.") and "attention.attention" not in new and "dense" not in new
+    assert renamed(new, NEW_TO_OLD) == old
+    assert renamed(f"t5.encoder.block.{layer}.layer.0.SelfAttention.q.weight", OLD_TO_NEW) is None  # T5 kept its names

@@ -40,6 +40,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -307,8 +308,8 @@ def read_port_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path} (the port's model.pt, downloaded from {SOURCE_URL})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # memory-mapped when it can be (the zip format torch ≥ 1.6 writes): the file is 2.6 GB
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a PyTorch state_dict readable with weights_only=True: {first}") from None
