@@ -391,3 +391,39 @@ def test_heatmap_cache_off_in_the_spec(tmp_path, monkeypatch):
     ds = open_dataset(f"rapidata:{root},heatmap_cache=false")
     assert len(ds) == 8 and not list(cache_dir("rapidata-maps").glob("*.bin"))
     assert ds[0].heatmaps["misalignment"].shape == (3, 5)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from rhf_core.sources.rapidata import NOT_STORED, HeatmapCache, HeatmapCacheWriter  # noqa: E402
+
+_maps = st.one_of(st.none(), hnp.arrays(st.sampled_from([np.float16, np.float32, np.float64]),
+                                        hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+                                        elements=st.floats(0.0, 1.0, width=16)))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(rows=st.lists(st.tuples(_maps, _maps, st.booleans()), min_size=1, max_size=6))
+def test_heatmap_cache_file_round_trips(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("maps") / "m.bin"
+    writer = HeatmapCacheWriter(path, len(rows), 2)
+    for i, (a, b, stored) in enumerate(rows):
+        if stored:  # unstored rows: what the scan leaves for skipped rows
+            writer.add(i, 0, a)
+            writer.add(i, 1, b)
+    writer.close()
+    assert [p.name for p in path.parent.iterdir()] == ["m.bin"]  # the temporary file was renamed
+    cache = HeatmapCache(path, len(rows), 2)
+    for i, (a, b, stored) in enumerate(rows):
+        for j, want in enumerate((a, b)):
+            got = cache.get(i, j)
+            if not stored:
+                assert got is NOT_STORED
+            elif want is None:
+                assert got is None
+            else:  # exactly decode_heatmap's float32
+                assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        HeatmapCache(path, len(rows) + 1, 2)
