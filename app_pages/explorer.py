@@ -31,12 +31,35 @@ from rhf_core.explore import (
     sortable_columns,
 )
 from rhf_core.heatmaps import COLOR_MAPS, colorize_heatmap
-from ui.components import highlighted_prompt, placeholder, record_view_image, score_line, upscale, word_strength_chart
+from rhf_core.tags import with_tags
+from ui.components import (
+    heat_colour_bar,
+    heat_peak,
+    highlighted_prompt,
+    placeholder,
+    record_view_image,
+    score_line,
+    upscale,
+    word_strength_chart,
+)
+from ui.explorer_parts import (
+    compare_view,
+    open_record,
+    patches_view,
+    record_tags,
+    saved_views_sidebar,
+    selected_ids,
+    start_compare,
+    store_tags,
+    tag_bar,
+    tag_filter_sidebar,
+    tag_store,
+)
 from ui.loaders import load_mean_heatmap
 from ui.settings import current_dataset, current_spec, error_text, loaded_spec, policy
 
 QP = "query-params"
-VIEWS = ["Gallery", "Record", "Plots", "Export"]
+VIEWS = ["Gallery", "Record", "Compare", "Patches", "Plots", "Export"]
 MAX_DOWNLOAD = 2000
 MAX_SKIPPED_SHOWN = 1000  # rows of the skipped-rows table; the count says how many there are
 
@@ -47,6 +70,7 @@ POLICY = policy()
 spec, pickapic = loaded_spec()  # what was opened (shared mode: resolved paths); keys the cached loaders
 # What the page may show as the dataset's name: in shared mode the spec as typed, never the resolved path.
 shown_spec = current_spec()[0] if POLICY.shared else ds.spec
+store = tag_store(ds)
 
 
 # --- 1. Filters (sidebar) --------------------------------------------------------------------
@@ -88,10 +112,12 @@ def filter_sidebar() -> ExplorerFilter:
         for col, values in category_columns(frame).items():
             label = col.replace("_", " ").capitalize()
             f.categories[col] = tuple(st.multiselect(label, values, key=f"c_{col}", bind=QP))
+        f.ids = tag_filter_sidebar(store)
         st.header("Sort")
         f.sort_by = st.selectbox("Sort by", [""] + sortable_columns(frame), key="sort", bind=QP,
                                  format_func=lambda c: "dataset order" if c == "" else c.replace("_", " "))
         f.descending = st.toggle("Descending", key="desc", bind=QP)
+        saved_views_sidebar(store)
     return f
 
 
@@ -133,17 +159,32 @@ if "rec_id" not in st.session_state:
     st.session_state["rec_id"] = str(st.query_params.get("id", ""))
 
 
-def open_record(rec_id: str) -> None:
-    st.session_state["rec_id"] = rec_id
-    st.session_state["view"] = "Record"
-
-
 # --- 2. Gallery ------------------------------------------------------------------------------
+
+def clear_ticks(ids: list[str]) -> None:
+    for rec_id in ids:
+        st.session_state[f"sel_{rec_id}"] = False
+
+
+def selection_bar() -> None:
+    """Tag or compare the records ticked in the gallery (ticks survive paging and filtering)."""
+    ids = selected_ids()
+    with st.container(border=True):
+        tag_bar(store, ids, "gallery", f"the {len(ids)} ticked record{'s' * (len(ids) != 1)}")
+        c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="center")
+        c1.button("Compare ticked", disabled=not 2 <= len(ids) <= 4, on_click=start_compare, args=(ids,),
+                  help="2 to 4 ticked records side by side, on one colour scale")
+        c2.button("Clear ticks", disabled=not ids, on_click=clear_ticks, args=(ids,))
+        c3.caption(", ".join(f"`{i}`" for i in ids[:8]) + (" …" if len(ids) > 8 else "") if ids
+                   else "Tick records below to tag or compare them.")
+
 
 def gallery() -> None:
     if len(positions) == 0:
         st.info("No record matches these filters.")
         return
+    selection_bar()
+    tags = store_tags(store)
     c1, c2, c3 = st.columns([1, 1, 2])
     per_page = c1.selectbox("Per page", [12, 24, 48, 96], index=1, key="per_page", bind=QP)
     overlay = c2.selectbox("Thumbnail overlay", ["none"] + heatmap_columns(frame), key="thumb_overlay", bind=QP)
@@ -166,8 +207,15 @@ def gallery() -> None:
                     st.caption(f"{frame['id'].iat[int(pos)]}: {error_text(e)}")
                     continue
                 st.image(img, width="stretch", output_format="PNG")
-                st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}")
-                st.button("Open", key=f"open_{pos}_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
+                peak = f"  \n{overlay} 0 → {heat_peak(rec.heatmaps[overlay]):.3g}" if overlay in rec.heatmaps else ""
+                rec_tags = "  \n" + " ".join(f"`{t}`" for t in tags[rec.id]) if rec.id in tags else ""
+                st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}{peak}{rec_tags}")
+                b1, b2 = st.columns(2, vertical_alignment="center")
+                b1.checkbox("Tick", key=f"sel_{rec.id}", persist_state="page")
+                b2.button("Open", key=f"open_{pos}_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
+    if overlay != "none":
+        st.image(heat_colour_bar(1.0, "inferno"), output_format="PNG",
+                 caption="Each thumbnail's colours run from 0 to its own peak (the value under it)")
     st.caption(f"Page {page} of {n_pages}")
 
 
@@ -209,9 +257,9 @@ def record_detail() -> None:
     options = available + ["none"]
     if st.session_state.get("overlay") not in options:
         st.session_state["overlay"] = options[0]
-    heat = c1.segmented_control("Overlay", options, key="overlay", required=True)
-    opacity = c2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="opacity")
-    cmap = c3.selectbox("Colour map", COLOR_MAPS, key="cmap")
+    heat = c1.segmented_control("Overlay", options, key="overlay", bind=QP, required=True) or options[0]
+    opacity = c2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="opacity", bind=QP)
+    cmap = c3.selectbox("Colour map", COLOR_MAPS, key="cmap", bind=QP)
     left, right = st.columns([3, 2])
     try:
         main = record_view_image(rec, None if heat == "none" else heat, opacity, cmap, 448)
@@ -221,15 +269,20 @@ def record_detail() -> None:
         return
     with left:
         st.image(main, caption=f"{heat} overlay" if heat != "none" else "image", width="stretch", output_format="PNG")
+        if heat in rec.heatmaps:
+            st.image(heat_colour_bar(heat_peak(rec.heatmaps[heat]), cmap), output_format="PNG")
     with right:
         for (h, img), col in zip(side, st.columns(2)):
             present = h in rec.heatmaps
             col.image(img, caption=h if present else f"{h}: not collected", width="stretch", output_format="PNG")
+            if present:  # overlays are scaled to each map's peak: the bar says what the top colour means
+                col.image(heat_colour_bar(heat_peak(rec.heatmaps[h]), cmap, width=110), output_format="PNG")
         scores = [(n, rec.scores.get(n)) for n in ("plausibility", "alignment", "aesthetics", "overall")]
         for (n, v), col in zip(scores, st.columns(4)):
             col.metric(n.capitalize(), "—" if v is None else f"{v:.2f}")
         masses = {h: float(rec.heatmaps[h].mean()) for h in rec.heatmaps}
         st.caption("Heatmap mass: " + (", ".join(f"{h} {m:.4f}" for h, m in masses.items()) or "none collected"))
+    record_tags(store, rec.id)
     if any(strength > 0 for _, strength in rec.words):
         st.plotly_chart(word_strength_chart(rec), key="word_chart")
     elif rec.words:
@@ -292,6 +345,7 @@ def plots() -> None:
                 img = upscale(colorize_heatmap(mean / peak if peak > 0 else mean, "inferno"), 320)
                 col.markdown(f"**Mean {h} heatmap**")
                 col.image(img, width=320, output_format="PNG")
+                col.image(heat_colour_bar(peak, "inferno", width=160), width=320, output_format="PNG")
                 col.caption(f"Averaged over {used:,} of the {total:,} filtered records with this heatmap"
                             + (" (a random sample)" if used < total else "")
                             + f"; colours scaled to the peak, {peak:.4f} (black = 0).")
@@ -358,7 +412,7 @@ def export_to_folder(subset) -> None:
 
 
 def export_view() -> None:
-    subset = ds.subset(positions)
+    subset = with_tags(ds.subset(positions), store_tags(store))  # tags travel as meta["tags"] and a `tags` column
     if len(subset) == 0:
         st.info("No record matches these filters: nothing to export.")
         return
@@ -390,7 +444,11 @@ if view == "Record":
     record_detail()  # puts the shown record in ?id=
 else:
     st.query_params.pop("id", None)
-if view == "Plots":
+if view == "Compare":
+    compare_view(ds, heatmap_columns(frame))
+elif view == "Patches":
+    patches_view(ds, positions, hashlib.sha1(positions.tobytes()).hexdigest(), heatmap_columns(filtered))
+elif view == "Plots":
     plots()
 elif view == "Export":
     export_view()

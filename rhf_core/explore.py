@@ -29,6 +29,7 @@ class ExplorerFilter:
     heatmaps: dict[str, str] = field(default_factory=dict)  # heatmap name → any / yes / no
     flagged: str = "any"  # has flagged words: any / yes / no
     categories: dict[str, tuple] = field(default_factory=dict)  # column → allowed values
+    ids: frozenset[str] | None = None  # only these record ids (e.g. the ones with a tag); None = all
     sort_by: str = ""  # a column of the frame; "" = dataset order
     descending: bool = False
 
@@ -47,7 +48,7 @@ def category_columns(frame: pd.DataFrame) -> dict[str, list]:
     """Source-specific columns with few distinct values (e.g. category, background, generator)."""
     out = {}
     for col in frame.columns:
-        if col in _STANDARD or col.startswith("_"):
+        if col in _STANDARD or col.startswith("_") or col == "tags":  # tags have their own filter
             continue
         values = frame[col].dropna().unique()
         if 1 < len(values) <= MAX_CATEGORIES and frame[col].dtype != float:
@@ -89,6 +90,8 @@ def apply_filter(frame: pd.DataFrame, f: ExplorerFilter) -> np.ndarray:
     for col, values in f.categories.items():
         if col in frame and values:
             keep &= frame[col].astype(str).isin([str(v) for v in values]).to_numpy()
+    if f.ids is not None:
+        keep &= frame["id"].astype(str).isin(f.ids).to_numpy()
     positions = np.flatnonzero(keep)
     if f.sort_by and f.sort_by in frame:
         values = frame[f.sort_by].to_numpy()[positions]

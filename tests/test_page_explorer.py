@@ -36,6 +36,15 @@ def match_count(at: AppTest) -> tuple[int, int]:
     raise AssertionError("no match count on the page")
 
 
+def overlays(at: AppTest) -> list:
+    """The record view's captioned images (the overlays), not the colour bars under them."""
+    return [img for img in at.image if any(img.captions)]
+
+
+def colour_bars(at: AppTest) -> list:
+    return [img for img in at.image if not any(img.captions)]
+
+
 def test_home_page_on_the_default_dataset():
     at = open_app(spec=None, page=None)
     metrics = {m.label: m.value for m in at.metric}
@@ -87,8 +96,9 @@ def test_open_a_record_renders_overlays_and_steps_through():
     open_buttons[0].click().run()
     assert not at.exception
     assert at.session_state["view"] == "Record" and at.session_state["rec_id"] == first_id
-    captions = [c for img in at.image for c in img.captions]
-    assert len(at.image) == 3  # the main overlay and the two side-by-side heatmaps
+    captions = [c for img in overlays(at) for c in img.captions]
+    assert len(overlays(at)) == 3  # the main overlay and the two side-by-side heatmaps
+    assert len(colour_bars(at)) == 1 + sum("not collected" not in c for c in captions[1:])  # one per shown map
     assert captions[0] == f"{at.segmented_control(key='overlay').value} overlay"
     assert set(captions[1:]) <= {"implausibility", "misalignment", "implausibility: not collected", "misalignment: not collected"}
     assert any("Record **1**" in md.value for md in at.markdown)
@@ -106,7 +116,15 @@ def test_deep_link_opens_the_record():
     assert at.text_input(key="rec_id").value == rec_id
     html = " ".join(md.value for md in at.markdown)
     assert all(tok in html for tok, _ in ds[42].words)
-    assert len(at.image) == 3
+    assert len(overlays(at)) == 3
+
+
+def test_overlay_opacity_and_colour_map_come_from_the_url():
+    ds = open_dataset(SMALL)
+    at = open_app(view="Record", id=ds[7].id, overlay="misalignment", opacity="0.3", cmap="viridis")
+    assert at.segmented_control(key="overlay").value == "misalignment"
+    assert at.slider(key="opacity").value == 0.3 and at.selectbox(key="cmap").value == "viridis"
+    assert overlays(at)[0].captions == ["misalignment overlay"]
 
 
 def test_plots_view_renders_every_chart():
@@ -146,7 +164,7 @@ def test_explorer_on_richhf_files(tmp_path):
     at.query_params["id"] = "train/zzz"
     at.segmented_control(key="view").set_value("Record").run()
     at.text_input(key="rec_id").input("train/zzz").run()  # labels-only record: no image, no prompt
-    assert not at.exception and len(at.image) == 3
+    assert not at.exception and len(overlays(at)) == 3
 
 
 def test_explorer_on_rapidata_files(tmp_path):

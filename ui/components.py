@@ -158,3 +158,45 @@ def run_with_progress(start: str, job, percent: bool = True):
         return None
     bar.empty()
     return result
+
+
+def value_label(value: float) -> str:
+    """A heat value for a colour bar's end: three significant digits, so 0.0042 does not read 0.00."""
+    return "0" if value == 0 else f"{value:.3g}"
+
+
+def heat_colour_bar(vmax: float, cmap: str = "inferno", width: int = 220, vmin: float = 0.0) -> Image.Image:
+    """A colour bar labelled with the value range it stands for, [vmin, vmax], under a heatmap.
+
+    Like `colour_bar`, but the labels keep three significant digits (RichHF and Rapidata maps peak
+    far below 1) and the bar is drawn at 2× so the labels stay legible when the page scales it."""
+    from PIL import ImageDraw
+
+    scale = 2
+    w, h = width * scale, 10 * scale
+    bar = colorize_heatmap(np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1)), cmap)
+    out = Image.new("RGB", (w, h + 12 * scale), (255, 255, 255))
+    out.paste(bar, (0, 0))
+    draw = ImageDraw.Draw(out)
+    low, high = value_label(vmin), value_label(vmax)
+    draw.text((2, h + 2), low, fill=(40, 40, 40), font_size=10 * scale)
+    draw.text((w - int(6.2 * scale * len(high)) - 2, h + 2), high, fill=(40, 40, 40), font_size=10 * scale)
+    return out
+
+
+def overlays_on_one_scale(records: list[Record], heatmap: str, opacity: float, cmap: str,
+                          min_side: int) -> tuple[list[Image.Image], float]:
+    """Each record's image with its `heatmap` overlaid on one shared scale [0, the highest peak among
+    them], so a faint map looks faint beside a strong one; returns (images, that peak). A record
+    without the map shows its image alone; one without an image shows the map on grey."""
+    vmax = max((heat_peak(r.heatmaps.get(heatmap)) for r in records), default=0.0)
+    out = []
+    for rec in records:
+        img = rec.image
+        hm = rec.heatmaps.get(heatmap)
+        if img is None:
+            img = Image.new("RGB", hm.shape[::-1] if hm is not None else (64, 64), (128, 128, 128))
+        if hm is not None:
+            img = overlay_on_scale(img, hm, vmax, opacity, cmap)
+        out.append(upscale(img, min_side))
+    return out, vmax
