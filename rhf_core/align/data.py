@@ -44,7 +44,7 @@ class ModelSamples:
 def is_shapes_generator(generator) -> bool:
     """A ShapesWorld generator: the embedded one, or any pipeline `train-t2i` wrote (it leaves its
     train_log.json beside the weights), wherever it was saved and whatever it is called."""
-    return "shapes" in generator.name or (generator.root / "train_log.json").is_file()
+    return bool(generator.is_shapes_world)
 
 
 def fine_tune_prompts(cfg: FinetuneConfig, generator=None) -> list[str]:

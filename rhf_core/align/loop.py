@@ -87,7 +87,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         lora, opt_state, meta = load_finetune_state(resume_from)
         set_adapter_weights(unet, lora)
         opt.load_state_dict(opt_state)
-    record = RunRecord(cfg, settings, meta)  # the step, the log and what is not yet logged
+    record = RunRecord(cfg, settings, objective.log_key, objective.log_sign, meta)  # the step, the log, …
     unet_t, opt = accelerator.prepare(unet, opt)
     gen = torch.Generator().manual_seed(cfg.seed + record.start)  # noise, timesteps, dropped prompts
     rng = np.random.default_rng(cfg.seed + record.start)  # which samples make each batch
@@ -105,8 +105,9 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
                 g["lr"] = learning_rate(cfg, step)
             l_model = objective.loss(d, model_cond, rng)
             l_pre = pretrain_loss(d, pretrain, rng, cfg.batch_size) if beta > 0 else torch.zeros(())
+            loss = l_model + beta * l_pre if beta > 0 else l_model
             opt.zero_grad(set_to_none=True)
-            accelerator.backward(l_model + beta * l_pre if beta > 0 else l_model)
+            accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, 1.0)
             opt.step()
             record.finish_step(l_model.item(), float(l_pre.detach()), objective.batch_rewards())
@@ -114,7 +115,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
             stopped = should_stop is not None and should_stop()
             log_and_save, save_only = record.save_due(stopped)
             if log_and_save:
-                record.log_steps(objective.log_key, objective.log_sign)
+                record.log_steps()
             if log_and_save or save_only:
                 save()
             if stopped:
@@ -123,7 +124,7 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
         # Interrupted (Ctrl-C, or a page that reran while training) or failed: keep every finished step, so
         # the next run resumes from here rather than from the last periodic save. A failure while saving
         # leaves the previous state file as it was (it is replaced atomically).
-        record.log_steps(objective.log_key, objective.log_sign)
+        record.log_steps()
         if record.unsaved():
             save()
         raise

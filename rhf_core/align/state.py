@@ -143,8 +143,9 @@ class RunRecord:
     the objective's and the pre-training term per step) and draft's sampled rewards. All of it travels
     in the state file, so a resumed run logs and reports what an uninterrupted one would."""
 
-    def __init__(self, cfg: FinetuneConfig, settings: dict, resume_meta: dict | None = None):
-        self.cfg, self.settings = cfg, settings
+    def __init__(self, cfg: FinetuneConfig, settings: dict, log_key: str, log_sign: float = 1.0,
+                 resume_meta: dict | None = None):
+        self.cfg, self.settings, self.log_key, self.log_sign = cfg, settings, log_key, log_sign
         meta = resume_meta or {"step": 0, "log": [], "parts": [], "draft_rewards": []}
         self.start = self.done = self.saved_at = int(meta["step"])
         self.log: list[dict] = list(meta["log"])
@@ -157,12 +158,13 @@ class RunRecord:
         self.sampled_rewards.extend(sampled_rewards)
         self.done += 1
 
-    def log_steps(self, log_key: str, sign: float = 1.0) -> None:
-        """Log the steps finished since the last log entry (`sign` −1: the term is a negated reward)."""
+    def log_steps(self) -> None:
+        """Log the steps finished since the last log entry: the mean objective term as `log_key` (times
+        `log_sign`, −1 where the term is a negated reward) and the mean pre-training term."""
         if not self.parts:
             return
         model_term = float(np.mean([p[0] for p in self.parts]))
-        self.log.append({"step": self.done, log_key: round(sign * model_term, 5),
+        self.log.append({"step": self.done, self.log_key: round(self.log_sign * model_term, 5),
                          "pretrain_loss": round(float(np.mean([p[1] for p in self.parts])), 5),
                          "seconds": round(time.time() - self.t0, 1)})
         self.parts, self.t0 = [], time.time()
