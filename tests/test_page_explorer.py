@@ -266,3 +266,125 @@ def test_a_folder_that_changes_on_disk_is_reopened_not_served_stale(tmp_path):
     st_ = labels.stat()
     os.utime(labels, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1_000_000))  # coarse clocks: force a new mtime
     assert len(load_dataset(spec)) == 2
+
+
+@pytest.fixture
+def own_tags(tmp_path, monkeypatch):
+    """A cache of this test's own: the tag store lives in the cache folder, which the other tests share."""
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def click(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def tick_and_tag(at: AppTest, ids: list[str], tag: str) -> None:
+    for rec_id in ids:
+        at.checkbox(key=f"sel_{rec_id}").check().run()
+    at.text_input(key="tag_text_gallery").input(tag).run()
+    click(at, "tag_add_gallery")
+
+
+def test_tag_two_records_filter_by_tag_and_the_tags_survive_a_reload(own_tags):
+    ds = open_dataset(SMALL)
+    ids = [ds[3].id, ds[5].id]
+    at = open_app()
+    tick_and_tag(at, ids, "  Odd Shapes ")
+    assert any("2 records tagged `odd shapes`" in s.value for s in at.success)
+    at.multiselect(key="tag_filter").select("odd shapes").run()
+    assert match_count(at) == (2, 300)
+    shown = sorted(b.key.split("_", 2)[2] for b in at.button if b.key and b.key.startswith("open_"))
+    assert shown == sorted(ids)
+    # A new session (a reload) reads the tags back from disk.
+    again = open_app(tag_filter="odd shapes")
+    assert match_count(again) == (2, 300)
+    assert any("`odd shapes`" in c.value for c in again.caption)  # thumbnails show their tags
+    # Untag one from the record view: the filter follows.
+    again.segmented_control(key="view").set_value("Record").run()
+    again.text_input(key="rec_id").input(ids[0]).run()
+    assert any(md.value == "**Tags:** `odd shapes`" for md in again.markdown)
+    again.text_input(key="tag_text_record").input("odd shapes").run()
+    click(again, "tag_remove_record")
+    assert match_count(again) == (1, 300) and any(md.value == "**Tags:** none" for md in again.markdown)
+
+
+def test_a_bad_tag_is_refused_with_what_is_allowed(own_tags):
+    ds = open_dataset(SMALL)
+    at = open_app()
+    tick_and_tag(at, [ds[0].id], "a, b")
+    assert at.error and "letters, digits" in at.error[0].value
+    assert not at.multiselect(key="tag_filter").options
+
+
+def test_save_a_view_change_the_filters_and_reopen_it(own_tags):
+    at = open_app()
+    at.text_input(key="q").input("red").run()
+    at.slider(key="s_plausibility").set_range(0.0, 0.5).run()
+    at.selectbox(key="sort").set_value("plausibility").run()
+    saved = match_count(at)
+    at.text_input(key="view_name").input("red, implausible").run()
+    click(at, "view_save")
+    assert any("Saved view `red, implausible`" in s.value for s in at.success)
+    at.text_input(key="q").input("blue").run()
+    at.slider(key="s_plausibility").set_range(0.0, 1.0).run()
+    at.selectbox(key="sort").set_value("").run()
+    assert match_count(at) != saved
+    at.selectbox(key="view_pick").set_value("red, implausible").run()
+    click(at, "view_open")
+    assert at.text_input(key="q").value == "red" and at.slider(key="s_plausibility").value == (0.0, 0.5)
+    assert at.selectbox(key="sort").value == "plausibility" and match_count(at) == saved
+    # A new session lists the saved view too.
+    assert open_app().selectbox(key="view_pick").options == ["red, implausible"]
+
+
+def test_compare_shows_two_records_on_one_scale(own_tags):
+    ds = open_dataset(SMALL)
+    a, b = ds[0], ds[1]
+    at = open_app()
+    tick_and_tag(at, [a.id, b.id], "pair")  # ticks, then the Compare button
+    at.button[[x.label for x in at.button].index("Compare ticked")].click().run()
+    assert not at.exception and at.session_state["view"] == "Compare"
+    shown = [img for img in overlays(at) if not img.captions[0].startswith("One scale")]
+    assert [img.captions[0].split(" · ")[0] for img in shown] == sorted([a.id, b.id])
+    heat = at.segmented_control(key="cmp_heat").value
+    vmax = max(float(r.heatmaps[heat].max()) for r in (a, b))
+    bar = [img for img in at.image if any("One scale" in c for c in img.captions)]
+    assert len(bar) == 1 and f"0 → {vmax:.3g}" in bar[0].captions[0]
+
+
+def test_compare_refuses_one_record_and_an_unknown_id():
+    ds = open_dataset(SMALL)
+    at = open_app(view="Compare", cmp=ds[0].id)
+    assert at.info and "2 to 4" in at.info[0].value
+    at.text_input(key="cmp").input(f"{ds[0].id}, no-such-id").run()
+    assert not at.exception and at.error and "no-such-id" in at.error[0].value
+
+
+def test_patches_grid_is_sorted_by_heat_then_by_size():
+    at = open_app(view="Patches")
+    heats = [float(m.group(1)) for c in at.caption if (m := re.match(r"heat (\d\.\d\d) · ([\d.]+)%", c.value))]
+    assert 10 <= len(heats) <= 48 and heats == sorted(heats, reverse=True)
+    at.segmented_control(key="patch_sort").set_value("size").run()
+    sizes = [float(m.group(2)) for c in at.caption if (m := re.match(r"heat (\d\.\d\d) · ([\d.]+)%", c.value))]
+    assert len(sizes) == len(heats) and sizes == sorted(sizes, reverse=True) and sizes != heats
+    at.slider(key="patch_threshold").set_value(0.95).run()
+    assert not at.exception
+
+
+def test_export_carries_the_tags(tmp_path, own_tags):
+    ds = open_dataset(SMALL)
+    at = open_app(q="triangle")
+    first = next(b.key.split("_", 2)[2] for b in at.button if b.key and b.key.startswith("open_"))
+    tick_and_tag(at, [first], "keep")
+    at.segmented_control(key="view").set_value("Export").run()
+    at.text_input(key="export_path").input(str(tmp_path / "out")).run()
+    at.button[[b.label for b in at.button].index("Export to folder")].click().run()
+    assert not at.exception and at.success
+    back = open_dataset(f"folder:{tmp_path / 'out'}")
+    assert back.get(first).meta["tags"] == ["keep"] and set(back.frame["tags"]) == {"keep", ""}
+    assert "tags" not in ds.get(first).meta  # the source's record is unchanged
+    # Opening the exported folder starts its tag store from those tags.
+    again = open_app(spec=f"folder:{tmp_path / 'out'}", tag_filter="keep")
+    assert match_count(again) == (1, len(back))

@@ -52,8 +52,10 @@ def tag_filter_sidebar(store: TagStore) -> frozenset[str] | None:
     st.header("Tags")
     if not counts:
         st.caption("No record is tagged yet: tick records in the gallery, or open one, to tag it.")
+    # The options are the plain tags: a bound multiselect keeps its option labels in the URL, so a
+    # label with the record count in it would break shared links whenever the count changed.
     chosen = st.multiselect("Has tag", list(counts), key="tag_filter", bind=QP,
-                            format_func=lambda t: f"{t} ({counts.get(t, 0)})")
+                            help=" · ".join(f"{t}: {n} records" for t, n in counts.items()) or None)
     match_all = st.toggle("Every chosen tag", key="tag_all", bind=QP, help="Off: records with any of them.")
     return frozenset(store.ids_with(chosen, match_all)) if chosen else None
 
