@@ -25,10 +25,10 @@ def _train_rahf(args) -> None:
 
 
 def _calibrate_rahf(args) -> None:
-    from rhf_core.data import open_dataset
+    from rhf_core.data import open_dataset, spec_split
     from rhf_core.rahf.calibrate import calibrate_checkpoint
 
-    scales = calibrate_checkpoint(args.checkpoint, open_dataset(args.data, split=args.split), args.max_records)
+    scales = calibrate_checkpoint(args.checkpoint, open_dataset(args.data, split=args.split or spec_split(args.data, "dev")), args.max_records)
     print(f"heatmap scales written to {args.checkpoint}/config.json: {scales}")
 
 
@@ -208,7 +208,7 @@ def build_parser() -> CommandLine:
                      "(train-rahf does this on its dev split when it finishes)")
     cal.add_argument("checkpoint", help="checkpoint folder")
     cal.add_argument("--data", required=True, help="dataset spec with heatmap labels")
-    cal.add_argument("--split", default="dev", help="split the calibration is fitted on")
+    cal.add_argument("--split", default="", help="split the calibration is fitted on (default: the spec's split=, else dev)")
     cal.add_argument("--max-records", type=int, default=0, help="cap on records used (0 = all)")
     cal.set_defaults(func=_calibrate_rahf)
 

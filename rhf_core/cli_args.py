@@ -171,9 +171,9 @@ HELP: dict[str, str] = {
     # eval-rahf: evaluate_rahf(...)
     "evaluate_rahf.checkpoint": "checkpoint folder (empty: the embedded one)",
     "evaluate_rahf.data": "dataset spec to evaluate on",
-    "evaluate_rahf.split": "split evaluated",
+    "evaluate_rahf.split": "split evaluated (default: the spec's split=, else test)",
     "evaluate_rahf.train_data": "dataset the baselines are fitted on",
-    "evaluate_rahf.train_split": "split the baselines are fitted on",
+    "evaluate_rahf.train_split": "split the baselines are fitted on (default: the spec's split=, else train)",
     "evaluate_rahf.baseline_epochs": "epochs of the CNN baseline",
     "evaluate_rahf.max_records": "cap on evaluated and baseline-training records (0 = all)",
     # eval-judge: evaluate_judge(...)

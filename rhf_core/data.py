@@ -40,7 +40,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 # Something shaped like an option (`word=...`) after a comma, for a better message than "not found".
 _OPTION_LIKE = re.compile(r",\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
-__all__ = ["open_dataset", "export", "parse_spec", "read_spec", "DatasetSpec", "Dataset", "Record", "SkippedRow",
+__all__ = ["open_dataset", "spec_split", "export", "parse_spec", "read_spec", "DatasetSpec", "Dataset", "Record", "SkippedRow",
            "SCORE_NAMES", "HEATMAP_NAMES", "DEFAULT_SPEC", "SOURCES", "SOURCE_OPTIONS"]
 
 
@@ -106,11 +106,6 @@ def _spec_options(source: str, pieces: list[str]) -> dict:
             raise DatasetSpecError(f"{source}: {key} is given twice in the spec")
         options[key] = _typed(source, key, value)
     return options
-
-
-def _parse_options(text: str) -> dict:
-    """'n=500,seed=0,raters=rapidata' → {'n': 500, 'seed': 0, 'raters': 'rapidata'} (shapes options)."""
-    return _spec_options("shapes", _option_pieces("shapes", text)[1])
 
 
 # Recognising a bare path looks this deep and at this many directory entries at most: `rglob` on
@@ -205,6 +200,12 @@ def _check_path(parsed: DatasetSpec, spec: str) -> None:
     if looks and not Path(parsed.path).expanduser().exists():
         raise DatasetSpecError(f"{parsed.source}: unknown options [{looks.group(1)!r}] in {spec!r}; use "
                                f"{_known(parsed.source)} (or, if it is part of the path, that path does not exist)")
+
+
+def spec_split(spec: str, fallback: str | None = None) -> str | None:
+    """The split a spec names (`…,split=test`), else `fallback`: how a command whose own split
+    argument was left empty ('') defers to the spec instead of conflicting with it."""
+    return read_spec(spec).options.get("split") or fallback
 
 
 def open_dataset(spec: str = DEFAULT_SPEC, split: str | None = None, progress=None, **options) -> Dataset:

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rhf_core.data import DatasetSpec, read_spec
 from rhf_core.errors import DatasetSpecError, InvalidArgumentError, SharedModeError
 
 ENV_SHARED = "RHF_SHARED"
@@ -51,7 +52,7 @@ LIMITS = {
     "finetune_steps": 500,  # steps of one fine-tune started from the page
 }
 _TRUE = {"1", "true", "yes", "on"}
-_SHAPES_OPTIONS = {"n", "seed", "size", "raters"}  # `cache` is an implementation detail: refused here
+_SHAPES_OPTIONS = {"n", "seed", "size", "raters", "split"}  # `cache` is an implementation detail: refused here
 _SOURCES = ("shapes", "richhf18k", "rapidata", "folder")
 _ALIASES = {"richhf": "richhf18k", "richhf-18k": "richhf18k", "shapesworld": "shapes"}
 # An absolute path in free text: starts after a quote, space, bracket, `=`, `:` or `,` (or at the start),
@@ -142,41 +143,49 @@ class Policy:
     # --- dataset specs ----------------------------------------------------------------------------
 
     def check_spec(self, spec: str, pickapic: str | None = None) -> tuple[str, str | None]:
-        """(spec, pickapic) to open: unchanged in local mode; in shared mode with every path resolved
-        inside the data roots and `n` capped. Raises SharedModeError / DatasetSpecError."""
+        """(spec, pickapic) to open: unchanged in local mode; in shared mode with every path (the
+        spec's own and its `pickapic=`) resolved inside the data roots and `n` capped.
+        Raises SharedModeError / DatasetSpecError."""
         if not self.shared:
             return spec, pickapic
         text = str(spec or "").strip()
-        head, sep, rest = text.partition(":")
-        source = _ALIASES.get(head.strip().lower(), head.strip().lower())
-        if source not in _SOURCES:
+        head = text.partition(":")[0].strip().lower()
+        if _ALIASES.get(head, head) not in _SOURCES:
             # A bare path would be recognised by walking its folder: not on a shared server.
             raise SharedModeError("on this shared server name a dataset as shapes[:n=…], richhf18k:PATH, "
                                   "rapidata:PATH or folder:PATH, with PATH inside the allowed data folders")
-        if source == "shapes":
-            self._check_shapes(rest)
+        parsed = read_spec(text)
+        if "cache" in parsed.options:
+            raise DatasetSpecError(f"{parsed.source}: the cache option is not available on this shared server")
+        if parsed.source == "shapes":
+            self._check_shapes(parsed.options)
             return text, None
-        real = self.data_path(rest)
+        real = self.data_path(parsed.path)
         if not real.exists():
-            if source == "rapidata" and rest.strip().count("/") == 1 and not rest.strip().startswith((".", "/", "~")):
+            rest = parsed.path
+            if parsed.source == "rapidata" and rest.count("/") == 1 and not rest.startswith((".", "/", "~")):
                 raise SharedModeError("this server does not download datasets from the hub; ask for it to be "
                                       "placed in one of the allowed data folders")
             raise SharedModeError("no such file or folder inside the allowed data folders")
+        options = dict(parsed.options)
+        if "pickapic" in options:
+            options["pickapic"] = str(self._pickapic_path(options["pickapic"]))
         pick = None
-        if source == "richhf18k" and str(pickapic or "").strip():
-            pick = str(self.data_path(pickapic))
-            if not Path(pick).exists():
-                raise SharedModeError("no such Pick-a-Pic folder inside the allowed data folders")
-        return f"{source}:{real}", pick
+        if parsed.source == "richhf18k" and str(pickapic or "").strip():
+            pick = str(self._pickapic_path(pickapic))
+        return str(DatasetSpec(parsed.source, str(real), options)), pick
 
-    def _check_shapes(self, options: str) -> None:
-        from rhf_core.data import _parse_options
+    def _pickapic_path(self, value: str) -> Path:
+        real = self.data_path(value)
+        if not real.exists():
+            raise SharedModeError("no such Pick-a-Pic folder inside the allowed data folders")
+        return real
 
-        opts = _parse_options(options)
-        unknown = set(opts) - _SHAPES_OPTIONS
+    def _check_shapes(self, options: dict) -> None:
+        unknown = set(options) - _SHAPES_OPTIONS
         if unknown:
-            raise DatasetSpecError(f"shapes: unknown options {sorted(unknown)}; use n, seed, size, raters")
-        n = opts.get("n")
+            raise DatasetSpecError(f"shapes: unknown options {sorted(unknown)}; use n, seed, size, raters, split")
+        n = options.get("n")
         if isinstance(n, int) and n > self.limits["shapes_n"]:
             raise SharedModeError(f"shapes: n is at most {self.limits['shapes_n']:,} on this shared server, got {n:,}")
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from rhf_core.dataset import HEATMAP_NAMES, Dataset
 from rhf_core.errors import DatasetFormatError
+from rhf_core.heatmaps import resize_heatmap
 
 
 def heatmap_gate(name: str, scores: dict, words: list) -> float:
@@ -42,7 +43,9 @@ def fit_heatmap_scale(rahf, ds: Dataset, max_records: int = 0, batch_size: int =
         for r, p in zip(recs, preds):
             if h in r.heatmaps:
                 q = p.heatmaps[h].astype(np.float64) * heatmap_gate(h, p.scores, p.words)
-                num += float((q * r.heatmaps[h]).sum())
+                # A label may be stored at another size than its image (RichHF: 512² maps of any image).
+                label = resize_heatmap(r.heatmaps[h], (q.shape[1], q.shape[0]))
+                num += float((q * label).sum())
                 den += float((q * q).sum())
         if den > 0 and num > 0:
             scales[h] = num / den

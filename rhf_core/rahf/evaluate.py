@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rhf_core import metrics as M
-from rhf_core.data import open_dataset
+from rhf_core.data import open_dataset, spec_split
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, tokenize_prompt
 from rhf_core.errors import DatasetFormatError, RHFError
 from rhf_core.heatmaps import resize_heatmap
@@ -174,11 +174,12 @@ def _from_predictions(preds: list[Prediction]):
     return ([p.scores for p in preds], [p.heatmaps for p in preds], [[w for _, w in p.words] for p in preds])
 
 
-def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", split: str = "test",
-                  train_data: str = "shapes:n=10000,seed=0", train_split: str = "train",
+def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", split: str = "",
+                  train_data: str = "shapes:n=10000,seed=0", train_split: str = "",
                   baseline_epochs: int = 8, max_records: int = 0, seed: int = 0) -> dict:
     rahf = load_rahf(checkpoint or None)
-    test_ds = open_dataset(data, split=split)
+    # '' = the split the spec names, else test (train_split: else train).
+    test_ds = open_dataset(data, split=split or spec_split(data, "test"))
     recs = scorable_records(test_ds, max_records)
     if not recs:
         raise DatasetFormatError(f"{data} split {split!r} has no record with an image")
@@ -191,7 +192,7 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
     result["models"]["rahf"] = tables(*_from_predictions(preds), recs)
 
     # 2. Baselines fitted on the training records
-    train_ds = open_dataset(train_data, split=train_split)
+    train_ds = open_dataset(train_data, split=train_split or spec_split(train_data, "train"))
     if max_records:
         train_ds = train_ds.subset(np.arange(min(max_records, len(train_ds))))
     train = dataset_arrays(train_ds, size)
