@@ -56,7 +56,7 @@ def find_blobs(heatmap: np.ndarray, threshold: float, min_pixels: int = 1) -> li
             continue
         values = heat[sl][inside]
         blobs.append(Blob((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), float(values.max()),
-                          float(values.mean()), pixels / heat.size))
+                          float(values.mean(dtype=np.float64)), pixels / heat.size))
     return sorted(blobs, key=lambda b: -b.peak)
 
 
