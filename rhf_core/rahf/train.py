@@ -260,8 +260,8 @@ def shard_order(n: int, rank: int, world: int, rng: np.random.Generator) -> np.n
     shorter shards repeat their first records), so all take the same number of steps, as DDP needs."""
     shard = np.arange(rank, n, world)
     per_process = math.ceil(n / world)
-    if len(shard) < per_process:
-        shard = np.concatenate([shard, np.resize(shard, per_process - len(shard))])
+    if len(shard) < per_process:  # with fewer records than processes, an empty shard borrows from all
+        shard = np.concatenate([shard, np.resize(shard if len(shard) else np.arange(n), per_process - len(shard))])
     return rng.permutation(shard)
 
 
