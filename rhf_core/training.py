@@ -33,7 +33,8 @@ def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") 
     if schedule == "constant":
         return ramp
     if schedule != "cosine":
-        raise InvalidArgumentError(f"unknown learning-rate schedule {schedule!r}: use {' or '.join(map(repr, SCHEDULES))}")
+        raise InvalidArgumentError(f"unknown learning-rate schedule {schedule!r}: use "
+                                   f"{' or '.join(map(repr, SCHEDULES))}")
     return ramp * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
@@ -97,7 +98,8 @@ def snr(scheduler) -> torch.Tensor:
 
 def min_snr_weight(snr_t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
     """Min-SNR-γ loss weight per sample (Hang et al. 2023, eq. 7 and its v-prediction form):
-    min(SNR, γ) / SNR on an ε target, min(SNR, γ) / (SNR + 1) on a v target (‖v̂ − v‖² = ‖ε̂ − ε‖²·(SNR + 1)/SNR)."""
+    min(SNR, γ) / SNR on an ε target, min(SNR, γ) / (SNR + 1) on a v target, since
+    ‖v̂ − v‖² = ‖ε̂ − ε‖² · (SNR + 1) / SNR."""
     if prediction_type == "v_prediction":
         return snr_t.clamp(max=gamma) / (snr_t + 1)
     return snr_t.clamp(max=gamma) / snr_t

@@ -2,7 +2,6 @@
 settings it was trained with, kept on Ctrl-C and on a crash, and a kill -9 loses fewer than --save-every
 steps. A tiny random pipeline (tests/test_t2i.py's TINY), so every run takes seconds."""
 
-import json
 import os
 import re
 import shutil
@@ -12,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file

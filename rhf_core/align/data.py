@@ -112,7 +112,8 @@ def encode_latents(generator, images: list, batch: int = 128) -> tuple[torch.Ten
     vae = generator.pipe.vae
     means, stds = [], []
     for s in range(0, len(images), batch):
-        arr = np.stack([np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC)) for im in images[s:s + batch]])
+        arr = np.stack([np.asarray(im.convert("RGB").resize((side, side), Image.BICUBIC))
+                        for im in images[s:s + batch]])  # (B, H, W, 3)
         x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(generator.device, generator.dtype)
         post = vae.encode(x).latent_dist
         means.append((post.mean * vae.config.scaling_factor).float().cpu())

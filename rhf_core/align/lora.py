@@ -62,7 +62,8 @@ def save_adapter(unet, path: Path, info: dict) -> None:
     state = adapter_weights(unet)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
     try:
-        StableDiffusionPipeline.save_lora_weights(save_directory=str(tmp), unet_lora_layers=state, safe_serialization=True)
+        StableDiffusionPipeline.save_lora_weights(save_directory=str(tmp), unet_lora_layers=state,
+                                                  safe_serialization=True)
         write_json(tmp / INFO_FILE, info)
         for f in tmp.iterdir():
             f.chmod(0o644)

@@ -42,7 +42,8 @@ class Denoiser:
 
     def __init__(self, cfg: FinetuneConfig, unet, reference, scheduler, empty: torch.Tensor,
                  gen: torch.Generator, device):
-        self.cfg, self.unet, self.reference, self.empty, self.gen, self.device = cfg, unet, reference, empty, gen, device
+        self.cfg, self.unet, self.reference, self.empty = cfg, unet, reference, empty
+        self.gen, self.device = gen, device
         self.sampler_class, self.sampler_config = type(scheduler), scheduler.config  # DRaFT samples with it
         # Noise is added as in training (DDPM's forward process, whatever sampler the pipeline ships).
         self.noise = DDPMScheduler.from_config(scheduler.config)
@@ -201,8 +202,8 @@ class DRaFT(Objective):
         # The reward's spread is checked on a few samples of the original model (DRaFT has no D_model).
         probe = prompts[:DRAFT_PROBE_PROMPTS]
         images = generator.generate(probe, n=2, seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.sample_guidance)
-        check_reward_varies(np.asarray(reward([im for row in images for im in row], [p for p in probe for _ in range(2)])),
-                            generator, "its gradient is zero")
+        rewards = reward([im for row in images for im in row], [p for p in probe for _ in range(2)])
+        check_reward_varies(np.asarray(rewards), generator, "its gradient is zero")
         self.cfg, self.reward, self.prompts = cfg, reward, prompts
         self.vae = generator.pipe.vae
         self._rewards: list[float] = []
