@@ -88,20 +88,19 @@ def collect_patches(ds: Dataset, positions, heatmap: str, threshold: float, sort
 
 def patch_box(blob: Blob, map_shape: tuple[int, int], image_size: tuple[int, int], margin: float = 0.5,
               min_share: float = 0.15) -> tuple[int, int, int, int]:
-    """The blob's box in image pixels (the map may be smaller than the image), widened by `margin`
-    of its size on each side and to at least `min_share` of the image's smaller side, kept inside."""
+    """A square around the blob in image pixels (the map may be smaller than the image): the blob's
+    longer side widened by `margin` of it on each side, at least `min_share` of the image's smaller
+    side, shifted (not cut) to stay inside the image, so patches line up in a grid."""
     mh, mw = map_shape
     w, h = image_size
     x0, y0, x1, y1 = blob.box
     sx, sy = w / mw, h / mh
     cx, cy = (x0 + x1) / 2 * sx, (y0 + y1) / 2 * sy
-    side_x = max((x1 - x0) * sx * (1 + 2 * margin), min_share * min(w, h))
-    side_y = max((y1 - y0) * sy * (1 + 2 * margin), min_share * min(w, h))
-    left = int(np.clip(round(cx - side_x / 2), 0, max(w - 1, 0)))
-    top = int(np.clip(round(cy - side_y / 2), 0, max(h - 1, 0)))
-    right = int(np.clip(round(cx + side_x / 2), left + 1, w))
-    bottom = int(np.clip(round(cy + side_y / 2), top + 1, h))
-    return left, top, right, bottom
+    side = max((x1 - x0) * sx, (y1 - y0) * sy) * (1 + 2 * margin)
+    side = int(round(min(max(side, min_share * min(w, h), 1), w, h)))
+    left = int(np.clip(round(cx - side / 2), 0, w - side))
+    top = int(np.clip(round(cy - side / 2), 0, h - side))
+    return left, top, left + side, top + side
 
 
 def crop_patch(image: Image.Image, blob: Blob, map_shape: tuple[int, int], margin: float = 0.5) -> Image.Image:

@@ -162,12 +162,13 @@ def test_blob_threshold_and_shape_are_checked():
 @PROPS
 @given(box=st.tuples(st.integers(0, 15), st.integers(0, 15), st.integers(1, 16), st.integers(1, 16)),
        size=st.tuples(st.integers(1, 200), st.integers(1, 200)))
-def test_a_patch_box_lies_inside_the_image_and_holds_the_blob(box, size):
+def test_a_patch_box_is_a_square_inside_the_image_around_the_blob(box, size):
     x0, y0 = min(box[0], box[2] - 1), min(box[1], box[3] - 1)
     blob = Blob((x0, y0, box[2], box[3]), 1.0, 1.0, 0.1)
     left, top, right, bottom = patch_box(blob, (16, 16), size)
     w, h = size
     assert 0 <= left < right <= w and 0 <= top < bottom <= h
+    assert right - left == bottom - top  # square, so that patches line up in a grid
     # The blob's centre (scaled to the image) is inside the patch.
     cx, cy = (x0 + box[2]) / 2 * w / 16, (y0 + box[3]) / 2 * h / 16
     assert left - 1 <= cx <= right + 1 and top - 1 <= cy <= bottom + 1

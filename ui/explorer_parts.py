@@ -232,7 +232,7 @@ def patches_view(ds: Dataset, positions: np.ndarray, positions_key: str, heatmap
     except RHFError as e:
         st.error(error_text(e))
         return
-    st.caption(f"**{len(patches):,}** blobs in {scanned:,} records with a {heat} map"
+    st.caption(f"**{len(patches):,}** blobs in the {scanned:,} records with {heat} maps"
                + (f" ({len(problems)} unreadable)" if problems else "")
                + f"; sorted by {'peak heat' if sort_by == 'heat' else 'area'}, largest first"
                + (f"; the first {MAX_PATCHES_SHOWN} shown." if len(patches) > MAX_PATCHES_SHOWN else "."))
