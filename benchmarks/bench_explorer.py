@@ -6,7 +6,10 @@ filter, the gallery's 24 thumbnails, or a record with its overlays), after one w
 - changing the prompt filter and re-rendering the gallery,
 - moving a score slider,
 - opening a record (detail view with three overlays and the word chart),
-- stepping to the next record.
+- stepping to the next record,
+- the Patches view over the filtered set (blobs of up to 500 records; each threshold a new scan),
+- the Compare view of 4 records on one scale,
+- and, outside the app, tagging 1,000 records in a tag store that holds 5,000 tagged ones.
 
     python benchmarks/bench_explorer.py [--n 20000] [--repeat 5]
 """
@@ -46,7 +49,7 @@ def main():
 
     spec = f"shapes:n={args.n},seed=0"
     t = time.perf_counter()
-    open_dataset(spec)  # builds (or reads) the cached frame, as the first visitor would
+    ds = open_dataset(spec)  # builds (or reads) the cached frame, as the first visitor would
     build_s = time.perf_counter() - t
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
@@ -67,6 +70,19 @@ def main():
         next_s.append(timed(lambda: nxt.click().run()))
         assert not at.exception, at.exception
 
+    at.text_input(key="q").input("").run()
+    at.slider(key="s_plausibility").set_range(0.0, 1.0).run()
+    at.segmented_control(key="view").set_value("Patches").run()
+    patches_s, compare_s = [], []
+    for i in range(args.repeat):
+        patches_s.append(timed(lambda: at.slider(key="patch_threshold").set_value(0.1 + 0.05 * i).run()))
+    at.segmented_control(key="view").set_value("Compare").run()
+    for i in range(args.repeat):
+        chosen = ", ".join(ds.ids[4 * i: 4 * i + 4])
+        compare_s.append(timed(lambda: at.text_input(key="cmp").input(chosen).run()))
+    assert not at.exception, at.exception
+    tag_s = time_tagging(args.repeat)
+
     def summary(xs):
         return {"median_s": round(statistics.median(xs), 3), "max_s": round(max(xs), 3)}
 
@@ -77,9 +93,25 @@ def main():
         "move_score_slider_and_rerender_gallery": summary(slider_s),
         "open_record_with_overlays": summary(open_s),
         "next_record": summary(next_s),
+        "patches_view_new_threshold (scan of up to 500 records)": summary(patches_s),
+        "compare_4_records": summary(compare_s),
+        "tag_1000_records_in_a_store_of_5000 (read, change, atomic write)": summary(tag_s),
         "note": "server-side script time per rerun (AppTest); the browser adds its own paint time",
     }
     save_result("explorer", result)
+
+
+def time_tagging(repeat: int) -> list[float]:
+    """Seconds to tag 1,000 records when 5,000 already carry tags (a temporary store, not cache/)."""
+    import tempfile
+
+    from rhf_core.tags import TagStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TagStore("bench", tmp)
+        store.add([f"r{i}" for i in range(5000)], "seen")
+        return [timed(lambda: store.add([f"r{j}" for j in range(1000 * i, 1000 * (i + 1))], f"t{i}"))
+                for i in range(repeat)]
 
 
 if __name__ == "__main__":
