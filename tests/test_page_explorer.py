@@ -335,8 +335,11 @@ def test_save_a_view_change_the_filters_and_reopen_it(own_tags):
     click(at, "view_open")
     assert at.text_input(key="q").value == "red" and at.slider(key="s_plausibility").value == (0.0, 0.5)
     assert at.selectbox(key="sort").value == "plausibility" and match_count(at) == saved
-    # A new session lists the saved view too.
-    assert open_app().selectbox(key="view_pick").options == ["red, implausible"]
+    # A new session lists the saved view too, and can delete it.
+    again = open_app()
+    assert again.selectbox(key="view_pick").options == ["red, implausible"]
+    click(again, "view_delete")
+    assert not [s for s in again.selectbox if s.key == "view_pick"]
 
 
 def test_compare_shows_two_records_on_one_scale(own_tags):
@@ -352,6 +355,18 @@ def test_compare_shows_two_records_on_one_scale(own_tags):
     vmax = max(float(r.heatmaps[heat].max()) for r in (a, b))
     bar = [img for img in at.image if any("One scale" in c for c in img.captions)]
     assert len(bar) == 1 and f"0 → {vmax:.3g}" in bar[0].captions[0]
+
+
+def test_ticks_survive_paging(own_tags):
+    ds = open_dataset(SMALL)
+    at = open_app()
+    at.checkbox(key=f"sel_{ds[0].id}").check().run()
+    at.session_state["page"] = 2
+    at.run()
+    at.checkbox(key=f"sel_{ds[30].id}").check().run()
+    assert any(c.value == f"`{ds[0].id}`, `{ds[30].id}`" for c in at.caption)
+    at.button[[x.label for x in at.button].index("Clear ticks")].click().run()
+    assert any(c.value.startswith("Tick records below") for c in at.caption)
 
 
 def test_compare_refuses_one_record_and_an_unknown_id():

@@ -145,6 +145,16 @@ def save_view(store: TagStore) -> None:
     st.session_state["view_message"] = ("success", f"Saved view `{' '.join(name.split())}`.")
 
 
+def delete_view(store: TagStore) -> None:
+    name = st.session_state.get("view_pick")
+    try:
+        store.delete_view(name)
+    except RHFError as e:
+        st.session_state["view_message"] = ("error", error_text(e))
+        return
+    st.session_state["view_message"] = ("success", f"Deleted view `{name}`.")
+
+
 def saved_views_sidebar(store: TagStore) -> None:
     """Save the current filters, sort and view under a name; list and reopen saved ones."""
     st.header("Saved views")
@@ -158,9 +168,10 @@ def saved_views_sidebar(store: TagStore) -> None:
     c2.button("Save", key="view_save", on_click=save_view, args=(store,), width="stretch",
               disabled=not st.session_state.get("view_name", "").strip())
     if names:
-        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        c1.selectbox("Saved views", names, key="view_pick")
-        c2.button("Open", key="view_open", on_click=open_view, args=(store,), width="stretch")
+        st.selectbox("Saved views", names, key="view_pick")
+        c1, c2 = st.columns(2)
+        c1.button("Open", key="view_open", on_click=open_view, args=(store,), width="stretch")
+        c2.button("Delete", key="view_delete", on_click=delete_view, args=(store,), width="stretch")
     st.caption("The URL holds the same settings: copy it to share a view.")
     kind, text = st.session_state.pop("view_message", (None, None))
     if kind:
