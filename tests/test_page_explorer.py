@@ -369,6 +369,13 @@ def test_ticks_survive_paging(own_tags):
     assert any(c.value.startswith("Tick records below") for c in at.caption)
 
 
+def test_compare_settings_come_from_the_url():
+    ds = open_dataset(SMALL)
+    at = open_app(view="Compare", cmp=f"{ds[0].id},{ds[1].id},{ds[2].id}", cmp_heat="misalignment", cmp_cmap="jet")
+    assert at.segmented_control(key="cmp_heat").value == "misalignment" and at.selectbox(key="cmp_cmap").value == "jet"
+    assert len([img for img in overlays(at) if not img.captions[0].startswith("One scale")]) == 3
+
+
 def test_compare_refuses_one_record_and_an_unknown_id():
     ds = open_dataset(SMALL)
     at = open_app(view="Compare", cmp=ds[0].id)

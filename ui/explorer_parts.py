@@ -22,7 +22,7 @@ MAX_COMPARE = 4
 MAX_PATCHES_SHOWN = 48
 # The widget keys a saved view keeps besides the per-dataset filters (s_*, h_*, c_*).
 VIEW_KEYS = ("q", "split", "fw", "tag_filter", "tag_all", "sort", "desc", "view", "per_page", "thumb_overlay",
-             "overlay", "opacity", "cmap", "cmp", "patch_heat", "patch_threshold", "patch_sort")
+             "overlay", "opacity", "cmap", "cmp", "cmp_heat", "cmp_opacity", "cmp_cmap", "patch_heat", "patch_threshold", "patch_sort")
 VIEW_PREFIXES = ("s_", "h_", "c_")
 
 
@@ -202,9 +202,10 @@ def compare_view(ds: Dataset, heatmaps: list[str]) -> None:
         st.info("This dataset has no heatmaps to compare.")
         return
     c1, c2, c3 = st.columns(3)
-    heat = c1.segmented_control("Heatmap", heatmaps, default=heatmaps[0], key="cmp_heat", required=True) or heatmaps[0]
-    opacity = c2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="cmp_opacity")
-    cmap = c3.selectbox("Colour map", COLOR_MAPS, key="cmp_cmap")
+    heat = c1.segmented_control("Heatmap", heatmaps, default=heatmaps[0], key="cmp_heat", bind=QP,
+                                required=True) or heatmaps[0]
+    opacity = c2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="cmp_opacity", bind=QP)
+    cmap = c3.selectbox("Colour map", COLOR_MAPS, key="cmp_cmap", bind=QP)
     try:
         records = [ds.get(i) for i in ids]
         images, vmax = overlays_on_one_scale(records, heat, opacity, cmap, 256)
