@@ -199,8 +199,8 @@ def test_cc_loss_matches_pearson_and_skips_empty_or_missing_maps():
 def test_heatmap_calibration_fits_the_least_squares_scale_and_keeps_map_shapes(tmp_path):
     from rhf_core import metrics as M
     from rhf_core.data import open_dataset
-    from rhf_core.rahf.calibrate import calibrate_checkpoint, heatmap_gate
-    from rhf_core.rahf.evaluate import scorable_records
+    from rhf_core.rahf.calibrate import calibrate_checkpoint
+    from rhf_core.rahf.common import heatmap_gate, scorable_records
 
     rahf = new_rahf(tiny(), seed=3)
     rahf.save(tmp_path / "ck")

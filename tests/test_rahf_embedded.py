@@ -79,7 +79,7 @@ def test_batch_analysis_and_evaluation_skip_wordless_prompts(tmp_path):
     from rhf_core.data import open_dataset
     from rhf_core.rahf import load_rahf
     from rhf_core.rahf.analysis import analyse
-    from rhf_core.rahf.evaluate import scorable_records
+    from rhf_core.rahf.common import scorable_records
 
     (tmp_path / "images").mkdir()
     lines = []

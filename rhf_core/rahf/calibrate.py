@@ -17,20 +17,12 @@ import numpy as np
 from rhf_core.dataset import HEATMAP_NAMES, Dataset
 from rhf_core.errors import DatasetFormatError
 from rhf_core.heatmaps import resize_heatmap
-
-
-def heatmap_gate(name: str, scores: dict, words: list) -> float:
-    """The model's confidence, in [0, 1], that heatmap `name` flags anything."""
-    if name == "implausibility":
-        return 1.0 - scores["plausibility"]
-    probs = [p for _, p in words]
-    return max(probs) if probs else 1.0 - scores["alignment"]
+from rhf_core.rahf.common import heatmap_gate, scorable_records
+from rhf_core.rahf.predictor import load_rahf
 
 
 def fit_heatmap_scale(rahf, ds: Dataset, max_records: int = 0, batch_size: int = 64) -> dict[str, float]:
     """Least-squares scale of each gated map type against the labels of `ds` (records with images)."""
-    from rhf_core.rahf.evaluate import scorable_records  # the records evaluation reads, the same way
-
     recs = scorable_records(ds, max_records)
     saved, rahf.config.heatmap_scale = rahf.config.heatmap_scale, {}
     try:
@@ -52,12 +44,10 @@ def fit_heatmap_scale(rahf, ds: Dataset, max_records: int = 0, batch_size: int =
     return scales
 
 
-def calibrate_checkpoint(path: str | Path, ds: Dataset, max_records: int = 0) -> dict[str, float]:
+def calibrate_checkpoint(path: str | Path, ds: Dataset, max_records: int = 0, batch_size: int = 64) -> dict[str, float]:
     """Fit the scales on `ds` and write them into the checkpoint's config.json (atomically)."""
-    from rhf_core.rahf.predictor import load_rahf
-
     rahf = load_rahf(path)
-    scales = fit_heatmap_scale(rahf, ds, max_records)
+    scales = fit_heatmap_scale(rahf, ds, max_records, batch_size=batch_size)
     if not scales:
         raise DatasetFormatError(f"{ds.spec} has no heatmap labels to calibrate against")
     rahf.config.heatmap_scale = {h: round(s, 6) for h, s in scales.items()}

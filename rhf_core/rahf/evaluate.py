@@ -26,29 +26,15 @@ from tqdm.auto import tqdm
 
 from rhf_core import metrics as M
 from rhf_core.data import open_dataset, spec_split
-from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, tokenize_prompt
-from rhf_core.errors import DatasetFormatError, RHFError
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
+from rhf_core.errors import DatasetFormatError
 from rhf_core.heatmaps import resize_heatmap
-from rhf_core.rahf.predictor import Prediction, load_rahf
+from rhf_core.rahf.common import Prediction, images_to_tensor, scorable_records
+from rhf_core.rahf.predictor import load_rahf
 from rhf_core.rahf.train import Arrays, TrainConfig, augment_batch, dataset_arrays, make_batch, rahf_loss
 
 # The embedded checkpoint's targets (issue: RAHF), checked and reported with every evaluation.
 TARGETS = {"srcc_share_of_ceiling": 0.9, "heat_cc": 0.6, "heat_nss": 2.5, "heat_auc_judd": 0.9, "word_f1": 0.8}
-
-
-def scorable_records(ds: Dataset, max_records: int = 0) -> list:
-    """The first `max_records` records (all when 0) that RAHF can score: readable, with an image and a
-    prompt of at least one word (`predict` refuses a wordless prompt). Calibration reads the same ones."""
-    n = len(ds) if not max_records else min(max_records, len(ds))
-    out = []
-    for i in range(n):
-        try:
-            rec = ds[i]
-            if rec.image is not None and tokenize_prompt(rec.prompt or ""):
-                out.append(rec)
-        except RHFError:  # an unreadable image or heatmap file: not scorable
-            continue
-    return out
 
 
 def score_table(preds: list[dict], recs) -> dict:
@@ -154,8 +140,6 @@ def train_cnn(arr: Arrays, epochs: int, seed: int = 0, batch_size: int = 64) -> 
 
 @torch.no_grad()
 def cnn_predict(model: CNNBaseline, recs, batch_size: int = 64):
-    from rhf_core.rahf.predictor import images_to_tensor
-
     scores, heats = [], []
     for start in range(0, len(recs), batch_size):
         chunk = recs[start:start + batch_size]

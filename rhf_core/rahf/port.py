@@ -56,9 +56,8 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
-from rhf_core.rahf.calibrate import heatmap_gate
-from rhf_core.rahf.predictor import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words,
-                                     images_to_tensor, pick_device)
+from rhf_core.rahf.common import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words, heatmap_gate,
+                                  images_to_tensor, pick_device)
 
 if TYPE_CHECKING:
     from transformers import T5Config, ViTConfig

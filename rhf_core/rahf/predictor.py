@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,80 +17,25 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, tokenize_prompt
-from rhf_core.errors import InvalidArgumentError, RHFError
+from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
+from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
-from rhf_core.rahf.calibrate import heatmap_gate
+from rhf_core.rahf import port
+from rhf_core.rahf.common import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words,
+                                  heatmap_gate, images_to_tensor, pick_device)
 from rhf_core.rahf.config import RAHFConfig
 from rhf_core.rahf.model import RAHFModel
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "rahf-shapes"
 WEIGHTS = "model.safetensors"
-# Largest batch `predict` accepts: 1024 images at 224 px are already a 600 MB input tensor.
-MAX_BATCH_SIZE = 1024
-
-
-class CheckpointError(RHFError):
-    """A path that is not a RAHF checkpoint, or weights that do not fit its config."""
-
-
-@dataclass
-class Prediction:
-    heatmaps: dict[str, np.ndarray]  # float32 H×W in [0, 1] at the input image's size
-    scores: dict[str, float]  # the four canonical scores in [0, 1]
-    words: list[tuple[str, float]]  # (prompt token, probability it is misaligned)
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def misaligned_words(self) -> list[str]:
-        return [t for t, p in self.words if p >= 0.5]
-
-    def to_json(self) -> dict:
-        return {"scores": self.scores, "words": [[t, round(p, 4)] for t, p in self.words],
-                "heatmap_shape": {k: list(v.shape) for k, v in self.heatmaps.items()}, **self.meta}
-
-
-def check_prompt_words(prompts, what: str = "prompt") -> list[list[str]]:
-    """Each prompt's RichHF tokens; refuses non-strings and prompts without a word.
-
-    A prompt with no word (empty, or only punctuation like ".") is refused rather than predicted:
-    RAHF scores an image against its prompt's words, and with none its text encoder has nothing to
-    attend to (every prediction came out NaN). Any placeholder word would be an invented prompt whose
-    scores look real. `None` is refused too (it was scored as the word "None")."""
-    out = []
-    for i, p in enumerate(prompts):
-        where = f"{what} {i + 1}" if len(prompts) > 1 else what
-        if not isinstance(p, str):
-            raise InvalidArgumentError(f"{where} must be text, got {type(p).__name__}")
-        words = tokenize_prompt(p)
-        if not words:
-            raise InvalidArgumentError(f"{where} {p[:40]!r} has no words: RAHF needs the prompt the image was "
-                                       "generated from")
-        out.append(words)
-    return out
-
-
 def _image(im, index: int) -> Image.Image:
     """Every image goes through load_image (16-bit, alpha, palette, EXIF, lazily opened files): a PIL
     image keeps its size, so the heatmaps come back at the caller's size; files are capped as usual."""
     if isinstance(im, Image.Image):
         return load_image(im, max_side=None, name=f"image {index + 1}")
     return load_image(im, name=None if isinstance(im, (str, Path)) else f"image {index + 1}")
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """RGB images → (B, 3, size, size) float in [0, 1]."""
-    arrs = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-            for im in images]
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
 class RAHF:
@@ -250,8 +194,6 @@ def load_rahf(path: str | Path | None = None, device: str | None = None) -> RAHF
     target = Path(path) if path else DEFAULT_CHECKPOINT
     if not target.exists():
         raise CheckpointError(f"no RAHF checkpoint at {target}")
-    from rhf_core.rahf import port  # function-level: port.py imports this module
-
     if port.is_converted_port(target):  # the authors' published weights, converted by convert-port
         return port.load_converted_port(target, device=device)
     return RAHF.load(target, device=device)

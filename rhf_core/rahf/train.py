@@ -37,6 +37,7 @@ from rhf_core.cache import atomic_write_text, cache_dir
 from rhf_core.data import open_dataset
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset
 from rhf_core.heatmaps import resize_heatmap
+from rhf_core.rahf.calibrate import calibrate_checkpoint
 from rhf_core.rahf.config import RAHFConfig
 from rhf_core.rahf.predictor import RAHF, WEIGHTS, load_weights, new_rahf
 from rhf_core.training import warmup_cosine
@@ -453,24 +454,11 @@ def train_rahf(cfg: TrainConfig, resume: bool = True, progress: Callable[[int, i
     if not (out / "model.safetensors").is_file():
         return rahf
     if accelerator.is_main_process and len(log) == cfg.epochs:  # finished: calibrate the heatmaps on dev
-        scales = calibrate_in_batches(out, val_ds, cfg.batch_size)
+        # In training-sized batches: 64 images at a time held over 2 GB of activations at 384 px.
+        scales = calibrate_checkpoint(out, val_ds, batch_size=cfg.batch_size)
         accelerator.print(f"heatmap calibration on {len(val_ds)} dev records: {scales}")
     accelerator.wait_for_everyone()
     return RAHF.load(out)
-
-
-def calibrate_in_batches(path: Path, ds: Dataset, batch_size: int) -> dict[str, float]:
-    """`calibrate_checkpoint`, predicting in training-sized batches (its default of 64 images at a time
-    held over 2 GB of activations at 384 px, more than the training steps themselves)."""
-    from rhf_core.rahf.calibrate import fit_heatmap_scale
-
-    rahf = RAHF.load(path)
-    scales = fit_heatmap_scale(rahf, ds, batch_size=batch_size)
-    if not scales:
-        raise DatasetFormatError(f"{ds.spec} has no heatmap labels to calibrate against")
-    rahf.config.heatmap_scale = {h: round(s, 6) for h, s in scales.items()}
-    rahf.config.save(Path(path))
-    return rahf.config.heatmap_scale
 
 
 def make_accelerator(cfg: TrainConfig, accelerator_cls):
