@@ -49,3 +49,29 @@ def test_spec_split_defers_to_the_spec_and_falls_back():
     assert set(ds.frame["split"]) == {"dev"}
     with pytest.raises(DatasetSpecError, match="split"):  # an explicit split that contradicts the spec's
         open_dataset("shapes:n=30,seed=0,split=dev", split="test")
+
+
+def test_mean_heatmap_from_disk_rows_equals_the_in_memory_mean(tmp_path):
+    from rhf_core.rahf.evaluate import mean_heatmap
+    from rhf_core.rahf.train import RowFile
+
+    maps = np.random.default_rng(0).random((600, 2, 8, 8)).astype(np.float16)
+    maps.tofile(tmp_path / "rows.bin")
+    disk = RowFile(tmp_path / "rows.bin", 600, (2, 8, 8), np.float16)
+    rows = np.flatnonzero(np.arange(600) % 3 != 0)
+    np.testing.assert_allclose(mean_heatmap(disk, rows, 1, chunk=64), mean_heatmap(maps, rows, 1), rtol=1e-12)
+    assert not np.allclose(mean_heatmap(maps, rows, 0), mean_heatmap(maps, rows, 1))  # k picks the map type
+
+
+def test_heat_table_scores_labels_stored_at_another_size():
+    from rhf_core.rahf.evaluate import heat_table
+
+    ds = open_dataset("shapes:n=40,seed=2", split="train")
+    big = Upscaled(ds, 2)
+    positions = [i for i in range(len(ds)) if "implausibility" in ds[i].heatmaps][:6]
+    recs, big_recs = [ds[i] for i in positions], [big[i] for i in positions]
+    assert big_recs[0].heatmaps["implausibility"].shape[0] == 2 * recs[0].heatmaps["implausibility"].shape[0]
+    same = heat_table([dict(r.heatmaps) for r in recs], recs)
+    scored = heat_table([dict(r.heatmaps) for r in recs], big_recs)  # predictions at image size, labels 2× (crashed)
+    assert same["implausibility"]["cc"] == pytest.approx(1.0, abs=1e-6)
+    assert scored["implausibility"]["cc"] > 0.9

@@ -25,13 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rhf_core import metrics as M
+from rhf_core.cache import cache_dir
 from rhf_core.data import open_dataset, spec_split
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import DatasetFormatError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.common import Prediction, images_to_tensor, scorable_records
 from rhf_core.rahf.predictor import load_rahf
-from rhf_core.rahf.train import Arrays, TrainConfig, augment_batch, dataset_arrays, make_batch, rahf_loss
+from rhf_core.rahf.train import Arrays, TrainConfig, augment_batch, make_batch, rahf_loss, split_arrays
 
 # The embedded checkpoint's targets (issue: RAHF), checked and reported with every evaluation.
 TARGETS = {"srcc_share_of_ceiling": 0.9, "heat_cc": 0.6, "heat_nss": 2.5, "heat_auc_judd": 0.9, "word_f1": 0.8}
@@ -50,7 +51,8 @@ def score_table(preds: list[dict], recs) -> dict:
 def heat_table(preds: list[dict], recs) -> dict:
     out = {}
     for h in HEATMAP_NAMES:
-        pairs = [(p[h], r.heatmaps[h]) for p, r in zip(preds, recs) if h in r.heatmaps]
+        # A label may be stored at another size than its image (RichHF: 512² maps of any image).
+        pairs = [(p[h], resize_heatmap(r.heatmaps[h], p[h].shape[::-1])) for p, r in zip(preds, recs) if h in r.heatmaps]
         if pairs:
             a, b = zip(*pairs)
             out[h] = M.heatmap_metrics(list(a), list(b))
@@ -71,6 +73,17 @@ def tables(scores, heats, words, recs) -> dict:
 
 
 # --- baselines --------------------------------------------------------------------------------
+
+EVAL_PRELOAD_MB = 1024  # a baseline training split decoding to more than this is read from disk
+
+
+def mean_heatmap(heatmaps, rows: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """Mean of map type `k` over `rows`: at once in memory, by chunks of rows from an on-disk RowFile."""
+    if isinstance(heatmaps, np.ndarray):
+        return heatmaps[rows, k].astype(np.float64).mean(0)
+    total = sum(heatmaps[rows[i:i + chunk]][:, k].astype(np.float64).sum(0) for i in range(0, len(rows), chunk))
+    return total / len(rows)
+
 
 class WordPrior:
     """Each (lower-cased) word's training rate of being flagged; unseen words get the global rate."""
@@ -179,7 +192,9 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
     train_ds = open_dataset(train_data, split=train_split or spec_split(train_data, "train"))
     if max_records:
         train_ds = train_ds.subset(np.arange(min(max_records, len(train_ds))))
-    train = dataset_arrays(train_ds, size)
+    # Decoded in memory when small, else once to an on-disk cache read per batch (RichHF-18K's training
+    # split at 384 px is about 20 GB decoded).
+    train = split_arrays(train_ds, size, EVAL_PRELOAD_MB, cache_dir() / "rahf-eval" / "train-decoded")
     prior = WordPrior(train)
     mean_scores = {s: float(train.scores[train.score_mask[:, k], k].mean()) if train.score_mask[:, k].any() else 0.5
                    for k, s in enumerate(SCORE_NAMES)}
@@ -187,7 +202,7 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
     mean_maps = {}
     for k, h in enumerate(HEATMAP_NAMES):
         sel = train.heat_mask[:, k]
-        mean_maps[h] = train.heatmaps[sel, k].astype(np.float64).mean(0) if sel.any() else np.zeros((size, size))
+        mean_maps[h] = mean_heatmap(train.heatmaps, np.flatnonzero(sel), k) if sel.any() else np.zeros((size, size))
     flat = [{h: np.full(r.image.size[::-1], float(mean_maps[h].mean()), np.float32) for h in HEATMAP_NAMES} for r in recs]
     centre = [{h: resize_heatmap(mean_maps[h].astype(np.float32), r.image.size) for h in HEATMAP_NAMES} for r in recs]
     result["models"]["constant"] = tables([mean_scores] * len(recs), flat, word_prior, recs)
