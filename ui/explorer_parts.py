@@ -163,9 +163,9 @@ def saved_views_sidebar(store: TagStore) -> None:
     except RHFError as e:
         st.error(error_text(e))
         return
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    c1.text_input("View name", key="view_name", placeholder="e.g. low plausibility hands")
-    c2.button("Save", key="view_save", on_click=save_view, args=(store,), width="stretch",
+    # One above the other: the sidebar is too narrow for a name field and a button side by side.
+    st.text_input("View name", key="view_name", placeholder="e.g. low plausibility hands")
+    st.button("Save current view", key="view_save", on_click=save_view, args=(store,), width="stretch",
               disabled=not st.session_state.get("view_name", "").strip())
     if names:
         st.selectbox("Saved views", names, key="view_pick")
