@@ -13,6 +13,7 @@ from rhf_core.errors import RHFError
 from rhf_core.heatmaps import COLOR_MAPS
 from rhf_core.images import load_image
 from rhf_core.rahf.analysis import DISAGREEMENT, analyse, prediction_zip, record_metrics
+from rhf_core.rahf.domain import check_domain, predictor_domain, trained_on_message, usable_stats
 from ui.components import format_metric, highlighted_prompt, record_view_image, remember, restore
 from ui.settings import current_dataset, current_predictor, error_text, policy
 
@@ -20,7 +21,10 @@ MODES = ["Upload images", "Dataset record", "Error analysis"]
 
 st.title("Live RAHF")
 rahf = current_predictor()
-st.caption(f"Predictor: `{rahf.name}` ({rahf.config.variant}, {rahf.config.image_size} px input) on {rahf.device}.")
+domain_stats, no_check_reason = usable_stats(rahf)
+st.caption(f"Predictor: `{rahf.name}` ({rahf.config.variant}, {rahf.config.image_size} px input) on {rahf.device}. "
+           f"{trained_on_message(predictor_domain(rahf, domain_stats))}"
+           + (" Each image is checked against it." if domain_stats else f" No domain check: {no_check_reason}."))
 # Mode and heatmap come back as they were after a visit to another page (Streamlit drops the state of
 # widgets a page switch leaves undrawn; `restore` refills it from a copy that is not a widget's).
 restore("live_mode", MODES[0])
@@ -37,7 +41,17 @@ def as_record(pred, image, prompt: str, rec_id: str = "prediction") -> Record:
     return Record(rec_id, prompt, pred.scores, pred.heatmaps, pred.words, {}, _image=image)
 
 
-def show_prediction(pred, image, prompt: str) -> None:
+def show_domain(check) -> None:
+    """Beside a result: a plain warning when the image is unlike the predictor's training images."""
+    if check.status == "out":
+        st.warning(check.message, icon="⚠️")
+    elif check.status == "in":
+        st.caption(f"Domain check: like the images it was trained on (distance {check.distance:.1f}, "
+                   f"threshold {check.threshold:.1f}).")
+
+
+def show_prediction(pred, image, prompt: str, check) -> None:
+    show_domain(check)
     left, right = st.columns([3, 2])
     left.image(record_view_image(as_record(pred, image, prompt), heat, opacity, cmap, 384),
                caption=f"predicted {heat}", width="stretch", output_format="PNG")
@@ -88,22 +102,23 @@ def upload_mode() -> None:
         bar = st.progress(0.0, text="Predicting…")
         try:  # e.g. a prompt without a word ("."): RAHF refuses it with a message
             preds = rahf.predict([im for _, _, im in ready], prompts, progress=lambda d, t: bar.progress(d / t, text=f"Predicted {d} / {t}"))
+            checks = check_domain(rahf, [im for _, _, im in ready], domain_stats)
         except RHFError as e:
             st.error(error_text(e))
             return
         finally:
             bar.empty()
         st.session_state["live_results"] = (inputs_key, list(zip([n for n, _, _ in ready], [im for _, _, im in ready],
-                                                                 prompts)), preds)
+                                                                 prompts)), preds, checks)
     results = st.session_state.get("live_results")
     if results and results[0] != inputs_key:
         st.info("The images or prompts changed since the last prediction: press **Predict** to predict again.")
         return
     if results:
-        _, items, preds = results
-        for (name, img, prompt), pred in zip(items, preds):
+        _, items, preds, checks = results
+        for (name, img, prompt), pred, check in zip(items, preds, checks):
             st.subheader(name)
-            show_prediction(pred, img, prompt)
+            show_prediction(pred, img, prompt, check)
         st.download_button("Download predictions (JSON + heatmap PNGs)",
                            prediction_zip([(n.rsplit(".", 1)[0], p, pr) for (n, _, p), pr in zip(items, preds)]),
                            file_name="rahf-predictions.zip", mime="application/zip")
@@ -128,6 +143,7 @@ def side_by_side(rec: Record) -> None:
         st.error(f"`{rec.id}`: {error_text(e)}")
         return
     st.markdown(f"`{rec.id}`")
+    show_domain(check_domain(rahf, [image], domain_stats)[0])
     gt_col, pred_col = st.columns(2)
     gt_col.image(record_view_image(rec, heat, opacity, cmap, 320), width="stretch", output_format="PNG",
                  caption=f"labelled {heat}" if heat in rec.heatmaps else f"{heat}: not collected")

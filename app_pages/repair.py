@@ -11,6 +11,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import RHFError
 from rhf_core.heatmaps import colorize_heatmap, overlay_heatmap
 from rhf_core.images import load_image
+from rhf_core.rahf.domain import check_domain, predictor_domain, trained_on_message, usable_stats
 from rhf_core.repair import plan_repair, rank_candidates, run_repair
 from ui.components import colour_bar, heat_peak, overlay_on_scale, run_with_progress, upscale
 from ui.settings import current_dataset, current_generator, current_predictor, error_text, policy
@@ -25,7 +26,9 @@ st.caption("Predict where an image is wrong, cut the heatmap into a mask, inpain
            "stays exactly as it was.")
 rahf = current_predictor()
 gen = current_generator()
-st.caption(f"Predictor `{rahf.name}` · generator {gen.describe()}")
+domain_stats, no_check_reason = usable_stats(rahf)
+st.caption(f"Predictor `{rahf.name}` · generator {gen.describe()}. {trained_on_message(predictor_domain(rahf, domain_stats))}"
+           + ("" if domain_stats else f" No domain check: {no_check_reason}."))
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -159,6 +162,11 @@ except RHFError as e:  # e.g. a prompt without a word ("."), a mask of the wrong
     st.error(error_text(e))
     st.stop()
 heatmap, mask = plan.heatmap, plan.mask
+# An image unlike the predictor's training images gets heatmaps and scores that mean nothing: say so
+# beside them, and below never present its score change as an improvement.
+domain_check = check_domain(rahf, [image], domain_stats)[0]
+if domain_check.status == "out":
+    st.warning(domain_check.message, icon="⚠️")
 
 p1, p2, p3 = st.columns(3)
 p1.image(upscale(image, VIEW), caption=f"{label}: {prompt}", width="stretch")
@@ -240,7 +248,11 @@ b3.image(upscale(result.image, VIEW), caption="original", width="stretch")
 b4.image(upscale(best.image, VIEW), caption="repaired", width="stretch")
 cols = st.columns(len(SCORE_NAMES))
 for s, col in zip(SCORE_NAMES, cols):
-    col.metric(s.capitalize(), f"{best.scores[s]:.2f}", delta=f"{best.scores[s] - result.before.scores[s]:+.2f}")
+    col.metric(s.capitalize(), f"{best.scores[s]:.2f}", delta=f"{best.scores[s] - result.before.scores[s]:+.2f}",
+               delta_color="off" if domain_check.status == "out" else "normal")
+if domain_check.status == "out":
+    st.warning("The predicted scores above compare two images this predictor does not know: their change is "
+               "not an improvement, only a number. " + domain_check.message, icon="⚠️")
 if result.before.judge is not None:
     st.caption(f"Before — {verdict_text(result.before.judge)}  \nAfter — {verdict_text(best.judge)}")
 d1, d2 = st.columns(2)

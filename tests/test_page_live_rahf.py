@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from rhf_core.images import MAX_PIXELS
 from rhf_core.rahf import new_rahf
+from rhf_core.rahf.domain import default_photos, procedural_photographs, shapes_renders
 from tests.test_rahf import tiny
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -247,3 +248,57 @@ def test_a_prompt_without_words_is_a_message_not_an_exception(checkpoint):
     assert not at.exception, at.exception
     assert at.error and "has no words" in at.error[0].value
     assert not at.get("download_button")  # nothing predicted, nothing to download
+
+
+# --- the training-domain notice (issue #19) --------------------------------------------------------
+
+def open_live_embedded() -> AppTest:
+    """Live RAHF on the embedded ShapesWorld checkpoint (no `?rahf=`)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["ds"] = SPEC
+    at.run()
+    at.switch_page("app_pages/live_rahf.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def predict_upload(at: AppTest, name: str, data: bytes, prompt: str) -> AppTest:
+    at.file_uploader[0].set_value([(name, data, "image/jpeg" if name.endswith(".jpg") else "image/png")]).run()
+    prompt_fields(at)[0].input(prompt).run()
+    at.button(key="live_predict").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def domain_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if "looks unlike the images this predictor was trained on" in w.value]
+
+
+@pytest.mark.skipif(not default_photos(), reason="scikit-learn's sample photographs (requirements-dev.txt)")
+def test_a_photograph_on_the_embedded_checkpoint_shows_the_notice():
+    """Was: a pagoda photograph got plausibility 0.16 and six flagged words, and nothing said the
+    ShapesWorld predictor had never seen a photograph."""
+    at = open_live_embedded()
+    assert any("trained on ShapesWorld renders" in c.value for c in at.caption)
+    photo = next(p for p in default_photos() if p.name == "china.jpg")  # a temple, like the issue's pagoda
+    at = predict_upload(at, "pagoda.jpg", photo.read_bytes(), "a red pagoda among green trees under a blue sky")
+    [notice] = domain_warnings(at)
+    assert "ShapesWorld renders" in notice and "not meaningful" in notice
+    assert "docs/guides/published-weights.md" in notice and "your own checkpoint" in notice
+    assert [m.label for m in at.metric].count("Plausibility") == 1  # the result is still shown, beside the notice
+
+
+def test_a_shapesworld_render_on_the_embedded_checkpoint_shows_no_notice():
+    at = open_live_embedded()
+    render = shapes_renders(1, "test", 1)[0]
+    at = predict_upload(at, "render.png", png(render), "two red circles on the grass")
+    assert not domain_warnings(at) and not at.warning
+    assert any(c.value.startswith("Domain check: like the images it was trained on") for c in at.caption)
+
+
+def test_a_checkpoint_without_domain_statistics_says_so_without_an_alarm(checkpoint):
+    at = open_live(checkpoint)
+    assert any("does not record what it was trained on" in c.value and "No domain check" in c.value
+               for c in at.caption)
+    at = predict_upload(at, "noise.jpg", png(procedural_photographs(1)[0]), "a red cat")
+    assert not domain_warnings(at)

@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from rhf_core.rahf.domain import default_photos, shapes_renders
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SPEC = "shapes:n=60,seed=4"
 
@@ -153,3 +155,49 @@ def test_shared_server_caps_the_candidates(monkeypatch):
     monkeypatch.delenv("RHF_SHARED")
     at = open_repair()
     assert at.number_input(key="rep_n").max == 16
+
+
+# --- the training-domain notice (issue #19) --------------------------------------------------------
+
+def upload_and_repair(name: str, data: bytes, prompt: str) -> AppTest:
+    at = open_repair()
+    at.segmented_control(key="rep_source").set_value("Upload").run()
+    at.file_uploader(key="rep_file").set_value([(name, data, "image/png")]).run()
+    at.text_input(key="rep_upload_prompt").input(prompt).run()
+    at.radio(key="rep_mode").set_value("relative").run()  # a mask however faint the map
+    at.number_input(key="rep_n").set_value(2)
+    at.number_input(key="rep_steps").set_value(2).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def domain_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if "looks unlike the images this predictor was trained on" in w.value]
+
+
+@pytest.mark.skipif(not default_photos(), reason="scikit-learn's sample photographs (requirements-dev.txt)")
+def test_a_photograph_is_flagged_and_its_score_change_is_not_an_improvement():
+    """Was: the pagoda photograph was painted over and '+0.53 plausibility' shown in green."""
+    from streamlit.proto.Metric_pb2 import Metric
+
+    photo = next(p for p in default_photos() if p.name == "china.jpg")
+    at = upload_and_repair("pagoda.jpg", photo.read_bytes(), "a red pagoda among green trees")
+    assert len(domain_warnings(at)) == 1  # beside the heatmap and mask preview, before any repair
+    at.button(key="rep_run").click().run()
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric] == ["Plausibility", "Alignment", "Aesthetics", "Overall"]
+    assert {m.proto.color for m in at.metric} == {Metric.MetricColor.GRAY}  # neither green nor red
+    assert any("not an improvement" in w.value for w in at.warning)
+
+
+def test_a_render_is_not_flagged_and_keeps_coloured_score_changes():
+    from streamlit.proto.Metric_pb2 import Metric
+
+    at = upload_and_repair("render.png", png(shapes_renders(1, "test", 1)[0]), "two red circles on the grass")
+    assert not domain_warnings(at)
+    assert any("trained on ShapesWorld renders" in c.value for c in at.caption)
+    at.button(key="rep_run").click().run()
+    assert not at.exception, at.exception
+    assert not domain_warnings(at) and not any("not an improvement" in w.value for w in at.warning)
+    changed = [m for m in at.metric if m.delta.strip("+-0.")]
+    assert changed and Metric.MetricColor.GRAY not in {m.proto.color for m in changed}
