@@ -8,6 +8,7 @@ Settings("module:ConfigClass"))`, any flags that are not settings, and `set_defa
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from dataclasses import asdict
@@ -21,7 +22,8 @@ def _train_rahf(args) -> None:
     from rhf_core.rahf.train import train_rahf
 
     train_rahf(args.settings, resume=not args.no_resume)
-    print(f"saved the best epoch to {args.settings.out}")
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun, the main process says it once
+        print(f"saved the best epoch to {args.settings.out}")
 
 
 def _calibrate_rahf(args) -> None:

@@ -42,7 +42,7 @@ def _commands() -> list[tuple[str, list[str]]]:
             block = block.replace("\\\n", " ")  # join continued lines
             for line in block.splitlines():
                 line = line.split(" # ")[0].strip()
-                m = re.search(r"(?:python -m rhf_core|^rhf|accelerate launch -m rhf_core)\s+(.*)", line)
+                m = re.search(r"(?:python -m rhf_core|^rhf|accelerate launch (?:--\S+(?: \S+)? )*-m rhf_core)\s+(.*)", line)
                 if m:
                     out.append((f"{path.relative_to(ROOT)}: {line[:60]}", shlex.split(m.group(1))))
         # commands quoted inline in prose, e.g. `python -m rhf_core eval-judge --n 1000 …`
