@@ -2,7 +2,7 @@
 
 - `RewardWeightedRegression` ("rwr"): Lee et al. 2023 sec. 4.3, the reward-weighted likelihood of the
   model's own samples, r · ‖pred − target‖².
-- `DiffusionDPO` ("dpo"): Wallace et al. 2023, eq. 14, on pairs of samples of one prompt.
+- `DiffusionDPO` ("dpo"): Diffusion-DPO (Wallace et al. 2023) on pairs of samples of one prompt.
 - `DRaFT` ("draft"): Clark et al. 2023, reward backpropagation through the sampler.
 
 Each one checks at construction that it can train on what it was given (and refuses otherwise, before
