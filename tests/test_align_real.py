@@ -318,3 +318,26 @@ def test_held_out_rewards_never_include_the_training_reward():
     assert held_out_specs("lee", "rahf-overall, lee ,rahf-overall") == ["rahf-overall"]
     with pytest.raises(RewardError, match="unknown reward"):
         held_out_specs("lee", "nonsense")
+
+
+def test_the_command_line_runs_the_real_workflow(root, sd, rated, clip_dir, reward_dir, rahf_dir, prompt_file, capsys):
+    """train-reward --data, finetune --reward lee:DIR and eval-lee --prompts through `python -m rhf_core`."""
+    from rhf_core.__main__ import main
+
+    assert main(["train-reward", "--data", f"folder:{rated}", "--encoders", str(clip_dir), "--hidden", "8",
+                 "--steps", "5", "--out", str(root / "cli-reward")]) == 0
+    assert json.loads((root / "cli-reward" / "metrics.json").read_text())["settings"]["data"].endswith(str(rated))
+    assert main(["finetune", "--generator", str(sd.root), "--reward", f"lee:{root / 'cli-reward'}", "--prompts",
+                 str(prompt_file), "--per-prompt", "2", "--beta", "0", "--rank", "4", "--steps", "1", "--batch-size", "2",
+                 "--name", "cli-ft", "--out", str(root / "cli-adapter"), "--no-resume"]) == 0
+    assert json.loads((root / "cli-adapter" / "adapter.json").read_text())["config"]["reward"] == f"lee:{root / 'cli-reward'}"
+    capsys.readouterr()
+    out = root / "cli-eval.json"
+    assert main(["eval-lee", "--generator", str(sd.root), "--adapters", str(root / "cli-adapter"), "--prompts",
+                 str(prompt_file), "--n", "2", "--k", "1", "--held-out", f"rahf-plausibility:{rahf_dir}",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    arm = result["adapters"]["cli-adapter"]["splits"]["prompts"]["fine-tuned best-k"]
+    assert set(arm["held_out"]) == {f"rahf-plausibility:{rahf_dir}"} and "alignment_rate" not in arm
+    assert f"H1 = rahf-plausibility:{rahf_dir}" in printed and "aligned" not in printed

@@ -173,11 +173,13 @@ def _weights(reward) -> list:
 
 
 def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance, reward, held_out: dict,
-         use_judge: bool) -> str:
-    # Every reward scores every image: new weights of any of them must not be served stale numbers.
+         use_judge: bool, encoders) -> str:
+    # Every reward scores every image, and the encoders embed them for diversity: new weights of any of them
+    # must not be served stale numbers.
     return cache_key("compare", generator.fingerprint(), weights_fingerprint(adapter), list(prompts), n, reward_name,
                      seed, steps, guidance, JUDGE_VERSION if use_judge else "no judge", _weights(reward),
-                     {spec: _weights(r) for spec, r in held_out.items()})
+                     {spec: _weights(r) for spec, r in held_out.items()},
+                     getattr(encoders, "name", None) or "embedded encoders")
 
 
 def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, seed: int, steps: int,
@@ -228,7 +230,8 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
     reward = reward or get_reward(reward_name, predictor=predictor, generator=generator)
     if held_out_rewards is None:
         held_out_rewards = get_rewards(held_out_specs(reward_name, held_out), predictor=predictor, generator=generator)
-    key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance, reward, held_out_rewards, use_judge)
+    key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance, reward, held_out_rewards, use_judge,
+               encoders)
     path = cache_dir("comparisons") / f"{key}.npz"
     models = ("original", "fine-tuned")
     if path.is_file():
