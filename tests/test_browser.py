@@ -58,7 +58,7 @@ def test_explorer_filter_and_open_a_record(server, page):
     expect(page).to_have_url(re.compile(r"^(?=.*view=Record)(?=.*id=shapes-1-\d+)"))
     rec_id = re.search(r"id=(shapes-1-\d+)", page.url).group(1)
     expect(page.get_by_label("Record id", exact=True)).to_have_value(rec_id)
-    expect(page.locator("[data-testid='stImage'] img")).to_have_count(3)
+    expect(page.locator("[data-testid='stImage'] img")).to_have_count(6)  # three overlays, a colour bar under each
     expect(page.get_by_text("red", exact=True).first).to_be_visible()  # the prompt, word by word
     page.screenshot(path=str(ARTIFACTS / "explorer-record.png"))
 
