@@ -127,6 +127,15 @@ def test_specs_in_shared_mode(tree):
     assert spec == f"richhf18k:{tf.resolve()}" and pick == str((tree / "data" / "ds").resolve())
     assert "outside" in refused(p.check_spec, "richhf18k:tf", str(tree / "outside"))
     assert "outside" in refused(p.check_spec, "richhf:tf", "/")  # the Pick-a-Pic field walks its folder
+    # Options in the spec (issue 18): every path among them is checked, the split kept.
+    spec, pick = p.check_spec("richhf18k:tf,pickapic=ds,split=test")
+    assert spec == f"richhf18k:{tf.resolve()},pickapic={(tree / 'data' / 'ds').resolve()},split=test" and pick is None
+    assert "outside" in refused(p.check_spec, f"richhf18k:tf,pickapic={tree / 'outside'}")
+    assert "no such Pick-a-Pic folder" in refused(p.check_spec, "richhf18k:tf,pickapic=nope")
+    assert p.check_spec("folder:ds,split=dev")[0] == f"folder:{(tree / 'data' / 'ds').resolve()},split=dev"
+    assert p.check_spec("shapes:n=10,split=dev") == ("shapes:n=10,split=dev", None)
+    with pytest.raises(DatasetSpecError, match="cache option"):
+        p.check_spec("folder:ds,cache=false")
 
 
 def test_model_paths(tree):
