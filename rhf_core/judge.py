@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from rhf_core.images import load_image
 from rhf_core.shapes.grammar import BACKGROUNDS, COLORS, PLURALS, SHAPES, PromptSpec, parse_prompt
-from rhf_core.shapes.render import shape_outline, _raster
+from rhf_core.shapes.render import raster, shape_outline
 
 # Bumped whenever a verdict can change; disk caches of judged results include it in their keys.
 JUDGE_VERSION = 2
@@ -87,7 +87,7 @@ _UNIT_CACHE: dict = {}
 def _unit(shape: str) -> tuple[float, float, float]:
     """(area per r², centroid offset x, y per r) of a shape's outline, measured once."""
     if shape not in _UNIT_CACHE:
-        cov = _raster([shape_outline(shape, 32, 32, 10)], 64)
+        cov = raster([shape_outline(shape, 32, 32, 10)], 64)
         cy, cx = ndimage.center_of_mass(cov)
         _UNIT_CACHE[shape] = (cov.sum() / 100.0, (32 - cx) / 10, (32 - cy) / 10)
     return _UNIT_CACHE[shape]
@@ -97,7 +97,7 @@ def _soft_template(shape: str, x: float, y: float, area: float, side: int) -> np
     """Anti-aliased coverage of a clean shape with the given centroid and area."""
     k, ox, oy = _unit(shape)
     r = float(np.sqrt(area / k))
-    return _raster([shape_outline(shape, x + ox * r, y + oy * r, r)], side)
+    return raster([shape_outline(shape, x + ox * r, y + oy * r, r)], side)
 
 
 def _soft_fits(alpha: np.ndarray, mask: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:

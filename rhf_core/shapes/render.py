@@ -145,7 +145,7 @@ def shape_outline(shape: str, x: float, y: float, r: float) -> np.ndarray:
     return pts + [x, y]
 
 
-def _raster(polys: list[np.ndarray], size: int) -> np.ndarray:
+def raster(polys: list[np.ndarray], size: int) -> np.ndarray:
     """Anti-aliased coverage (float32 H×W in [0, 1]) of the union of polygons."""
     ss = SUPERSAMPLE
     canvas = Image.new("L", (size * ss, size * ss), 0)
@@ -167,7 +167,7 @@ def object_coverage(obj: ShapeObject, size: int) -> tuple[np.ndarray, np.ndarray
     `body` is what is drawn at full opacity, `clean` the shape without its defect, and the third
     array a partial-opacity layer (used by the smear)."""
     clean_poly = shape_outline(obj.shape, obj.x, obj.y, obj.r)
-    clean = _raster([clean_poly], size)
+    clean = raster([clean_poly], size)
     faint = np.zeros_like(clean)
     p = obj.defect_params
     if obj.defect is None:
@@ -179,7 +179,7 @@ def object_coverage(obj: ShapeObject, size: int) -> tuple[np.ndarray, np.ndarray
         radial = 1 + p["amp"] * np.sin(p["freq"] * theta + p["phase"])
         droop = np.clip(d[:, 1] / obj.r, 0, None) * p["droop"] * obj.r
         warped = c + d * radial[:, None] + np.stack([np.zeros_like(droop), droop], axis=1)
-        return _raster([warped], size), clean, faint
+        return raster([warped], size), clean, faint
     if obj.defect == "appendage":
         a, length, width = p["angle"], p["length"] * obj.r, p["width"] * obj.r
         u = np.array([np.cos(a), np.sin(a)])
@@ -187,17 +187,17 @@ def object_coverage(obj: ShapeObject, size: int) -> tuple[np.ndarray, np.ndarray
         base = np.array([obj.x, obj.y]) + u * 0.5 * obj.r
         tip = np.array([obj.x, obj.y]) + u * (obj.r + length)
         limb = np.array([base + v * width / 2, tip + v * width / 3, tip - v * width / 3, base - v * width / 2])
-        return _raster([clean_poly, limb], size), clean, faint
+        return raster([clean_poly, limb], size), clean, faint
     if obj.defect == "bite":
         a = p["angle"]
         bx, by = obj.x + np.cos(a) * obj.r * 0.8, obj.y + np.sin(a) * obj.r * 0.8
-        bite = _raster([_disk(bx, by, p["radius"] * obj.r)], size)
+        bite = raster([_disk(bx, by, p["radius"] * obj.r)], size)
         return clean * (1 - bite), clean, faint
     if obj.defect == "fused":
         a = p["angle"]
         tx, ty = obj.x + np.cos(a) * obj.r * p["offset"], obj.y + np.sin(a) * obj.r * p["offset"]
         twin = shape_outline(obj.shape, tx, ty, obj.r * p["scale"])
-        return _raster([clean_poly, twin], size), clean, faint
+        return raster([clean_poly, twin], size), clean, faint
     if obj.defect == "smear":
         a, length = p["angle"], p["length"] * obj.r
         u = np.array([np.cos(a), np.sin(a)])
@@ -205,7 +205,7 @@ def object_coverage(obj: ShapeObject, size: int) -> tuple[np.ndarray, np.ndarray
         c = np.array([obj.x, obj.y])
         w = 0.8 * obj.r
         streak = np.array([c + v * w, c + u * (obj.r + length) + v * w * 0.3, c + u * (obj.r + length) - v * w * 0.3, c - v * w])
-        faint = _raster([streak], size) * (1 - clean) * p["alpha"]
+        faint = raster([streak], size) * (1 - clean) * p["alpha"]
         return clean, clean, faint
     raise ValueError(f"unknown implausibility defect {obj.defect!r}")
 
@@ -343,7 +343,7 @@ def sample_scene(
             pending_regions.append((kind, [extra]))
         elif kind == "missing_object":
             gone = objects.pop(int(rng.integers(len(objects))))
-            region = _raster([shape_outline(gone.shape, gone.x, gone.y, gone.r)], size) > 0.3
+            region = raster([shape_outline(gone.shape, gone.x, gone.y, gone.r)], size) > 0.3
             defects.append(Defect("misalignment", kind, count_words + [noun], region, sev))
         elif kind == "wrong_background":
             background = str(rng.choice([b for b in BACKGROUNDS if b != spec.background]))
