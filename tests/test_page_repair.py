@@ -193,7 +193,11 @@ def test_a_photograph_is_flagged_and_its_score_change_is_not_an_improvement():
 def test_a_render_is_not_flagged_and_keeps_coloured_score_changes():
     from streamlit.proto.Metric_pb2 import Metric
 
-    at = upload_and_repair("render.png", png(shapes_renders(1, "test", 1)[0]), "two red circles on the grass")
+    from rhf_core.shapes.dataset import generate_sample
+
+    sample = generate_sample(27, seed=1)  # a test-split render with a melted shape: something to repair
+    assert sample.split == "test" and any(d.type == "implausibility" for d in sample.defects)
+    at = upload_and_repair("render.png", png(sample.image()), sample.prompt)
     assert not domain_warnings(at)
     assert any("trained on ShapesWorld renders" in c.value for c in at.caption)
     at.button(key="rep_run").click().run()
