@@ -14,7 +14,7 @@ from rhf_core.cache import atomic_write_text, cache_dir, cache_key
 from rhf_core.errors import RHFError
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
 from rhf_core.reward.experiment import experiment_prompts, heldout_prompts
-from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info, saved_steps
+from rhf_core.align import FinetuneConfig, finetune, load_adapter_info, saved_steps
 from rhf_core.reward.rewards import (DEFAULT_HELD_OUT, REWARD_NAMES, SPEC_HELP, check_judge, held_out_specs,
                                      parse_reward_spec)
 from rhf_core.shapes.grammar import CATEGORIES, parse_prompt

@@ -115,7 +115,7 @@ def _train_reward(args) -> None:
 def _finetune(args) -> None:
     from tqdm.auto import tqdm
 
-    from rhf_core.reward.finetune import finetune, saved_steps
+    from rhf_core.align import finetune, saved_steps
 
     cfg = args.settings
     bars: dict = {}
@@ -257,11 +257,11 @@ def build_parser() -> CommandLine:
     r.set_defaults(func=_train_reward)
 
     f = ap.command("finetune", "LoRA fine-tuning of a generator on a reward (reward-weighted likelihood, "
-                   "Diffusion-DPO or DRaFT)", Settings("rhf_core.reward.finetune:FinetuneConfig"))
+                   "Diffusion-DPO or DRaFT)", Settings("rhf_core.align:FinetuneConfig"))
     _no_resume_flag(f, "--name (a run resumes it only with the settings it was trained with)")
     f.set_defaults(func=_finetune)
 
-    le = ap.command("eval-lee", "rejection sampling vs fine-tuning on held-out prompts, judged",
+    le = ap.command("eval-lee", "rejection sampling vs fine-tuning: selection and held-out rewards (judged on ShapesWorld)",
                     Settings("rhf_core.reward.experiment:LeeEvalConfig"))
     le.set_defaults(func=_eval_lee)
 

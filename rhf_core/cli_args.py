@@ -144,7 +144,7 @@ HELP: dict[str, str] = {
     # finetune: FinetuneConfig
     "FinetuneConfig.name": "adapter name (its resumable state is cache/finetune-state/<name>)",
     "FinetuneConfig.out": "adapter folder (empty: cache/adapters/<name>)",
-    "FinetuneConfig.reward": "lee, rahf-alignment, rahf-plausibility, rahf-overall or judge",
+    "FinetuneConfig.reward": "reward spec: lee, lee:DIR, rahf-<score>[:DIR] (plausibility, alignment, aesthetics, overall) or judge (ShapesWorld only)",
     "FinetuneConfig.prompts": "train (the reward's training prompts) or a text file, one prompt a line",
     "FinetuneConfig.n_prompts": "prompts sampled from --prompts",
     "FinetuneConfig.beta": "weight of the pre-training denoising loss",
@@ -186,9 +186,9 @@ HELP: dict[str, str] = {
     # eval-lee: LeeEvalConfig
     "LeeEvalConfig.adapters": "adapter folders, comma-separated; each is measured on the same prompts and seeds",
     "LeeEvalConfig.prompts": "a text file, one prompt a line (any generator); empty: ShapesWorld's splits",
-    "LeeEvalConfig.n_prompts": "prompts per split (trained, held-out seen, unseen)",
+    "LeeEvalConfig.n_prompts": "prompts per split (trained, held-out seen, unseen), or the first N of --prompts",
     "LeeEvalConfig.n": "samples per prompt and model",
-    "LeeEvalConfig.k": "best-of-k keeps the best of k samples",
+    "LeeEvalConfig.k": "how many of the n samples best-k keeps",
     "LeeEvalConfig.reward": "reward best-of-k selects by (empty: the first adapter's training reward)",
     "LeeEvalConfig.held_out": "held-out rewards reported beside it, comma-separated",
     "LeeEvalConfig.generator": "the generator the adapters were trained on (empty: the embedded one)",

@@ -23,7 +23,7 @@ from rhf_core.data import export, open_dataset
 from rhf_core.rahf import new_rahf
 from rhf_core.reward.encoders import build_tiny_clip
 from rhf_core.reward.experiment import LeeEvalConfig, format_experiment, lee_experiment, run_lee_eval
-from rhf_core.reward.finetune import FinetuneConfig, finetune
+from rhf_core.align import FinetuneConfig, finetune
 from rhf_core.reward.model import RewardConfig, RewardError, RewardModel
 from rhf_core.reward.rewards import REWARD_NAMES, Reward, get_reward, held_out_specs, parse_reward_spec
 from rhf_core.reward.train import RewardTrainConfig, format_metrics, train_reward

@@ -109,7 +109,7 @@ def test_help_has_no_stale_entries():
 
 
 def test_objective_choices_are_the_libraries():
-    from rhf_core.reward.finetune import OBJECTIVES
+    from rhf_core.align import OBJECTIVES
 
     assert CHOICES["FinetuneConfig.objective"] == OBJECTIVES
 

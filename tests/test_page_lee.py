@@ -72,7 +72,7 @@ def test_bad_inputs_show_messages():
 
 
 def test_training_prompt_set_lists_the_adapters_own_prompts():
-    from rhf_core.reward.finetune import FinetuneConfig, fine_tune_prompts, load_adapter_info
+    from rhf_core.align import FinetuneConfig, fine_tune_prompts, load_adapter_info
     from rhf_core.reward.train import default_prompt_split
 
     at = open_page()
@@ -158,7 +158,7 @@ def fake_finetune(cfg, generator=None, reward=None, progress=None, **kw):
 
 def test_fine_tune_lists_and_selects_the_new_adapter_and_drops_the_stop_button(tmp_path, monkeypatch):
     """Was: the new adapter was missing from the list until a rerun, and the Stop button stayed."""
-    import rhf_core.reward.finetune as ft
+    import rhf_core.align as ft
 
     monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ft, "finetune", fake_finetune)
@@ -178,7 +178,7 @@ def test_fine_tune_lists_and_selects_the_new_adapter_and_drops_the_stop_button(t
 def test_a_stopped_fine_tune_says_what_its_saved_state_holds(monkeypatch, kept, says):
     """Was "every finished step is kept" whatever was kept. A run this session started and that did not
     finish (Stop reran the page) is read back from the state folder (`saved_steps`)."""
-    import rhf_core.reward.finetune as ft
+    import rhf_core.align as ft
 
     monkeypatch.setattr(ft, "saved_steps", lambda name: kept if name == "half-way" else -1)
     at = open_page()
@@ -196,7 +196,7 @@ def test_a_real_generator_with_rewards_by_spec_and_no_judge(tmp_path, monkeypatc
 
     from rhf_core.rahf import new_rahf
     from rhf_core.reward.encoders import build_tiny_clip
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
     from rhf_core.reward.model import RewardConfig, RewardHead, RewardModel
     from rhf_core.reward.rewards import get_reward
     from rhf_core.t2i import load_generator

@@ -162,7 +162,7 @@ def test_rejection_sampling_bad_inputs(gen, kwargs, message):
 
 @pytest.fixture(scope="module")
 def adapter(gen, tmp_path_factory):
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     root = tmp_path_factory.mktemp("ft")
     (root / "prompts.txt").write_text("a red circle\ntwo blue squares\n")
@@ -264,7 +264,7 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
 
 
 def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path):
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     (tmp_path / "prompts.txt").write_text("a red circle\n")
     cfg = FinetuneConfig(name="filtered", out=str(tmp_path / "adapter"), prompts=str(tmp_path / "prompts.txt"),
@@ -275,7 +275,7 @@ def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path)
 
 
 def test_reward_t_min_outside_the_schedule_is_refused(gen, tmp_path):
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(name="tmin", out=str(tmp_path / "adapter"), reward_t_min=1.0, steps=2)
     with pytest.raises(RewardError, match=r"reward_t_min must lie in \[0, 1\)"):
@@ -286,7 +286,7 @@ def test_reward_t_min_outside_the_schedule_is_refused(gen, tmp_path):
 def test_lora_on_convolutions_is_saved_and_loaded(gen, tmp_path):
     from safetensors.torch import load_file
 
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     (tmp_path / "prompts.txt").write_text("a red circle\n")
     cfg = FinetuneConfig(name="convs", out=str(tmp_path / "convs"), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
@@ -315,7 +315,7 @@ def _two_step_adapter(gen, tmp_path, name, **kw) -> dict:
     """The LoRA weights of a 2-step fine-tune on one prompt (config overrides in kw)."""
     from safetensors.torch import load_file
 
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     (tmp_path / "prompts.txt").write_text("a red circle\n")
     cfg = FinetuneConfig(name=name, out=str(tmp_path / name), prompts=str(tmp_path / "prompts.txt"), per_prompt=2,
@@ -337,7 +337,7 @@ def test_guided_objective_fits_the_guided_prediction(gen, tmp_path):
 
 def test_x0_space_reward_term_weights_and_trains(gen, tmp_path):
     """--reward-x0-cap: weights 1/SNR (x0-space error), capped at the noisy end; it trains other weights."""
-    from rhf_core.reward.finetune import x0_weight
+    from rhf_core.align import x0_weight
 
     w = x0_weight(torch.tensor([100.0, 1.0, 0.25, 1e-4, 0.0]), 20.0)
     assert torch.allclose(w, torch.tensor([0.01, 1.0, 4.0, 20.0, 20.0]))
@@ -385,7 +385,7 @@ def test_claims_need_an_interval_clear_of_zero():
 
 
 def test_fine_tune_stops_keeps_every_finished_step_and_resumes(gen, tmp_path):
-    from rhf_core.reward.finetune import FinetuneConfig, finetune, load_adapter_info
+    from rhf_core.align import FinetuneConfig, finetune, load_adapter_info
 
     (tmp_path / "prompts.txt").write_text("a red circle\n")
     cfg = FinetuneConfig(name="stop-resume", out=str(tmp_path / "adapter"), prompts=str(tmp_path / "prompts.txt"),
@@ -414,7 +414,7 @@ def test_fine_tune_stops_keeps_every_finished_step_and_resumes(gen, tmp_path):
 def test_pre_training_renders_for_any_shapesworld_generator(gen, tmp_path):
     """The β term's renders come for every pipeline train-t2i wrote (its train_log.json), not only for
     one whose name says "shapes"; any other pipeline has none (the β term is then off, with a warning)."""
-    from rhf_core.reward.finetune import FinetuneConfig, is_shapes_generator, pretrain_pairs
+    from rhf_core.align import FinetuneConfig, is_shapes_generator, pretrain_pairs
 
     folder = Path(str(gen.pipe.config._name_or_path))
     assert "shapes" not in gen.name and not is_shapes_generator(gen)
@@ -431,7 +431,7 @@ def test_pre_training_renders_for_any_shapesworld_generator(gen, tmp_path):
 
 
 def test_preference_pairs_and_the_dpo_loss():
-    from rhf_core.reward.finetune import dpo_loss, preference_pairs
+    from rhf_core.align import dpo_loss, preference_pairs
 
     prompts = ["a", "a", "a", "b", "b"]
     rewards = np.array([1.0, 0.0, 0.6, 0.2, 0.3], np.float32)
@@ -448,7 +448,7 @@ def test_preference_pairs_and_the_dpo_loss():
 
 def test_dpo_fine_tune_learns_the_preference_and_refuses_bad_settings(gen, tmp_path):
     """A few Diffusion-DPO steps on a tiny pipeline lower the pair loss below the reference's log 2."""
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     (tmp_path / "prompts.txt").write_text("a red circle\n")
     base = dict(prompts=str(tmp_path / "prompts.txt"), per_prompt=4, beta=0.0, rank=4, batch_size=4, uncond_prob=0.0,
@@ -500,7 +500,7 @@ class DifferentiableBrightness:
 def test_reward_backprop_fine_tune_raises_the_reward_and_refuses_what_it_cannot_use(gen, tmp_path):
     """A few DRaFT steps on a tiny pipeline raise the reward of fresh samples (same seeds) over the
     original; a reward without gradients and a draft_k beyond the sampler are refused."""
-    from rhf_core.reward.finetune import FinetuneConfig, finetune
+    from rhf_core.align import FinetuneConfig, finetune
 
     reward = DifferentiableBrightness()
     (tmp_path / "prompts.txt").write_text("a red circle\ntwo blue squares\n")
@@ -537,7 +537,7 @@ def test_reward_backprop_fine_tune_raises_the_reward_and_refuses_what_it_cannot_
 def test_shipped_adapters_are_complete_measured_and_load():
     """Every shipped adapter has its config, a metrics.json from eval-lee that measures it, and loads into
     the embedded generator, changing its samples."""
-    from rhf_core.reward.finetune import load_adapter_info
+    from rhf_core.align import load_adapter_info
 
     root = Path(__file__).resolve().parents[1] / "rhf_core" / "assets" / "adapters"
     folders = sorted(p for p in root.iterdir() if p.is_dir())

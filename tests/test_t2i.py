@@ -140,12 +140,13 @@ def test_train_t2i_runs_resumes_and_saves_a_loadable_pipeline(tmp_path):
 def test_train_t2i_with_ema_saves_the_average_and_resumes_it(tmp_path):
     from safetensors.torch import load_file
 
-    from rhf_core.t2i.train import T2ITrainConfig, _lr, train_t2i
+    from rhf_core.t2i.train import T2ITrainConfig, train_t2i
+    from rhf_core.training import warmup_cosine
 
-    assert _lr(500, 1000, warmup=100, schedule="constant") == 1.0
-    assert _lr(999, 1000, warmup=100, schedule="cosine") < 1e-4
+    assert warmup_cosine(500, 1000, 100, "constant") == 1.0
+    assert warmup_cosine(999, 1000, 100, "cosine") < 1e-4
     with pytest.raises(ValueError, match="schedule"):
-        _lr(0, 10, schedule="linear")
+        warmup_cosine(0, 10, 100, "linear")
     cfg = T2ITrainConfig(out=str(tmp_path / "out"), n_images=16, vae_steps=2, vae_batch=4, unet_steps=2,
                          unet_batch=4, save_every=1, state_dir=str(tmp_path / "state"), model=TINY,
                          unet_lr=1e-2, lr_schedule="constant", ema_decay=0.99, snr_gamma=5.0)

@@ -242,7 +242,7 @@ class DRaFT(Objective):
 
 def check_reward_fits(cfg: FinetuneConfig, reward) -> None:
     """DRaFT backpropagates through the reward: refuse one without a pixel-tensor path before any work."""
-    if cfg.objective == "draft" and not hasattr(reward, "score_pixels"):
+    if cfg.objective == "draft" and not getattr(reward, "differentiable", hasattr(reward, "score_pixels")):
         raise RewardError(f"the draft objective backpropagates through the reward, so it needs a differentiable "
                           f"one: {cfg.reward!r} is not (use --reward lee)")
 

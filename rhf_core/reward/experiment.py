@@ -25,7 +25,7 @@ import numpy as np
 
 from rhf_core.cache import atomic_write_text, json_text
 from rhf_core.reward.compare import ARMS, paired_bootstrap, run_comparison, summarize
-from rhf_core.reward.finetune import FinetuneConfig, fine_tune_prompts, load_adapter_info
+from rhf_core.align import FinetuneConfig, fine_tune_prompts, load_adapter_info
 from rhf_core.reward.model import RewardError
 from rhf_core.reward.rewards import get_reward, get_rewards, held_out_specs
 from rhf_core.reward.train import default_prompt_split

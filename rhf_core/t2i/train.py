@@ -84,11 +84,6 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _lr(step: int, total: int, warmup: int = 100, schedule: str = "cosine") -> float:
-    """The factor on the base learning rate (the VAE warms up over 100 steps, the UNet over 200)."""
-    return warmup_cosine(step, total, warmup, schedule)
-
-
 def _save_state(path: Path, modules: dict, opt, step: int, log: list) -> None:
     """Each module's weights in `<name>.safetensors`, then the optimizer, step and log in TRAINER_FILE (the
     step a resume starts from, so it is written last); each file replaced atomically."""
@@ -129,7 +124,7 @@ def train_vae(vae, images: np.ndarray, cfg: T2ITrainConfig, state: Path, resume:
     t0, losses = time.time(), []
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * _lr(step, cfg.vae_steps, schedule=cfg.lr_schedule)
+            g["lr"] = cfg.vae_lr * warmup_cosine(step, cfg.vae_steps, 100, cfg.lr_schedule)  # VAE: 100 warm-up steps
         x = _pixels(images[rng.integers(len(images), size=cfg.vae_batch)])
         if cfg.vae_crop and cfg.vae_crop < x.shape[-1]:
             c = cfg.vae_crop
@@ -220,7 +215,7 @@ def train_t2i(cfg: T2ITrainConfig, resume: bool = True, should_stop: Callable[[]
     dev = accelerator.device
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.unet_lr * _lr(step, cfg.unet_steps, warmup=200, schedule=cfg.lr_schedule)
+            g["lr"] = cfg.unet_lr * warmup_cosine(step, cfg.unet_steps, 200, cfg.lr_schedule)  # UNet: 200
         idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
         lat = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
         noise = torch.randn(lat.shape, generator=gen)
