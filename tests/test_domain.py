@@ -54,7 +54,7 @@ def test_part_distances_are_finite_and_zero_at_the_mean(n, d, rank, seed, q):
     dist = part.distance(rng.normal(size=(10, d)) * 100)
     assert np.isfinite(dist).all() and (dist >= 0).all()
     assert part.distance(part.mean[None])[0] == pytest.approx(0, abs=1e-6)
-    assert part.threshold > 0 and part.components.shape == (min(rank, d - 1 if d > 1 else 1), d) or d == 1
+    assert part.threshold > 0 and part.components.shape == (min(rank, min(len(fit), d) - 1), d)
 
 
 @pytest.mark.parametrize("kwargs, error, text", [
