@@ -22,7 +22,10 @@ from pathlib import Path
 
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Dataset, Record, SkippedRow
 from rhf_core.errors import DatasetNotFoundError, DatasetSpecError
-from rhf_core.sources.folder import export
+from rhf_core.shapes.dataset import ShapesDataset
+from rhf_core.sources.folder import FolderDataset, export
+from rhf_core.sources.rapidata import RapidataDataset
+from rhf_core.sources.richhf import RichHFDataset
 
 DEFAULT_SPEC = "shapes"
 SOURCES = ("shapes", "richhf18k", "rapidata", "folder")
@@ -220,24 +223,16 @@ def open_dataset(spec: str = DEFAULT_SPEC, split: str | None = None, progress=No
     opts = _merged_options(parsed, {**options, "split": split})
     split = opts.pop("split", None)
     if source == "shapes":
-        from rhf_core.shapes.dataset import ShapesDataset
-
         if split and split not in SHAPES_SPLITS:  # an unknown name used to give an empty dataset silently
             raise DatasetSpecError(f"shapes: split must be one of {', '.join(SHAPES_SPLITS)}, got {split!r}")
         ds = ShapesDataset(progress=progress, **opts)
         return ds.split(split) if split else ds
     _check_path(parsed, spec)
     if source == "richhf18k":
-        from rhf_core.sources.richhf import RichHFDataset
-
         return RichHFDataset(parsed.path, split=split, progress=progress, **opts)
     if source == "rapidata":
-        from rhf_core.sources.rapidata import RapidataDataset
-
         return RapidataDataset(parsed.path, split=split or "train", progress=progress, **opts)
     if source == "folder":
-        from rhf_core.sources.folder import FolderDataset
-
         ds = FolderDataset(parsed.path, **opts)
         return _folder_split(ds, split) if split else ds
     raise DatasetNotFoundError(spec)  # pragma: no cover - read_spec covers every source

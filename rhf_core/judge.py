@@ -25,6 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 from rhf_core.images import load_image
+from rhf_core.shapes.dataset import generate_sample
 from rhf_core.shapes.grammar import BACKGROUNDS, COLORS, PLURALS, SHAPES, PromptSpec, parse_prompt
 from rhf_core.shapes.render import raster, shape_outline
 
@@ -249,8 +250,6 @@ def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def evaluate_judge(n: int = 500, seed: int = 0, degraded: bool = False) -> dict:
     """Accuracy of each verdict on rendered ShapesWorld records with known scenes and defects."""
-    from rhf_core.shapes.dataset import generate_sample
-
     rng = np.random.default_rng([seed, 1])
     hits = {"aligned": 0, "misaligned_words": 0, "implausible": 0, "count": 0, "background": 0}
     by_kind: dict[str, list[int]] = {}

@@ -20,7 +20,14 @@ from PIL import Image
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import heatmap_to_mask, mask_to_image, resize_heatmap
 from rhf_core.images import load_image
-from rhf_core.t2i.generator import MAX_IMAGES_PER_CALL, check_sampling, whole_number
+from rhf_core.judge import judge
+from rhf_core.rahf import load_rahf
+from rhf_core.rahf.predictor import check_prompt_words
+from rhf_core.shapes.dataset import generate_sample
+from rhf_core.shapes.grammar import parse_prompt
+from rhf_core.t2i import load_generator
+from rhf_core.t2i.evaluate import evaluation_prompts
+from rhf_core.t2i.generator import MAX_IMAGES_PER_CALL, GeneratorError, check_sampling, mask_array, whole_number
 
 HEATMAP_TYPES = ("implausibility", "misalignment")
 # How candidates are ranked (best first). RichHF kept the most plausible; an inpainter that paints
@@ -90,9 +97,6 @@ class RepairResult:
 
 def judge_if_shapes(image: Image.Image, prompt: str):
     """The judge's verdict when the prompt is a ShapesWorld prompt, else None."""
-    from rhf_core.judge import judge
-    from rhf_core.shapes.grammar import parse_prompt
-
     spec = parse_prompt(prompt)
     return judge(image, spec) if spec is not None else None
 
@@ -101,8 +105,6 @@ def repair_mask(image_size: tuple[int, int], *, heatmap_array: np.ndarray | None
                 threshold: float = 0.5, threshold_mode: str = "absolute", dilation: int = 4) -> np.ndarray:
     """The repaint mask at `image_size` = (w, h): a user mask as given, else the heatmap cut and dilated."""
     if mask is not None:
-        from rhf_core.t2i.generator import GeneratorError, mask_array
-
         try:
             return mask_array(mask, image_size)
         except GeneratorError as err:
@@ -168,8 +170,6 @@ def plan_repair(image, prompt: str, *, predictor=None, heatmap: str = "implausib
     """Check the arguments, decode the image, predict it once and cut the mask: from the predicted
     `heatmap`, from a labelled record's ground truth (`heatmap_array`) or as given (`mask`); the
     threshold is absolute or relative to the map's peak, the dilation in pixels of the image."""
-    from rhf_core.rahf.predictor import check_prompt_words
-
     if heatmap not in HEATMAP_TYPES:
         raise RepairError(f"unknown heatmap type {heatmap!r}; use one of {', '.join(HEATMAP_TYPES)}")
     if not isinstance(prompt, str):
@@ -191,8 +191,6 @@ def plan_repair(image, prompt: str, *, predictor=None, heatmap: str = "implausib
     img = load_image(image, max_side=None) if isinstance(image, Image.Image) else load_image(image)
     user_mask = repair_mask(img.size, mask=mask) if mask is not None else None
     if predictor is None:
-        from rhf_core.rahf import load_rahf
-
         predictor = load_rahf()
     pred = predictor.predict([img], [prompt])[0]
     before = Candidate(img, pred.scores, pred.heatmaps, -1, prompt)
@@ -228,8 +226,6 @@ def run_repair(plan: RepairPlan, *, generator=None, n: int = 4, seed: int = 0, s
         return result
     report = progress or (lambda stage, frac: None)
     if generator is None:
-        from rhf_core.t2i import load_generator
-
         generator = load_generator()
     images = generator.inpaint(plan.image, plan.mask, plan.prompt, n=n, seed=seed, steps=steps, guidance=guidance,
                                strength=strength, progress=lambda d, t: report("inpainting", d / t))
@@ -266,12 +262,8 @@ def repair(image, prompt: str, threshold: float = 0.5, dilation: int = 4, n: int
 
 def _implausible_images(kind: str, n: int, seed: int, generator) -> list[tuple[str, Image.Image, str, np.ndarray | None]]:
     """(id, image, prompt, ground-truth implausibility or None) for n images the judge finds implausible."""
-    from rhf_core.judge import judge
-
     out = []
     if kind == "shapes":
-        from rhf_core.shapes.dataset import generate_sample
-
         i = 0
         while len(out) < n and i < 50 * n:
             s = generate_sample(i, seed=seed)
@@ -282,8 +274,6 @@ def _implausible_images(kind: str, n: int, seed: int, generator) -> list[tuple[s
             if judge(img, s.spec).implausible:
                 out.append((f"shapes-{seed}-{i - 1}", img, s.prompt, s.region("implausibility").astype(np.float32)))
     else:
-        from rhf_core.t2i.evaluate import evaluation_prompts
-
         specs = evaluation_prompts(per_category=12, seed=seed)
         images = generator.generate([s.text for s in specs], n=4, seed=seed)
         for spec, imgs in zip(specs, images):
@@ -299,9 +289,6 @@ def evaluate_repair(n: int = 40, seed: int = 7, threshold: float = 0.5, threshol
     """Share of judge-implausible images whose judge implausibility falls after repair, the mean change
     in predicted plausibility, and the alignment kept, on planted-defect renders and generator samples."""
     import time
-
-    from rhf_core.rahf import load_rahf
-    from rhf_core.t2i import load_generator
 
     predictor = predictor or load_rahf()
     generator = generator or load_generator()

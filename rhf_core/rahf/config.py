@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rhf_core.cache import atomic_write_text
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import InvalidArgumentError
 
@@ -111,8 +112,6 @@ class RAHFConfig:
             raise InvalidArgumentError(f"patch size {p} must be a power of two dividing the image size {self.image_size}")
 
     def save(self, directory: Path) -> None:
-        from rhf_core.cache import atomic_write_text
-
         atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

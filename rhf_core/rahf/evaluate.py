@@ -33,6 +33,7 @@ from rhf_core.heatmaps import resize_heatmap
 from rhf_core.rahf.common import Prediction, images_to_tensor, scorable_records
 from rhf_core.rahf.predictor import load_rahf
 from rhf_core.rahf.train import Arrays, TrainConfig, augment_batch, make_batch, rahf_loss, split_arrays
+from rhf_core.shapes.annotators import STYLES, annotate, true_likert
 
 # The embedded checkpoint's targets (issue: RAHF), checked and reported with every evaluation.
 TARGETS = {"srcc_share_of_ceiling": 0.9, "heat_cc": 0.6, "heat_nss": 2.5, "heat_auc_judd": 0.9, "word_f1": 0.8}
@@ -236,8 +237,6 @@ def evaluate_rahf(checkpoint: str = "", data: str = "shapes:n=3000,seed=1", spli
 def _fresh_panels(data: str, recs, base: int, panels: int = 1):
     """ShapesWorld only: each record's sample (true scene and defects) and the feedback of `panels`
     new, independent rater panels on it (panel j drawn from the seed [base, index, j])."""
-    from rhf_core.shapes.annotators import STYLES, annotate
-
     root = open_dataset(data)
     style = STYLES[root.raters]
     for r in tqdm(recs, desc="rater panels", leave=False):
@@ -258,8 +257,6 @@ def shapes_oracle(data: str, recs, panels: int = 64) -> dict:
     Likert values the simulated raters perturb. Heatmaps: the expected annotation (the mean map of
     `panels` independent rater panels on the same image and defects), which is what a loss-minimising
     model converges to; the labels are one panel's clicks, so even this scores well below CC 1."""
-    from rhf_core.shapes.annotators import true_likert
-
     truths, maps = [], []
     for s, fbs in _fresh_panels(data, recs, 24681357, panels):
         truths.append(true_likert(s.scene, s.defects))

@@ -21,7 +21,7 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
-from rhf_core.rahf import port
+from rhf_core.rahf.port import is_converted_port, load_converted_port
 from rhf_core.rahf.common import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words,
                                   heatmap_gate, images_to_tensor, pick_device)
 from rhf_core.rahf.config import RAHFConfig
@@ -194,8 +194,8 @@ def load_rahf(path: str | Path | None = None, device: str | None = None) -> RAHF
     target = Path(path) if path else DEFAULT_CHECKPOINT
     if not target.exists():
         raise CheckpointError(f"no RAHF checkpoint at {target}")
-    if port.is_converted_port(target):  # the authors' published weights, converted by convert-port
-        return port.load_converted_port(target, device=device)
+    if is_converted_port(target):  # the authors' published weights, converted by convert-port
+        return load_converted_port(target, device=device)
     return RAHF.load(target, device=device)
 
 

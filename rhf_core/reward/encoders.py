@@ -19,6 +19,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from rhf_core.errors import RHFError
+from rhf_core.judge import degrade
+from rhf_core.shapes.grammar import sample_prompt
+from rhf_core.shapes.render import render, sample_scene
+from rhf_core.t2i.build import build_tokenizer
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_ENCODERS = ASSETS / "clip-shapes"
@@ -112,8 +116,6 @@ class TinyCLIPConfig:
 def build_tiny_clip(cfg: TinyCLIPConfig | None = None, seed: int = 0) -> Encoders:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from rhf_core.t2i.build import build_tokenizer
-
     cfg = cfg or TinyCLIPConfig()
     torch.manual_seed(seed)
     tok = build_tokenizer(max_length=cfg.max_length)
@@ -136,10 +138,6 @@ def build_tiny_clip(cfg: TinyCLIPConfig | None = None, seed: int = 0) -> Encoder
 def contrastive_pairs(n: int, seed: int, size: int = 64) -> tuple[list[Image.Image], list[str]]:
     """Renders of seen prompts with their prompts; a third are degraded like a diffusion model's output
     and a third carry a planted defect, so the encoders see what generated images look like."""
-    from rhf_core.judge import degrade
-    from rhf_core.shapes.grammar import sample_prompt
-    from rhf_core.shapes.render import render, sample_scene
-
     rng = np.random.default_rng(seed)
     images, prompts = [], []
     for _ in tqdm(range(n), desc="rendering", leave=False):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from rhf_core.cache import atomic_write_text
 from rhf_core.errors import RHFError
 from rhf_core.reward.encoders import ASSETS, Encoders, load_encoders
 
@@ -97,8 +98,6 @@ class RewardModel:
 
     def save(self, path: str | Path, metrics: dict | None = None) -> None:
         from safetensors.torch import save_file
-
-        from rhf_core.cache import atomic_write_text
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,10 @@ import numpy as np
 from PIL import Image
 
 from rhf_core.dataset import SCORE_NAMES
+from rhf_core.judge import judge
 from rhf_core.rahf import CheckpointError, load_rahf
 from rhf_core.reward.model import RewardError, load_reward_model
+from rhf_core.shapes.grammar import parse_prompt
 
 # The specs that name an embedded model (the page's choices; any `:DIR` form is accepted too).
 REWARD_NAMES = ("lee", *(f"rahf-{s}" for s in ("alignment", "plausibility", "overall", "aesthetics")), "judge")
@@ -51,9 +53,6 @@ def parse_reward_spec(spec: str) -> tuple[str, str, str]:
 
 
 def judge_reward(images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
-    from rhf_core.judge import judge
-    from rhf_core.shapes.grammar import parse_prompt
-
     out = []
     for im, p in zip(images, prompts):
         spec = parse_prompt(p)

@@ -26,8 +26,12 @@ from rhf_core.cache import atomic_savez, cache_dir, cache_key
 from rhf_core.data import open_dataset
 from rhf_core.dataset import SCORE_NAMES
 from rhf_core.errors import RHFError
+from rhf_core.judge import JUDGE_VERSION, judge
+from rhf_core.perturb import perturbed_prompts
+from rhf_core.reward.encoders import load_encoders
 from rhf_core.reward.model import RewardConfig, RewardError, RewardHead, RewardModel
-from rhf_core.reward.perturb import perturbed_prompts
+from rhf_core.shapes.grammar import prompts_by
+from rhf_core.t2i import load_generator
 
 
 @dataclass
@@ -71,8 +75,6 @@ class Labelled:
 
 def prompt_split(n_train: int, n_heldout: int, seed: int) -> dict[str, list[str]]:
     """Disjoint prompt sets: train and held-out seen prompts, and held-out unseen prompts."""
-    from rhf_core.shapes.grammar import prompts_by
-
     rng = np.random.default_rng(seed)
     seen = [p.text for p in prompts_by(unseen=False)]
     unseen = [p.text for p in prompts_by(unseen=True)]
@@ -90,8 +92,6 @@ def default_prompt_split() -> dict[str, list[str]]:
 
 def labelled_generations(generator, sets: dict[str, list[str]], per_prompt: int, seed: int) -> Labelled:
     """Generate and judge (cached on disk by generator weights, prompts and seed)."""
-    from rhf_core.judge import JUDGE_VERSION, judge
-
     key = cache_key("reward-data", generator.fingerprint(), sets, per_prompt, seed, JUDGE_VERSION)
     path = cache_dir("reward-data") / f"{key}.npz"
     if path.is_file():
@@ -172,8 +172,6 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 def train_reward(cfg: RewardTrainConfig, generator=None, encoders=None, progress=print) -> tuple[RewardModel, dict]:
     """Train the reward on rated data (`cfg.data`) or on judged generations of the embedded world; saves the
     model and metrics.json to `cfg.out`."""
-    from rhf_core.reward.encoders import load_encoders
-
     t0 = time.time()
     encoders = encoders or load_encoders(cfg.model.encoders or None)
     if cfg.data:
@@ -188,8 +186,6 @@ def train_reward(cfg: RewardTrainConfig, generator=None, encoders=None, progress
 
 def judged_embeddings(cfg: RewardTrainConfig, generator, encoders, progress):
     """Image embeddings, prompts, labels and splits (train / seen / unseen) of judged generations."""
-    from rhf_core.t2i import load_generator
-
     generator = generator or load_generator(cfg.generator or None)
     if not generator.is_shapes_world:
         raise RewardError(f"{generator.name} is not a ShapesWorld generator, so the judge cannot label its images: "

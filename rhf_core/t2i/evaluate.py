@@ -9,6 +9,7 @@ import numpy as np
 
 from rhf_core.judge import judge
 from rhf_core.shapes.grammar import CATEGORIES, PromptSpec, prompts_by
+from rhf_core.t2i.generator import load_generator
 
 ATTRIBUTES = ("count", "color", "shape", "background")
 
@@ -75,8 +76,6 @@ def summarize(rows: list[dict]) -> dict:
 
 def evaluate_generator(name_or_path=None, per_prompt: int = 4, per_category: int = 12, seed: int = 1,
                        steps: int = 25, guidance: float = 7.5, generator=None) -> dict:
-    from rhf_core.t2i.generator import load_generator
-
     gen = generator or load_generator(name_or_path)
     specs = evaluation_prompts(per_category, seed)
     t0 = time.time()

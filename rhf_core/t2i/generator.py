@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rhf_core.cache import file_fingerprint, weights_fingerprint
 from rhf_core.errors import RHFError
 from rhf_core.images import load_image
 
@@ -169,8 +170,6 @@ class Generator:
 
     def fingerprint(self) -> list:
         """What identifies this model's weights for cache keys: its files (size, mtime) and the adapter's."""
-        from rhf_core.cache import file_fingerprint, weights_fingerprint
-
         root = self.root
         files = file_fingerprint(root.rglob("*.safetensors")) if root.exists() else [self.name]
         if self.adapter:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from rhf_core.cache import atomic_write_bytes, cache_dir
 from rhf_core.errors import InvalidArgumentError
+from rhf_core.perturb import perturbed_prompts
 from rhf_core.shapes.grammar import sample_prompt
 from rhf_core.shapes.render import render, sample_scene
 from rhf_core.t2i.build import TinyT2IConfig, build_components
@@ -63,8 +64,6 @@ def training_set(n: int, seed: int, size: int, caption_noise: float = 0.0) -> tu
     same as without)."""
     if not 0.0 <= caption_noise <= 1.0:
         raise InvalidArgumentError(f"caption_noise is a share of captions, in [0, 1]; got {caption_noise}")
-    from rhf_core.reward.perturb import perturbed_prompts
-
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng([seed, 7])  # its own stream: the renders do not depend on it
     images = np.empty((n, size, size, 3), dtype=np.uint8)
