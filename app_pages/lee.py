@@ -10,14 +10,15 @@ import plotly.express as px
 import streamlit as st
 from PIL import Image
 
+from rhf_core.align import FinetuneConfig, finetune, load_adapter_info, saved_steps
 from rhf_core.cache import atomic_write_text, cache_dir, cache_key
 from rhf_core.errors import RHFError
 from rhf_core.reward.compare import ARMS, run_comparison, summarize
 from rhf_core.reward.experiment import experiment_prompts, heldout_prompts
-from rhf_core.align import FinetuneConfig, finetune, load_adapter_info, saved_steps
 from rhf_core.reward.rewards import (DEFAULT_HELD_OUT, REWARD_NAMES, SPEC_HELP, check_judge, held_out_specs,
                                      parse_reward_spec)
 from rhf_core.shapes.grammar import CATEGORIES, parse_prompt
+from rhf_core.shipped import ADAPTERS as SHIPPED
 from ui.components import run_with_progress, upscale
 from ui.loaders import load_encoders, load_reward
 from ui.settings import current_generator, current_predictor, error_text, policy
@@ -25,7 +26,6 @@ from ui.settings import current_generator, current_predictor, error_text, policy
 OBJECTIVE_LABELS = {"rwr": "reward-weighted likelihood (Lee et al.)", "dpo": "Diffusion-DPO on reward pairs",
                     "draft": "reward backpropagation (DRaFT; lee reward)"}
 
-SHIPPED = Path(__file__).resolve().parents[1] / "rhf_core" / "assets" / "adapters"
 SHAPES_PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts"]
 PROMPT_SETS = [*SHAPES_PROMPT_SETS, "The adapter's training prompts", "Free text", "Prompt file"]
 ARM_COLORS = dict(zip(ARMS, px.colors.qualitative.Set2))

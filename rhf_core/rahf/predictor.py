@@ -26,9 +26,9 @@ from rhf_core.rahf.common import (MAX_BATCH_SIZE, CheckpointError, Prediction, c
                                   heatmap_gate, images_to_tensor, pick_device)
 from rhf_core.rahf.config import RAHFConfig
 from rhf_core.rahf.model import RAHFModel
+from rhf_core.shipped import RAHF_CHECKPOINT
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_CHECKPOINT = ASSETS / "rahf-shapes"
+DEFAULT_CHECKPOINT = RAHF_CHECKPOINT
 WEIGHTS = "model.safetensors"
 def _image(im, index: int) -> Image.Image:
     """Every image goes through load_image (16-bit, alpha, palette, EXIF, lazily opened files): a PIL

@@ -23,9 +23,9 @@ from rhf_core.judge import degrade
 from rhf_core.shapes.grammar import sample_prompt
 from rhf_core.shapes.render import render, sample_scene
 from rhf_core.t2i.build import build_tokenizer
+from rhf_core.shipped import CLIP_ENCODERS
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_ENCODERS = ASSETS / "clip-shapes"
+DEFAULT_ENCODERS = CLIP_ENCODERS
 
 
 class EncoderError(RHFError, ValueError):

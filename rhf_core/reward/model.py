@@ -15,9 +15,10 @@ from torch import nn
 
 from rhf_core.cache import atomic_write_text
 from rhf_core.errors import RHFError
-from rhf_core.reward.encoders import ASSETS, Encoders, load_encoders
+from rhf_core.reward.encoders import Encoders, load_encoders
+from rhf_core.shipped import REWARD_MODEL
 
-DEFAULT_REWARD = ASSETS / "reward-shapes"
+DEFAULT_REWARD = REWARD_MODEL
 
 
 class RewardError(RHFError, ValueError):

@@ -24,9 +24,9 @@ from PIL import Image
 from rhf_core.cache import file_fingerprint, weights_fingerprint
 from rhf_core.errors import RHFError
 from rhf_core.images import load_image
+from rhf_core.shipped import GENERATOR
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_GENERATOR = ASSETS / "t2i-shapes"
+DEFAULT_GENERATOR = GENERATOR
 MAX_IMAGES_PER_CALL = 4096
 # Diffusers' schedulers have 1000 training timesteps: more inference steps than that are refused there.
 MAX_STEPS = 1000
