@@ -78,3 +78,14 @@ def test_training_outputs_default_under_cache(command):
     settings = build_parser().parse_args([command]).settings
     out = settings.out or f"cache/adapters/{settings.name}"  # finetune: empty out = cache/adapters/<name>
     assert out.startswith("cache/"), f"{command} writes to {out} by default"
+
+
+def test_public_entry_points_come_from_rhf_core_without_importing_torch_first():
+    import subprocess
+    import sys
+
+    code = ("import sys, rhf_core; assert 'torch' not in sys.modules, 'import rhf_core pulled in torch'; "
+            "print(sorted(n for n in rhf_core.ENTRY_POINTS if not callable(getattr(rhf_core, n))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"  # every entry point resolves to a callable
