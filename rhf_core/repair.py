@@ -22,7 +22,7 @@ from rhf_core.heatmaps import heatmap_to_mask, mask_to_image, resize_heatmap
 from rhf_core.images import load_image
 from rhf_core.judge import judge
 from rhf_core.rahf import load_rahf
-from rhf_core.rahf.predictor import check_prompt_words
+from rhf_core.rahf.common import check_prompt_words
 from rhf_core.shapes.dataset import generate_sample
 from rhf_core.shapes.grammar import parse_prompt
 from rhf_core.t2i import load_generator

@@ -5,6 +5,7 @@ the records a RAHF can score. It sits below both, so neither imports the other's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -92,3 +93,20 @@ def scorable_records(ds: Dataset, max_records: int = 0) -> list:
         except RHFError:  # an unreadable image or heatmap file: not scorable
             continue
     return out
+
+
+def check_predict_args(images, prompts, batch_size) -> tuple[list, list, list[list[str]]]:
+    """`predict`'s arguments checked before any work (both RAHF implementations): lists of equal
+    length, a whole batch size in range, prompts with words. Returns (images, prompts, each prompt's words)."""
+    if isinstance(prompts, (str, bytes)) or isinstance(images, (str, bytes, Path, Image.Image)):
+        raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])")
+    try:
+        images, prompts = list(images), list(prompts)
+    except TypeError:
+        raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])") from None
+    if len(images) != len(prompts):
+        raise InvalidArgumentError(f"{len(images)} images but {len(prompts)} prompts")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or not 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise InvalidArgumentError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+    return images, prompts, check_prompt_words(prompts)

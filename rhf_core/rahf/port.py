@@ -56,8 +56,8 @@ from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES
 from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
-from rhf_core.rahf.common import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words, heatmap_gate,
-                                  images_to_tensor, pick_device)
+from rhf_core.rahf.common import (CheckpointError, Prediction, check_predict_args, heatmap_gate, images_to_tensor,
+                                  pick_device)
 
 if TYPE_CHECKING:
     from transformers import T5Config, ViTConfig
@@ -571,18 +571,7 @@ class PortPredictor:
         return Path(self.path).name if self.path else f"richhf-port ({self.config.source.get('checkpoint', '?')})"
 
     def _check(self, images, prompts, batch_size):
-        if isinstance(prompts, (str, bytes)) or isinstance(images, (str, bytes, Path, Image.Image)):
-            raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])")
-        try:
-            images, prompts = list(images), list(prompts)
-        except TypeError:
-            raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])") from None
-        if len(images) != len(prompts):
-            raise InvalidArgumentError(f"{len(images)} images but {len(prompts)} prompts")
-        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                or not 1 <= batch_size <= MAX_BATCH_SIZE):
-            raise InvalidArgumentError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
-        return images, prompts, check_prompt_words(prompts)
+        return check_predict_args(images, prompts, batch_size)
 
     @torch.no_grad()
     def predict(self, images, prompts: Sequence[str], batch_size: int = 32,

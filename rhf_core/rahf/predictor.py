@@ -22,8 +22,8 @@ from rhf_core.errors import InvalidArgumentError
 from rhf_core.heatmaps import resize_heatmap
 from rhf_core.images import load_image
 from rhf_core.rahf.port import is_converted_port, load_converted_port
-from rhf_core.rahf.common import (MAX_BATCH_SIZE, CheckpointError, Prediction, check_prompt_words,
-                                  heatmap_gate, images_to_tensor, pick_device)
+from rhf_core.rahf.common import (CheckpointError, Prediction, check_predict_args, heatmap_gate, images_to_tensor,
+                                  pick_device)
 from rhf_core.rahf.config import RAHFConfig
 from rhf_core.rahf.model import RAHFModel
 from rhf_core.shipped import RAHF_CHECKPOINT
@@ -100,18 +100,7 @@ class RAHF:
         Images: PIL images, paths or bytes, each decoded by `load_image`. Raises InvalidArgumentError
         (an RHFError) for bad arguments before any work, ImageLoadError for an unreadable image."""
         # 1. Check inputs
-        if isinstance(prompts, (str, bytes)) or isinstance(images, (str, bytes, Path, Image.Image)):
-            raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])")
-        try:
-            images, prompts = list(images), list(prompts)
-        except TypeError:
-            raise InvalidArgumentError("pass lists: predict([image, …], [prompt, …])") from None
-        if len(images) != len(prompts):
-            raise InvalidArgumentError(f"{len(images)} images but {len(prompts)} prompts")
-        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                or not 1 <= batch_size <= MAX_BATCH_SIZE):
-            raise InvalidArgumentError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
-        all_words = check_prompt_words(prompts)
+        images, prompts, all_words = check_predict_args(images, prompts, batch_size)
         batch_size = int(batch_size)
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
