@@ -129,6 +129,24 @@ class RAHF:
                 progress(min(start + batch_size, len(images)), len(images))
         return out
 
+    def score_pixels(self, pixels: torch.Tensor, prompts: Sequence[str], score: str = "plausibility") -> torch.Tensor:
+        """The predicted `score` (sigmoid, in [0, 1]) of B×3×H×W images with values in [0, 1], differentiable
+        in the pixels (what reward-guided sampling and reward backpropagation ascend). Preprocessing is
+        predict's, in torch: resized to config.image_size (bilinear, antialiased as PIL's resize is), no
+        heatmap calibration (it touches no score). The model stays in eval mode; its parameters are not
+        frozen here, so take torch.autograd.grad with respect to the pixels (as guided sampling does)."""
+        if score not in SCORE_NAMES:
+            raise InvalidArgumentError(f"unknown RAHF score {score!r}; one of {', '.join(SCORE_NAMES)}")
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise InvalidArgumentError(f"pixels must be a B×3×H×W tensor, got {getattr(pixels, 'shape', type(pixels))}")
+        _, _, words = check_predict_args(list(pixels), prompts, 1)
+        size = self.config.image_size
+        x = pixels.to(self.device, torch.float32)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        return torch.sigmoid(self.model(x, words)["scores"][:, SCORE_NAMES.index(score)])
+
 
 def tied_names(model: torch.nn.Module) -> dict[str, str]:
     """Each state-dict name that is another name's tensor (tied weights: T5's `shared` and

@@ -10,7 +10,7 @@
 <score> is one of plausibility, alignment, aesthetics, overall. Every reward carries `.spec` (what it
 was asked for by), `.name` (short, for tables), `.path` (its weights' folder, None when embedded-by-
 default or weightless) and `.differentiable` (whether `score_pixels` can backpropagate through it:
-the lee rewards only)."""
+the lee rewards, and rahf-<score> for a trained or embedded RAHF; not the judge, not the published port)."""
 
 from __future__ import annotations
 
@@ -98,11 +98,30 @@ class Reward:
         return f"<Reward {self.spec}>"
 
 
-def rahf_reward(spec: str, predictor, score: str) -> Reward:
-    def fn(images, prompts):
-        return [p.scores[score] for p in predictor.predict(images, prompts)]
+class RAHFReward(Reward):
+    """A RAHF score by spec. Differentiable when its predictor has a pixel path (`RAHF.score_pixels`: the
+    embedded and any trained checkpoint); the published port's predictor has none, so it is not."""
 
-    return Reward(spec, fn, Path(predictor.path) if getattr(predictor, "path", None) else None, predictor, score)
+    def __init__(self, spec: str, predictor, score: str):
+        def fn(images, prompts):
+            return [p.scores[score] for p in predictor.predict(images, prompts)]
+
+        super().__init__(spec, fn, Path(predictor.path) if getattr(predictor, "path", None) else None, predictor, score)
+
+    @property
+    def differentiable(self) -> bool:
+        return callable(getattr(self.predictor, "score_pixels", None))
+
+    def score_pixels(self, pixels, prompts: Sequence[str]):
+        """The score of B×3×H×W pixels in [0, 1], differentiable in them (see `RAHF.score_pixels`)."""
+        if not self.differentiable:
+            raise RewardError(f"{self.spec} has no differentiable pixel path (the published port's predictor "
+                              "is PIL-based): use a trained RAHF checkpoint (rahf-<score>:DIR) or lee")
+        return self.predictor.score_pixels(pixels, prompts, self.score)
+
+
+def rahf_reward(spec: str, predictor, score: str) -> Reward:
+    return RAHFReward(spec, predictor, score)
 
 
 def get_reward(spec: str, predictor=None, reward_model=None, generator=None, _loaded: dict | None = None):

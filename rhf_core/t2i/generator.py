@@ -40,6 +40,8 @@ SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipelin
 SUPPORTED_TEXT = ("Stable Diffusion 1.x/2.x pipelines (StableDiffusionPipeline, or StableDiffusionInpaintPipeline "
                   "for inpainting checkpoints), as a local folder or a downloaded hub id")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Reward guidance: the part of the schedule it applies to, as fractions of the steps (start, end).
+ALL_STEPS = (0.0, 1.0)
 
 
 class GeneratorError(RHFError, ValueError):
@@ -206,10 +208,21 @@ class Generator:
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], n: int = 16, seed: int = 0, steps: int = 25,
                  guidance: float = 7.5, batch_size: int = 64,
-                 progress: Callable[[int, int], None] | None = None, with_latents: bool = False):
+                 progress: Callable[[int, int], None] | None = None, with_latents: bool = False,
+                 reward_guidance=None, reward_scale: float = 1.0, guidance_steps: tuple = ALL_STEPS,
+                 grad_clip: float = 0.0):
         """n images for each prompt: a list (one per prompt) of n PIL images. With `with_latents`,
         also the scaled latents the images were decoded from (P×n×C×h×w float32 on the CPU): the model's
-        own samples exactly, without the loss of a decode → 8-bit → encode round trip."""
+        own samples exactly, without the loss of a decode → 8-bit → encode round trip.
+
+        `reward_guidance` (a differentiable reward by spec, e.g. "rahf-plausibility" or "lee:DIR", or a
+        reward object) steers every sample up that reward's gradient (see `guided_output`); the starting
+        noise is the unguided sample's, so arms compare sample by sample. `reward_scale` is the step size,
+        `guidance_steps` the (start, end) fractions of the schedule it acts in, `grad_clip` (> 0) caps each
+        sample's gradient norm. None (the default) samples exactly as without these options."""
+        if reward_guidance is not None:
+            return self._generate_guided(prompts, n, seed, steps, guidance, batch_size, progress, with_latents,
+                                         reward_guidance, reward_scale, guidance_steps, grad_clip)
         prompts, n = _check_prompts(prompts), _check_n(n)
         seed, steps, guidance = check_sampling(seed, steps, guidance)
         batch_size = whole_number("batch_size", batch_size, 1, MAX_IMAGES_PER_CALL, GeneratorError)
@@ -242,6 +255,133 @@ class Generator:
         if with_latents:
             return out, torch.stack([torch.stack(row) for row in lat])
         return out
+
+    def score_latents(self, latents: torch.Tensor, prompts: Sequence[str], reward) -> torch.Tensor:
+        """A differentiable reward of scaled latents: decoded by the VAE, mapped to [0, 1] as the pipeline's
+        postprocessing does, scored by `reward.score_pixels`; differentiable in `latents`."""
+        vae = self.pipe.vae
+        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0].float()
+        return reward.score_pixels(((x + 1) / 2).clamp(0, 1), list(prompts)).float()
+
+    def guided_output(self, out: torch.Tensor, latents: torch.Tensor, t, prompts: Sequence[str], reward,
+                      scale: float, clip: float) -> torch.Tensor:
+        """The model output (ε or v) shifted so that its predicted clean latent climbs the reward.
+
+        Scheme: one step of universal guidance's *backward* guidance (Bansal et al., 2023). From x_t and the
+        model output, the clean latent x̂0 is predicted; the reward r(decode(x̂0)) is differentiated with
+        respect to x̂0 only (the UNet is not backpropagated: that would cost a UNet backward per step for a
+        gradient that DPS-style methods find noisier); x̂0 moves by Δ = scale·∇r (each sample's gradient
+        norm capped at `clip` when > 0), and the output is re-expressed so that, with x_t unchanged, it
+        predicts x̂0 + Δ: ε' = ε − √(ᾱ/(1−ᾱ))·Δ, or v' = v − Δ/√(1−ᾱ). The scheduler then steps as usual, so
+        any variance-preserving scheduler (DDIM, PNDM, DPM-Solver, …) works. Unlike forward (classifier)
+        guidance, whose ε-shift √(1−ᾱ)·∇_{x_t} r = √((1−ᾱ)/ᾱ)·∇_{x̂0} r explodes at the noisiest steps
+        (ᾱ → 0), this shift stays bounded there and acts through the clean-image estimate."""
+        alpha = float(self.pipe.scheduler.alphas_cumprod[int(t)])
+        out, latents = out.float(), latents.float()
+        if self.prediction_type == "v_prediction":
+            x0 = alpha ** 0.5 * latents - (1 - alpha) ** 0.5 * out
+        else:
+            x0 = (latents - (1 - alpha) ** 0.5 * out) / alpha ** 0.5
+        x0 = x0.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.score_latents(x0, prompts, reward).sum(), x0)
+        if clip > 0:
+            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+            grad = grad * (clip / norm).clamp(max=1.0)
+        delta = scale * grad
+        if self.prediction_type == "v_prediction":
+            return out - delta / (1 - alpha) ** 0.5
+        return out - (alpha / (1 - alpha)) ** 0.5 * delta
+
+    def _guidance_reward(self, reward):
+        """A reward spec or object, checked to have a pixel gradient before any work."""
+        if isinstance(reward, str):
+            # Imported here: rhf_core.reward imports rhf_core.t2i (its experiments sample), so a top-level
+            # import would be a cycle.
+            from rhf_core.reward.rewards import get_reward
+
+            reward = get_reward(reward, generator=self)
+        if not getattr(reward, "differentiable", False) or not callable(getattr(reward, "score_pixels", None)):
+            raise GeneratorError(f"reward guidance follows the reward's gradient, and {getattr(reward, 'spec', reward)!r} "
+                                 "has none: use a differentiable reward (rahf-<score>[:DIR] for a trained or the "
+                                 "embedded RAHF, lee, lee:DIR)")
+        return reward
+
+    def _check_guided(self, scale, steps_range, clip) -> tuple[float, float, float, float]:
+        ok_num = lambda v: not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)  # noqa: E731
+        if not ok_num(scale):
+            raise GeneratorError(f"reward_scale must be a finite number, got {scale!r}")
+        if not ok_num(clip) or clip < 0:
+            raise GeneratorError(f"grad_clip must be a number ≥ 0 (0 = no clipping), got {clip!r}")
+        try:
+            lo, hi = (float(v) for v in steps_range)
+        except (TypeError, ValueError):
+            raise GeneratorError(f"guidance_steps must be (start, end) fractions of the steps, got {steps_range!r}") from None
+        if not 0.0 <= lo < hi <= 1.0:
+            raise GeneratorError(f"guidance_steps must satisfy 0 ≤ start < end ≤ 1, got {steps_range!r}")
+        sched = self.pipe.scheduler
+        if not hasattr(sched, "alphas_cumprod") or float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
+            raise GeneratorError(f"reward guidance needs a variance-preserving scheduler (DDIM, PNDM, DDPM, "
+                                 f"DPM-Solver…), not {type(sched).__name__}")
+        return float(scale), lo, hi, float(clip)
+
+    def _generate_guided(self, prompts, n, seed, steps, guidance, batch_size, progress, with_latents,
+                         reward, scale, steps_range, clip):
+        prompts, n = _check_prompts(prompts), _check_n(n)
+        seed, steps, guidance = check_sampling(seed, steps, guidance)
+        batch_size = whole_number("batch_size", batch_size, 1, MAX_IMAGES_PER_CALL, GeneratorError)
+        if len(prompts) * n > MAX_IMAGES_PER_CALL:
+            raise GeneratorError(f"{len(prompts) * n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
+        if self.is_inpainting_model:
+            raise GeneratorError("this is an inpainting checkpoint (9-channel UNet): it can only inpaint")
+        scale, lo, hi, clip = self._check_guided(scale, steps_range, clip)
+        reward = self._guidance_reward(reward)
+        jobs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
+        out: list[list] = [[None] * n for _ in prompts]
+        lat: list[list] = [[None] * n for _ in prompts]
+        total = len(jobs) * steps
+        for s in range(0, len(jobs), batch_size):
+            chunk = jobs[s:s + batch_size]
+            gens = [self._generators(p, seed, [j])[0] for _, p, j in chunk]
+
+            def tick(i, _base=s * steps, _m=len(chunk)):
+                if progress is not None:
+                    progress(_base + (i + 1) * _m, total)
+
+            res = self._sample_guided([p for _, p, _ in chunk], gens, steps, guidance, reward, scale,
+                                      (lo, hi), clip, tick)
+            imgs = self._decode(res)
+            for c, ((i, _, j), img) in enumerate(zip(chunk, imgs)):
+                out[i][j] = img
+                lat[i][j] = res[c].float().cpu()
+        if with_latents:
+            return out, torch.stack([torch.stack(row) for row in lat])
+        return out
+
+    @torch.no_grad()
+    def _sample_guided(self, prompts, gens, steps, guidance, reward, scale, steps_range, clip, tick):
+        """StableDiffusionPipeline's denoising loop (same prompt encoding, starting noise, classifier-free
+        guidance and scheduler steps), with the reward shift on the model output in the guided steps."""
+        pipe, dev = self.pipe, self.device
+        cfg = guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+        cond, uncond = pipe.encode_prompt(prompts, dev, 1, cfg)
+        emb = torch.cat([uncond, cond]) if cfg else cond
+        pipe.scheduler.set_timesteps(steps, device=dev)
+        latents = pipe.prepare_latents(len(prompts), int(pipe.unet.config.in_channels), self.image_size,
+                                       self.image_size, emb.dtype, dev, gens)
+        extra = pipe.prepare_extra_step_kwargs(gens, 0.0)
+        lo, hi = steps_range
+        for i, t in enumerate(pipe.scheduler.timesteps):
+            x_in = pipe.scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
+            pred = pipe.unet(x_in, t, encoder_hidden_states=emb, return_dict=False)[0]
+            if cfg:
+                uncond_pred, cond_pred = pred.chunk(2)
+                pred = uncond_pred + guidance * (cond_pred - uncond_pred)
+            if scale and lo <= i / steps < hi:
+                pred = self.guided_output(pred, latents, t, prompts, reward, scale, clip).to(pred.dtype)
+            latents = pipe.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+            tick(i)
+        return latents
 
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
