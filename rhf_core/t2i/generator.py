@@ -297,10 +297,10 @@ class Generator:
         """A reward spec or object, checked to have a pixel gradient before any work."""
         if isinstance(reward, str):
             # Imported here: rhf_core.reward imports rhf_core.t2i (its experiments sample), so a top-level
-            # import would be a cycle.
+            # import would be a cycle. No generator check: the judge is refused below, whatever the model.
             from rhf_core.reward.rewards import get_reward
 
-            reward = get_reward(reward, generator=self)
+            reward = get_reward(reward)
         if not getattr(reward, "differentiable", False) or not callable(getattr(reward, "score_pixels", None)):
             raise GeneratorError(f"reward guidance follows the reward's gradient, and {getattr(reward, 'spec', reward)!r} "
                                  "has none: use a differentiable reward (rahf-<score>[:DIR] for a trained or the "
