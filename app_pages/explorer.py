@@ -43,12 +43,16 @@ from ui.components import (
     word_strength_chart,
 )
 from ui.explorer_parts import (
+    clear_map_selection,
     compare_view,
+    map_selection,
+    map_view,
     open_record,
     patches_view,
     record_tags,
     saved_views_sidebar,
     selected_ids,
+    similar_records,
     start_compare,
     store_tags,
     tag_bar,
@@ -59,7 +63,7 @@ from ui.loaders import load_mean_heatmap
 from ui.settings import current_dataset, current_spec, error_text, loaded_spec, policy
 
 QP = "query-params"
-VIEWS = ["Gallery", "Record", "Compare", "Patches", "Plots", "Export"]
+VIEWS = ["Gallery", "Map", "Record", "Compare", "Patches", "Plots", "Export"]
 MAX_DOWNLOAD = 2000
 MAX_SKIPPED_SHOWN = 1000  # rows of the skipped-rows table; the count says how many there are
 
@@ -123,7 +127,8 @@ def filter_sidebar() -> ExplorerFilter:
 
 filters = filter_sidebar()
 t0 = time.perf_counter()
-positions = apply_filter(frame, filters)
+filtered_positions = apply_filter(frame, filters)  # the sidebar's filters: the map greys out the rest
+positions = map_selection(frame, filtered_positions)  # and a box/lasso on the map narrows them further
 filter_ms = (time.perf_counter() - t0) * 1000
 filtered = frame.iloc[positions]
 # Other pages (Live RAHF's error analysis) work on the set filtered here.
@@ -134,6 +139,9 @@ summary = f"**{len(positions):,}** of {len(frame):,} records match"
 if ds.n_skipped:
     summary += f" · {ds.n_skipped:,} source rows skipped"
 st.markdown(summary, help=f"{shown_spec}; filtering took {filter_ms:.0f} ms")
+if st.session_state.get("map_sel"):
+    st.button(f"Selected on the map: {len(st.session_state['map_sel']):,} records · clear", key="map_clear_top",
+              on_click=clear_map_selection)
 
 
 def skipped_rows() -> None:
@@ -283,6 +291,8 @@ def record_detail() -> None:
         masses = {h: float(rec.heatmaps[h].mean()) for h in rec.heatmaps}
         st.caption("Heatmap mass: " + (", ".join(f"{h} {m:.4f}" for h, m in masses.items()) or "none collected"))
     record_tags(store, rec.id)
+    if st.toggle("More like this", key="similar", help="The records whose images are nearest to this one"):
+        similar_records(ds, pos)
     if any(strength > 0 for _, strength in rec.words):
         st.plotly_chart(word_strength_chart(rec), key="word_chart")
     elif rec.words:
@@ -452,5 +462,7 @@ elif view == "Plots":
     plots()
 elif view == "Export":
     export_view()
+elif view == "Map":
+    map_view(ds, filtered_positions)
 elif view == "Gallery":
     gallery()

@@ -62,6 +62,11 @@ def embeddings_key(ds: Dataset, encoders) -> str:
     return cache_key("embeddings", ds.spec, frame_fingerprint(ds), encoder_fingerprint(encoders))
 
 
+def embeddings_path(ds: Dataset, encoders):
+    """Where `image_embeddings` caches this dataset's embeddings under this encoder (may not exist yet)."""
+    return cache_dir("embeddings") / f"{embeddings_key(ds, encoders)}.npy"
+
+
 def record_images(ds: Dataset, start: int, stop: int, size: int) -> tuple[list, list[int]]:
     """Images of records start..stop; an unreadable or image-less record gets a grey placeholder and
     its position is returned, so the map still has a point for it (drawn, never dropped silently)."""
@@ -84,7 +89,7 @@ def image_embeddings(ds: Dataset, encoders, batch_size: int = 256, use_cache: bo
     """(N, D) float32 L2-normalised image embeddings of every record of `ds`, in frame order."""
     if len(ds) == 0:
         raise EmbeddingError("the dataset has no records to embed")
-    path = cache_dir("embeddings") / f"{embeddings_key(ds, encoders)}.npy" if use_cache else None
+    path = embeddings_path(ds, encoders) if use_cache else None
     if path is not None and path.exists():
         try:
             cached = np.load(path, allow_pickle=False)

@@ -177,7 +177,7 @@ def test_explorer_on_rapidata_files(tmp_path):
     assert not at.exception
 
 
-@pytest.mark.parametrize("view", ["Gallery", "Record", "Plots", "Export"])
+@pytest.mark.parametrize("view", ["Gallery", "Map", "Record", "Plots", "Export"])
 def test_every_view_survives_an_empty_filter(view):
     at = open_app(q="no prompt contains this", view=view)
     assert match_count(at)[0] == 0
@@ -410,3 +410,69 @@ def test_export_carries_the_tags(tmp_path, own_tags):
     # Opening the exported folder starts its tag store from those tags.
     again = open_app(spec=f"folder:{tmp_path / 'out'}", tag_filter="keep")
     assert match_count(again) == (1, len(back))
+
+
+# --- embeddings: map and "more like this" ------------------------------------------------------
+
+def similar_positions(at: AppTest) -> list[int]:
+    return [int(b.key.removeprefix("similar_open_")) for b in at.button if b.key and b.key.startswith("similar_open_")]
+
+
+def test_more_like_this_shows_the_nearest_records_which_share_the_prompts_shape():
+    from rhf_core.embeddings import image_embeddings, more_like
+    from rhf_core.reward.encoders import load_encoders
+    from rhf_core.shapes.grammar import parse_prompt
+
+    ds = open_dataset(SMALL)
+    emb = image_embeddings(ds, load_encoders(device="cpu"))
+    specs = [parse_prompt(p) for p in ds.frame["prompt"]]
+    at = open_app(view="Record", id=ds[0].id)
+    at.toggle(key="similar").set_value(True).run()
+    assert not at.exception
+    shown = similar_positions(at)
+    assert shown == more_like(emb, 0, 8)[0].tolist() and 0 not in shown
+    assert sum("sim " in c.value for c in at.caption) == 8
+    # The toggle stays on while stepping through records: each record's first neighbour on the page.
+    same = []
+    for pos in range(40):
+        at.text_input(key="rec_id").input(ds[pos].id).run()
+        first = similar_positions(at)[0]
+        same.append(specs[first].shape == specs[pos].shape)
+    shapes = np.array([s.shape for s in specs])
+    counts = np.unique(shapes, return_counts=True)[1]
+    chance = float((counts * (counts - 1)).sum() / (len(shapes) * (len(shapes) - 1)))
+    assert np.mean(same) > 1.3 * chance, (np.mean(same), chance)
+    at.button(key=f"similar_open_{first}").click().run()  # Open on a neighbour opens it
+    assert at.session_state["rec_id"] == ds[first].id
+
+
+def test_map_greys_out_what_the_filters_drop_and_its_selection_filters_the_gallery():
+    ds = open_dataset(SMALL)
+    at = open_app(view="Map", q="red", map_colour="plausibility")
+    assert not at.exception
+    n_red = match_count(at)[0]
+    chart = at.get("plotly_chart")[0]
+    import json
+
+    traces = json.loads(chart.proto.spec)["data"]
+    sizes = {t["name"]: len(t["x"]) for t in traces}
+    assert all(t["type"] == "scattergl" for t in traces)
+    assert sizes == {"outside the filters": 300 - n_red, "matching": n_red}
+    chosen = [ds[i].id for i in (1, 5, 9, 200)]
+    at.session_state["map_sel"] = chosen  # what a lasso around these four points stores
+    at.text_input(key="q").input("").run()
+    at.segmented_control(key="view").set_value("Gallery").run()
+    assert match_count(at)[0] == 4
+    assert sorted(b.key.split("_", 2)[2] for b in at.button if b.key and b.key.startswith("open_")) == sorted(chosen)
+    at.button(key="map_clear_top").click().run()
+    assert match_count(at) == (300, 300)
+
+
+def test_map_text_search_lists_thumbnails_and_can_filter_the_gallery():
+    at = open_app(view="Map")
+    at.text_input(key="map_text").input("a red circle").run()
+    assert not at.exception
+    hits = [b for b in at.button if b.key and b.key.startswith("text_open_")]
+    assert len(hits) == 24
+    at.button(key="text_to_filter").click().run()
+    assert match_count(at)[0] == 24

@@ -7,14 +7,27 @@ parameter names, as on the rest of the page.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from rhf_core.dataset import Dataset
+from rhf_core.embeddings import (
+    embeddings_path,
+    encoder_fingerprint,
+    frame_fingerprint,
+    image_embeddings,
+    more_like,
+    pca_2d,
+    text_search,
+)
 from rhf_core.errors import RHFError
+from rhf_core.explore import category_columns, sortable_columns
 from rhf_core.heatmaps import COLOR_MAPS, overlay_heatmap
 from rhf_core.patches import SORT_KEYS, collect_patches, crop_patch
 from rhf_core.tags import TagStore, tags_in_frame
 from ui.components import heat_colour_bar, overlays_on_one_scale, placeholder, score_line, upscale
+from ui.loaders import load_encoders
 from ui.settings import error_text
 
 QP = "query-params"
@@ -279,3 +292,178 @@ def open_record(rec_id: str) -> None:
     """Button callback: show the record `rec_id` in the Record view."""
     st.session_state["rec_id"] = rec_id
     st.session_state["view"] = "Record"
+
+
+# --- embeddings: the map, "more like this" and text search --------------------------------------
+
+AUTO_EMBED = 5000  # datasets up to this size are embedded on first use; larger ones wait for a button
+MAX_SIMILAR = 8
+MAX_TEXT_HITS = 24
+MAP_HEIGHT = 560
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_embeddings(spec: str, fingerprint: str, _ds: Dataset, _encoders) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, PCA map) of a dataset's records: the disk cache, or computed with a progress bar."""
+    bar = st.progress(0.0, text=f"Embedding {len(_ds):,} records…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Embedding records: {done:,} / {total:,}")
+
+    emb = image_embeddings(_ds, _encoders, progress=progress)
+    bar.empty()
+    return emb, pca_2d(emb)
+
+
+def dataset_embeddings(ds: Dataset, purpose: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The dataset's embeddings and map, or None while a large uncached dataset waits for the button."""
+    try:
+        encoders = load_encoders()
+        path = embeddings_path(ds, encoders)
+        if len(ds) > AUTO_EMBED and not path.exists() and not st.session_state.get("embed_go"):
+            st.info(f"{purpose} needs image embeddings of all {len(ds):,} records from the CLIP image encoder "
+                    f"`{encoders.name}`; they are computed once and cached.")
+            st.button(f"Compute embeddings ({len(ds):,} records)", key="embed_go_button",
+                      on_click=st.session_state.__setitem__, args=("embed_go", True))
+            return None
+        return cached_embeddings(ds.spec, frame_fingerprint(ds) + encoder_fingerprint(encoders), ds, encoders)
+    except RHFError as e:
+        st.error(error_text(e))
+        return None
+
+
+def map_colour_options(frame) -> list[str]:
+    return ["none"] + sortable_columns(frame) + list(category_columns(frame))
+
+
+def map_figure(xy: np.ndarray, frame, inside: np.ndarray, colour: str) -> go.Figure:
+    """A WebGL scatter of every record: those passing the filters coloured by `colour`, the rest grey.
+
+    Each point carries its frame position as customdata, so a box or lasso selection names records."""
+    positions = np.arange(len(xy))
+    ids = frame["id"].astype(str).to_numpy()
+    fig = go.Figure()
+    out = positions[~inside]
+    if len(out):
+        fig.add_trace(go.Scattergl(x=xy[out, 0], y=xy[out, 1], mode="markers", name="outside the filters",
+                                   marker=dict(color="lightgrey", size=4), customdata=out[:, None],
+                                   text=ids[out], hovertemplate="%{text}<extra>filtered out</extra>"))
+    inn = positions[inside]
+    values = frame[colour].to_numpy()[inn] if colour in frame else None
+    if values is not None and pd.api.types.is_numeric_dtype(frame[colour]) and not pd.api.types.is_bool_dtype(frame[colour]):
+        fig.add_trace(go.Scattergl(x=xy[inn, 0], y=xy[inn, 1], mode="markers", name="matching",
+                                   marker=dict(color=values.astype(float), colorscale="Viridis", size=5,
+                                               colorbar=dict(title=colour.replace("_", " "))),
+                                   customdata=inn[:, None], text=ids[inn],
+                                   hovertemplate=f"%{{text}}<br>{colour} %{{marker.color:.3f}}<extra></extra>"))
+    elif values is not None:  # a category: one trace (and legend entry) per value
+        for value in sorted(pd.unique(values.astype(str))):
+            sel = inn[values.astype(str) == value]
+            fig.add_trace(go.Scattergl(x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=value, marker=dict(size=5),
+                                       customdata=sel[:, None], text=ids[sel],
+                                       hovertemplate=f"%{{text}}<extra>{value}</extra>"))
+    else:
+        fig.add_trace(go.Scattergl(x=xy[inn, 0], y=xy[inn, 1], mode="markers", name="matching",
+                                   marker=dict(size=5, color="#1f77b4"), customdata=inn[:, None], text=ids[inn],
+                                   hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(height=MAP_HEIGHT, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
+                      xaxis_title="PC 1", yaxis_title="PC 2", legend=dict(itemsizing="constant"))
+    return fig
+
+
+def store_map_selection(frame) -> None:
+    """Chart callback: the records in the box/lasso become the map filter (an empty selection clears it)."""
+    event = st.session_state.get("emb_map") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    chosen = set()
+    for p in points:
+        data = p.get("customdata")
+        if data is not None:
+            chosen.add(str(frame["id"].iat[int(data[0] if isinstance(data, (list, tuple)) else data)]))
+    st.session_state["map_sel"] = sorted(chosen) if chosen else None
+
+
+def map_selection(frame, positions: np.ndarray) -> np.ndarray:
+    """`positions` narrowed to the records selected on the map (all of them when nothing is selected)."""
+    chosen = st.session_state.get("map_sel")
+    if not chosen:
+        return positions
+    keep = frame["id"].iloc[positions].astype(str).isin(set(chosen)).to_numpy()
+    return positions[keep]
+
+
+def clear_map_selection() -> None:
+    st.session_state["map_sel"] = None
+
+
+def map_view(ds: Dataset, base_positions: np.ndarray) -> None:
+    """Every record on the PCA map of its image embeddings; box/lasso selects records for the gallery."""
+    got = dataset_embeddings(ds, "The map")
+    if got is None:
+        return
+    emb, xy = got
+    frame = ds.frame
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    options = map_colour_options(frame)
+    colour = c1.selectbox("Colour by", options, key="map_colour", bind=QP,
+                          format_func=lambda c: c.replace("_", " "))
+    inside = np.zeros(len(frame), dtype=bool)
+    inside[base_positions] = True
+    st.plotly_chart(map_figure(xy, frame, inside, colour), key="emb_map", on_select=lambda: store_map_selection(frame),
+                    selection_mode=("box", "lasso"))
+    chosen = st.session_state.get("map_sel")
+    c2.caption(f"PCA of `{load_encoders().name}` image embeddings ({emb.shape[1]} dims) of all {len(frame):,} "
+               f"records; {int(inside.sum()):,} pass the filters (grey: the rest). Draw a box or lasso to "
+               "filter the gallery to those records.")
+    if chosen:
+        st.button(f"Clear the map selection ({len(chosen):,} records)", key="map_clear", on_click=clear_map_selection)
+    text_search_panel(ds, emb)
+
+
+def text_search_panel(ds: Dataset, emb: np.ndarray) -> None:
+    """Records whose images are nearest to a text query, through the encoder's text tower."""
+    query = st.text_input("Search images by text", key="map_text", bind=QP, placeholder="e.g. a red circle",
+                          help="Ranks every record by the cosine similarity of its image to the text's embedding.")
+    if not query.strip():
+        return
+    try:
+        top, sims = text_search(emb, load_encoders(), query, k=MAX_TEXT_HITS)
+    except RHFError as e:
+        st.error(error_text(e))
+        return
+    st.caption(f"The {len(top)} images nearest to “{query.strip()}”, most similar first")
+    thumbnails(ds, top, sims, "text")
+    st.button("Filter the gallery to these", key="text_to_filter", on_click=st.session_state.__setitem__,
+              args=("map_sel", sorted(str(ds.frame["id"].iat[int(p)]) for p in top)))
+
+
+def similar_records(ds: Dataset, position: int) -> None:
+    """The record's nearest neighbours in image-embedding space, as thumbnails."""
+    got = dataset_embeddings(ds, "More like this")
+    if got is None:
+        return
+    emb, _ = got
+    try:
+        top, sims = more_like(emb, position, MAX_SIMILAR)
+    except RHFError as e:
+        st.error(error_text(e))
+        return
+    st.caption(f"The {len(top)} records whose images are nearest to this one (cosine similarity of "
+               f"`{load_encoders().name}` image embeddings)")
+    thumbnails(ds, top, sims, "similar")
+
+
+def thumbnails(ds: Dataset, positions: np.ndarray, sims: np.ndarray, key: str, per_row: int = 8) -> None:
+    for start in range(0, len(positions), per_row):
+        for col, pos, sim in zip(st.columns(per_row), positions[start:start + per_row], sims[start:start + per_row]):
+            with col:
+                rec_id = str(ds.frame["id"].iat[int(pos)])
+                try:
+                    rec = ds[int(pos)]
+                    img = rec.image if rec.image is not None else placeholder(96, "no image")
+                except RHFError as e:
+                    st.caption(f"{rec_id}: {error_text(e)}")
+                    continue
+                st.image(upscale(img, 96), width="stretch", output_format="PNG")
+                st.caption(f"{rec.prompt[:40] or rec_id}  \nsim {sim:.3f}")
+                st.button("Open", key=f"{key}_open_{pos}", on_click=open_record, args=(rec_id,), width="stretch")
