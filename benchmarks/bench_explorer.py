@@ -11,7 +11,11 @@ filter, the gallery's 24 thumbnails, or a record with its overlays), after one w
 - the Compare view of 4 records on one scale,
 - and, outside the app, tagging 1,000 records in a tag store that holds 5,000 tagged ones.
 
-    python benchmarks/bench_explorer.py [--n 20000] [--repeat 5]
+`--map` times the Map view's embeddings map instead (saved to benchmarks/results/explorer_map.json):
+PCA of 20,000 synthetic 512-d unit embeddings, building the Scattergl figure, its JSON, and the time
+headless Chromium (Playwright; software WebGL, no GPU) takes from `Plotly.newPlot` to the next frame.
+
+    python benchmarks/bench_explorer.py [--n 20000] [--repeat 5] [--map]
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--map", action="store_true", help="time the embeddings map only")
     args = ap.parse_args()
+    if args.map:
+        save_result("explorer_map", time_map(args.n, args.repeat))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streamlit.testing.v1 import AppTest
 
@@ -112,6 +120,80 @@ def time_tagging(repeat: int) -> list[float]:
         store.add([f"r{i}" for i in range(5000)], "seen")
         return [timed(lambda: store.add([f"r{j}" for j in range(1000 * i, 1000 * (i + 1))], f"t{i}"))
                 for i in range(repeat)]
+
+
+def synthetic_map_inputs(n: int, dim: int = 512, seed: int = 0):
+    """Unit embeddings in 20 noisy clusters (like prompts' groups), a score column and 70 % passing."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    emb = (centres[rng.integers(20, size=n)] + 0.7 * rng.normal(size=(n, dim))).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    frame = pd.DataFrame({"id": [f"r{i:06d}" for i in range(n)], "plausibility": rng.random(n)})
+    return emb, frame, rng.random(n) < 0.7
+
+
+def time_map(n: int, repeat: int) -> dict:
+    from rhf_core.embeddings import more_like, pca_2d
+    from ui.explorer_parts import map_figure
+
+    emb, frame, inside = synthetic_map_inputs(n)
+    pca_s = [timed(lambda: pca_2d(emb)) for _ in range(repeat)]
+    xy = pca_2d(emb)
+    figure_s = [timed(lambda: map_figure(xy, frame, inside, "plausibility")) for _ in range(repeat)]
+    fig = map_figure(xy, frame, inside, "plausibility")
+    json_s = [timed(fig.to_json) for _ in range(repeat)]
+    neighbours_s = [timed(lambda: more_like(emb, i, 8)) for i in range(repeat)]
+    draw_s, webgl = browser_draw(fig.to_json(), repeat)
+
+    def summary(xs):
+        return {"median_s": round(statistics.median(xs), 4), "max_s": round(max(xs), 4)}
+
+    return {
+        "points": n, "embedding_dim": emb.shape[1],
+        "pca_2d": summary(pca_s),
+        "build_scattergl_figure": summary(figure_s),
+        "figure_to_json": summary(json_s) | {"megabytes": round(len(fig.to_json()) / 1e6, 2)},
+        "more_like_this_k8 (exact, brute force)": summary(neighbours_s),
+        "browser_newPlot_to_next_frame": summary(draw_s) if draw_s else "not measured (no playwright/chromium)",
+        "browser_webgl": webgl,
+        "note": "synthetic 512-d embeddings; CPU only; headless Chromium with --disable-gpu (SwiftShader WebGL)",
+    }
+
+
+def browser_draw(fig_json: str, repeat: int) -> tuple[list[float], bool | None]:
+    """Seconds from Plotly.newPlot to the frame after it resolves, in headless Chromium, per page load."""
+    import tempfile
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return [], None
+    from plotly.offline import get_plotlyjs
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browser_support import CHROMIUM, CHROMIUM_ARGS
+
+    html = ("<html><body><div id='g' style='width:900px;height:560px'></div><script>" + get_plotlyjs()
+            + "</script><script>const fig = " + fig_json + "; window.drawn = null; const t0 = performance.now();"
+            "Plotly.newPlot('g', fig.data, fig.layout).then(() => requestAnimationFrame(() => {"
+            "window.drawn = (performance.now() - t0) / 1000; }));</script></body></html>")
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        page_path = Path(tmp) / "map.html"
+        page_path.write_text(html)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        out = []
+        for _ in range(repeat):
+            page.goto(page_path.as_uri())
+            page.wait_for_function("window.drawn !== null", timeout=60000)
+            out.append(float(page.evaluate("window.drawn")))
+        webgl = bool(page.evaluate("!!document.createElement('canvas').getContext('webgl')"))
+        assert page.evaluate("document.querySelectorAll('#g canvas').length") > 0, "no WebGL canvas was drawn"
+        browser.close()
+    return out, webgl
 
 
 if __name__ == "__main__":

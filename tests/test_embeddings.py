@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from rhf_core.data import open_dataset
-from rhf_core.embeddings import EmbeddingError, image_embeddings, more_like, nearest, pca_2d, text_search
+from rhf_core.embeddings import (
+    EmbeddingError,
+    image_embeddings,
+    more_like,
+    nearest,
+    pca_2d,
+    text_search,
+    top_eigenvectors,
+)
 from rhf_core.reward.encoders import load_encoders
 from rhf_core.shapes.grammar import parse_prompt
 
@@ -71,6 +79,11 @@ def test_pca_map_is_deterministic_and_spreads_the_points(setup):
     assert np.allclose(xy.mean(0), 0, atol=1e-4)
     with pytest.raises(EmbeddingError, match=r"\(N, D\)"):
         pca_2d(np.zeros((0, 4)))
+    # The same axes as an exact eigendecomposition of the covariance (all 400 rows fit the axes).
+    centred = emb - emb.mean(0)
+    exact = centred @ np.linalg.eigh(centred.T.astype(np.float64) @ centred)[1][:, ::-1][:, :2]
+    for axis in range(2):
+        assert abs(np.corrcoef(xy[:, axis], exact[:, axis])[0, 1]) > 0.999
 
 
 def test_more_like_refuses_a_position_outside_the_records(setup):
@@ -95,3 +108,16 @@ def test_nearest_matches_a_full_sort(emb, k, data):
     assert np.allclose(sims, all_sims[top], atol=1e-6)
     others = np.delete(all_sims, q)
     assert np.allclose(sims, np.sort(others)[::-1][:expected], atol=1e-6)  # the k best, best first
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.integers(2, 40), st.integers(0, 10_000))
+def test_top_eigenvectors_span_the_leading_eigenspace(d, seed):
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    spectrum = np.concatenate([[10.0, 5.0], rng.uniform(0, 1, d - 2)])  # a clear gap after the second
+    sym = basis @ np.diag(spectrum) @ basis.T
+    got = top_eigenvectors(sym, 2)
+    assert got.shape == (d, 2)
+    for i in range(2):  # each is the true eigenvector up to sign
+        assert abs(float(got[:, i] @ basis[:, i])) > 1 - 1e-6
