@@ -414,6 +414,15 @@ def test_export_carries_the_tags(tmp_path, own_tags):
 
 # --- embeddings: map and "more like this" ------------------------------------------------------
 
+def n_points(xs) -> int:
+    """Points in a plotly trace's x: a list, or (plotly ≥ 6) a base64 typed array {"dtype", "bdata"}."""
+    if isinstance(xs, dict):
+        import base64
+
+        return len(base64.b64decode(xs["bdata"])) // np.dtype(xs["dtype"]).itemsize
+    return len(xs)
+
+
 def similar_positions(at: AppTest) -> list[int]:
     return [int(b.key.removeprefix("similar_open_")) for b in at.button if b.key and b.key.startswith("similar_open_")]
 
@@ -455,7 +464,7 @@ def test_map_greys_out_what_the_filters_drop_and_its_selection_filters_the_galle
     import json
 
     traces = json.loads(chart.proto.spec)["data"]
-    sizes = {t["name"]: len(t["x"]) for t in traces}
+    sizes = {t["name"]: n_points(t["x"]) for t in traces}
     assert all(t["type"] == "scattergl" for t in traces)
     assert sizes == {"outside the filters": 300 - n_red, "matching": n_red}
     chosen = [ds[i].id for i in (1, 5, 9, 200)]

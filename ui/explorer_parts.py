@@ -35,7 +35,8 @@ MAX_COMPARE = 4
 MAX_PATCHES_SHOWN = 48
 # The widget keys a saved view keeps besides the per-dataset filters (s_*, h_*, c_*).
 VIEW_KEYS = ("q", "split", "fw", "tag_filter", "tag_all", "sort", "desc", "view", "per_page", "thumb_overlay",
-             "overlay", "opacity", "cmap", "cmp", "cmp_heat", "cmp_opacity", "cmp_cmap", "patch_heat", "patch_threshold", "patch_sort")
+             "overlay", "opacity", "cmap", "similar", "map_colour", "map_text", "map_sel", "cmp", "cmp_heat",
+             "cmp_opacity", "cmp_cmap", "patch_heat", "patch_threshold", "patch_sort")
 VIEW_PREFIXES = ("s_", "h_", "c_")
 
 
