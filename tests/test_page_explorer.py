@@ -485,3 +485,13 @@ def test_map_text_search_lists_thumbnails_and_can_filter_the_gallery():
     assert len(hits) == 24
     at.button(key="text_to_filter").click().run()
     assert match_count(at)[0] == 24
+
+
+def test_a_large_dataset_waits_for_the_compute_button(monkeypatch):
+    import ui.explorer_parts
+
+    monkeypatch.setattr(ui.explorer_parts, "AUTO_EMBED", 100)  # SMALL's 300 records count as large
+    at = open_app(spec="shapes:n=300,seed=4", view="Map")
+    assert not at.get("plotly_chart") and any("computed once and cached" in i.value for i in at.info)
+    at.button(key="embed_go_button").click().run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1

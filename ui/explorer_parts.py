@@ -321,11 +321,11 @@ def dataset_embeddings(ds: Dataset, purpose: str) -> tuple[np.ndarray, np.ndarra
     try:
         encoders = load_encoders()
         path = embeddings_path(ds, encoders)
-        if len(ds) > AUTO_EMBED and not path.exists() and not st.session_state.get("embed_go"):
+        if len(ds) > AUTO_EMBED and not path.exists() and st.session_state.get("embed_go") != ds.spec:
             st.info(f"{purpose} needs image embeddings of all {len(ds):,} records from the CLIP image encoder "
                     f"`{encoders.name}`; they are computed once and cached.")
             st.button(f"Compute embeddings ({len(ds):,} records)", key="embed_go_button",
-                      on_click=st.session_state.__setitem__, args=("embed_go", True))
+                      on_click=st.session_state.__setitem__, args=("embed_go", ds.spec))
             return None
         return cached_embeddings(ds.spec, frame_fingerprint(ds) + encoder_fingerprint(encoders), ds, encoders)
     except RHFError as e:
