@@ -64,6 +64,10 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
+def _finite_number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)
+
+
 def _check_n(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise GeneratorError(f"n must be a positive number of images, got {n!r}")
@@ -308,10 +312,9 @@ class Generator:
         return reward
 
     def _check_guided(self, scale, steps_range, clip) -> tuple[float, float, float, float]:
-        ok_num = lambda v: not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)  # noqa: E731
-        if not ok_num(scale):
+        if not _finite_number(scale):
             raise GeneratorError(f"reward_scale must be a finite number, got {scale!r}")
-        if not ok_num(clip) or clip < 0:
+        if not _finite_number(clip) or clip < 0:
             raise GeneratorError(f"grad_clip must be a number ≥ 0 (0 = no clipping), got {clip!r}")
         try:
             lo, hi = (float(v) for v in steps_range)
