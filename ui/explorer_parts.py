@@ -340,14 +340,16 @@ def map_colour_options(frame) -> list[str]:
 def map_figure(xy: np.ndarray, frame, inside: np.ndarray, colour: str) -> go.Figure:
     """A WebGL scatter of every record: those passing the filters coloured by `colour`, the rest grey.
 
-    Each point carries its frame position as customdata, so a box or lasso selection names records."""
+    Each point carries its frame position as customdata, so a box or lasso selection names records. It
+    is a plain list: a numpy array goes to the browser as a typed array, and the selection event then
+    brought each point's customdata back as a dict, not the position."""
     positions = np.arange(len(xy))
     ids = frame["id"].astype(str).to_numpy()
     fig = go.Figure()
     out = positions[~inside]
     if len(out):
         fig.add_trace(go.Scattergl(x=xy[out, 0], y=xy[out, 1], mode="markers", name="outside the filters",
-                                   marker=dict(color="lightgrey", size=4), customdata=out[:, None],
+                                   marker=dict(color="lightgrey", size=4), customdata=out[:, None].tolist(),
                                    text=ids[out], hovertemplate="%{text}<extra>filtered out</extra>"))
     inn = positions[inside]
     values = frame[colour].to_numpy()[inn] if colour in frame else None
@@ -355,17 +357,17 @@ def map_figure(xy: np.ndarray, frame, inside: np.ndarray, colour: str) -> go.Fig
         fig.add_trace(go.Scattergl(x=xy[inn, 0], y=xy[inn, 1], mode="markers", name="matching",
                                    marker=dict(color=values.astype(float), colorscale="Viridis", size=5,
                                                colorbar=dict(title=colour.replace("_", " "))),
-                                   customdata=inn[:, None], text=ids[inn],
+                                   customdata=inn[:, None].tolist(), text=ids[inn],
                                    hovertemplate=f"%{{text}}<br>{colour} %{{marker.color:.3f}}<extra></extra>"))
     elif values is not None:  # a category: one trace (and legend entry) per value
         for value in sorted(pd.unique(values.astype(str))):
             sel = inn[values.astype(str) == value]
             fig.add_trace(go.Scattergl(x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=value, marker=dict(size=5),
-                                       customdata=sel[:, None], text=ids[sel],
+                                       customdata=sel[:, None].tolist(), text=ids[sel],
                                        hovertemplate=f"%{{text}}<extra>{value}</extra>"))
     else:
         fig.add_trace(go.Scattergl(x=xy[inn, 0], y=xy[inn, 1], mode="markers", name="matching",
-                                   marker=dict(size=5, color="#1f77b4"), customdata=inn[:, None], text=ids[inn],
+                                   marker=dict(size=5, color="#1f77b4"), customdata=inn[:, None].tolist(), text=ids[inn],
                                    hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(height=MAP_HEIGHT, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
                       xaxis_title="PC 1", yaxis_title="PC 2", legend=dict(itemsizing="constant"))

@@ -1,0 +1,52 @@
+"""The explorer's embeddings map in a real browser: a lasso drawn on the WebGL scatter filters the
+gallery (AppTest cannot draw a selection, so this is the only test of the chart's callback)."""
+
+import re
+
+import pytest
+
+from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_server
+
+SPEC = "shapes:n=300,seed=1"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from streamlit_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    yield from browser_page(height=1400)
+
+
+def _count(pg) -> int:
+    text = pg.get_by_text(re.compile(r"records match")).first.inner_text()
+    return int(re.search(r"([\d,]+) of ([\d,]+) records match", text).group(1).replace(",", ""))
+
+
+def test_a_lasso_on_the_map_filters_the_gallery(server, page):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(f"{server}/explorer?ds={SPEC}&view=Map")
+    settled(page)
+    drag = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
+    expect(drag).to_be_visible()
+    assert _count(page) == 300
+    box = drag.bounding_box()
+    # A lasso around the middle third of the plot (the layout's drag mode is lasso).
+    x0, y0 = box["x"] + box["width"] / 3, box["y"] + box["height"] / 3
+    x1, y1 = box["x"] + 2 * box["width"] / 3, box["y"] + 2 * box["height"] / 3
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 2)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    expect(page.get_by_text(re.compile(r"Selected on the map: [\d,]+ records"))).to_be_visible()
+    settled(page)
+    n = _count(page)
+    page.screenshot(path=str(ARTIFACTS / "explorer-map-lasso.png"))
+    assert 0 < n < 300
+    label = page.get_by_text(re.compile(r"Selected on the map: [\d,]+ records")).first.inner_text()
+    assert int(re.search(r"([\d,]+) records", label).group(1).replace(",", "")) == n
