@@ -192,7 +192,7 @@ def test_fine_tune_with_a_trained_reward_folder_moves_the_adapter(lee_adapter, r
 def test_fine_tune_with_a_rahf_checkpoint_reward_moves_the_adapter(root, sd, rahf_dir, prompt_file):
     spec = f"rahf-plausibility:{rahf_dir}"
     reward = get_reward(spec)
-    assert isinstance(reward, Reward) and not reward.differentiable and reward.name == "rahf-plausibility:tiny-rahf"
+    assert isinstance(reward, Reward) and reward.differentiable and reward.name == "rahf-plausibility:tiny-rahf"
     cfg = FinetuneConfig(name="real-rahf", out=str(root / "adapter-rahf"), reward=spec, prompts=str(prompt_file),
                          per_prompt=2, beta=0.0, rank=4, steps=2, batch_size=2, lr=5e-2, sample_steps=2)
     adapter = finetune(cfg, generator=sd, reward=reward, resume=False)

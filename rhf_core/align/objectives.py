@@ -212,6 +212,8 @@ class DRaFT(Objective):
         if isinstance(reward, RewardModel):
             reward.encoders.model.requires_grad_(False)
             reward.head.requires_grad_(False)
+        elif getattr(reward, "predictor", None) is not None:  # a RAHF reward: its network stays as it is
+            reward.predictor.model.requires_grad_(False)
 
     def loss(self, d, cond, rng):
         cfg = self.cfg
@@ -244,7 +246,7 @@ def check_reward_fits(cfg: FinetuneConfig, reward) -> None:
     """DRaFT backpropagates through the reward: refuse one without a pixel-tensor path before any work."""
     if cfg.objective == "draft" and not getattr(reward, "differentiable", hasattr(reward, "score_pixels")):
         raise RewardError(f"the draft objective backpropagates through the reward, so it needs a differentiable "
-                          f"one: {cfg.reward!r} is not (use --reward lee)")
+                          f"one: {cfg.reward!r} is not (use --reward lee, or rahf-<score>[:DIR] with a trained RAHF)")
 
 
 def make_objective(cfg: FinetuneConfig, generator, reward, prompts: list[str], progress) -> Objective:
