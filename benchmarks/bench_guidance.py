@@ -8,14 +8,11 @@ reward at every step (one VAE decode + reward forward/backward per step on top o
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,10 +59,6 @@ def main():
         "unguided_seconds_all": [round(x, 3) for x in plain],
         "guided_seconds_all": [round(x, 3) for x in guided],
         "repeat": args.repeat,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
     })
 
 

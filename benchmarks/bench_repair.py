@@ -7,14 +7,11 @@ to repair one 64 px ShapesWorld image with n = 4 candidates (predict, mask, inpa
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,8 +46,7 @@ def main():
         "predictor": str(rahf.name), "generator": gen.describe(), "image_px": 64, "candidates": 4, "steps": 25,
         "repair_seconds_median": round(float(np.median(times)), 3),
         "inpainting_seconds_median": round(float(np.median(stages)), 3),
-        "repeat": args.repeat, "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "repeat": args.repeat,
     })
 
 

@@ -7,14 +7,11 @@ images per second for 16 samples × 25 steps at 64 px, and the time of one 4-can
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,10 +49,6 @@ def main():
         "images_per_second": round(16 / med, 2),
         "inpaint_n4_steps_25_seconds_median": round(float(np.median(inpaint)), 3),
         "repeat": args.repeat,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
     })
 
 
