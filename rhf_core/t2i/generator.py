@@ -227,13 +227,8 @@ class Generator:
         if reward_guidance is not None:
             return self._generate_guided(prompts, n, seed, steps, guidance, batch_size, progress, with_latents,
                                          reward_guidance, reward_scale, guidance_steps, grad_clip)
-        prompts, n = _check_prompts(prompts), _check_n(n)
-        seed, steps, guidance = check_sampling(seed, steps, guidance)
-        batch_size = whole_number("batch_size", batch_size, 1, MAX_IMAGES_PER_CALL, GeneratorError)
-        if len(prompts) * n > MAX_IMAGES_PER_CALL:
-            raise GeneratorError(f"{len(prompts) * n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
-        if self.is_inpainting_model:
-            raise GeneratorError("this is an inpainting checkpoint (9-channel UNet): it can only inpaint")
+        prompts, n, seed, steps, guidance, batch_size = self._check_generate(prompts, n, seed, steps, guidance,
+                                                                             batch_size)
         jobs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
         out: list[list] = [[None] * n for _ in prompts]
         lat: list[list] = [[None] * n for _ in prompts]
@@ -328,8 +323,8 @@ class Generator:
                                  f"DPM-Solver…), not {type(sched).__name__}")
         return float(scale), lo, hi, float(clip)
 
-    def _generate_guided(self, prompts, n, seed, steps, guidance, batch_size, progress, with_latents,
-                         reward, scale, steps_range, clip):
+    def _check_generate(self, prompts, n, seed, steps, guidance, batch_size) -> tuple:
+        """`generate`'s arguments checked before any work (guided or not); returns them normalised."""
         prompts, n = _check_prompts(prompts), _check_n(n)
         seed, steps, guidance = check_sampling(seed, steps, guidance)
         batch_size = whole_number("batch_size", batch_size, 1, MAX_IMAGES_PER_CALL, GeneratorError)
@@ -337,6 +332,12 @@ class Generator:
             raise GeneratorError(f"{len(prompts) * n} images asked for; at most {MAX_IMAGES_PER_CALL} per call")
         if self.is_inpainting_model:
             raise GeneratorError("this is an inpainting checkpoint (9-channel UNet): it can only inpaint")
+        return prompts, n, seed, steps, guidance, batch_size
+
+    def _generate_guided(self, prompts, n, seed, steps, guidance, batch_size, progress, with_latents,
+                         reward, scale, steps_range, clip):
+        prompts, n, seed, steps, guidance, batch_size = self._check_generate(prompts, n, seed, steps, guidance,
+                                                                             batch_size)
         scale, lo, hi, clip = self._check_guided(scale, steps_range, clip)
         reward = self._guidance_reward(reward)
         jobs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
