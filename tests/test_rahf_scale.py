@@ -214,7 +214,8 @@ def test_two_processes_under_accelerate_launch(richhf, backbones, tmp_path):
            "--main_process_port", str(29500 + os.getpid() % 1000), str(script), str(tmp_path / "cfg.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = [json.loads(line[len("RANK "):]) for line in done.stdout.splitlines() if line.startswith("RANK ")]
+    # One report file per rank: two processes printing to one pipe can interleave their lines.
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank-*.json"))]
     assert sorted(r["rank"] for r in reports) == [0, 1] and {r["world"] for r in reports} == {2}
     # Each process took ceil(ceil(40 / 2) / 8) = 3 steps (the schedule counts one process's steps).
     assert {r["scheduler_steps"] for r in reports} == {3}
@@ -248,8 +249,9 @@ for k, v in sorted(model.model.state_dict().items()):
     h.update(k.encode()); h.update(v.detach().cpu().float().numpy().tobytes())
 # The best epoch's weights, as loaded back by every process; scheduler steps from the trainer state.
 state = torch.load(cfg.state_dir + "/trainer_state.pt", weights_only=True)
-print("RANK " + json.dumps({"rank": acc.process_index, "world": acc.num_processes, "digest": h.hexdigest(),
-                            "scheduler_steps": state["scheduler"]["last_epoch"]}), flush=True)
+with open(f"rank-{acc.process_index}.json", "w") as f:
+    json.dump({"rank": acc.process_index, "world": acc.num_processes, "digest": h.hexdigest(),
+               "scheduler_steps": state["scheduler"]["last_epoch"]}, f)
 '''
 
 
