@@ -19,7 +19,7 @@ pages = [
     st.Page("app_pages/explorer.py", title="Dataset explorer", icon=":material/photo_library:"),
     st.Page("app_pages/live_rahf.py", title="Live RAHF", icon=":material/center_focus_strong:"),
     st.Page("app_pages/annotate.py", title="Annotate", icon=":material/edit:"),
-    st.Page("app_pages/lee.py", title="Rejection sampling vs fine-tuning", icon=":material/compare:"),
+    st.Page("app_pages/lee.py", title="Ways to spend a reward", icon=":material/compare:"),
     st.Page("app_pages/repair.py", title="Inpainting repair", icon=":material/healing:"),
 ]
 page = st.navigation(pages)

@@ -16,7 +16,7 @@ st.write(
 )
 st.page_link("app_pages/explorer.py", label="Dataset explorer: filter, browse and plot any rich-feedback dataset", icon=":material/photo_library:")
 st.page_link("app_pages/live_rahf.py", label="Live RAHF: predict heatmaps, scores and misaligned words for your images", icon=":material/center_focus_strong:")
-st.page_link("app_pages/lee.py", label="Rejection sampling vs fine-tuning: spend a reward at inference or at training time (Lee et al.)", icon=":material/compare:")
+st.page_link("app_pages/lee.py", label="Ways to spend a reward: best k of n, reward guidance or fine-tuning (Lee et al.)", icon=":material/compare:")
 st.page_link("app_pages/repair.py", label="Inpainting repair: mask what RAHF flags, inpaint, keep the most plausible", icon=":material/healing:")
 
 st.subheader("Loaded")

@@ -1,4 +1,5 @@
-"""Rejection sampling vs reward-weighted fine-tuning (Lee et al. 2023), side by side on the same prompts."""
+"""Ways to spend a reward, side by side on the same prompts and seeds: rejection sampling (best k of n),
+reward-weighted fine-tuning (Lee et al. 2023), both together, and reward-guided sampling."""
 
 import hashlib
 import threading
@@ -13,7 +14,7 @@ from PIL import Image
 from rhf_core.align import FinetuneConfig, finetune, load_adapter_info, saved_steps
 from rhf_core.cache import atomic_write_text, cache_dir, cache_key
 from rhf_core.errors import RHFError
-from rhf_core.reward.compare import ARMS, run_comparison, summarize
+from rhf_core.reward.compare import run_comparison, summarize
 from rhf_core.reward.experiment import experiment_prompts, heldout_prompts
 from rhf_core.reward.rewards import (DEFAULT_HELD_OUT, REWARD_NAMES, SPEC_HELP, check_judge, held_out_specs,
                                      parse_reward_spec)
@@ -28,11 +29,13 @@ OBJECTIVE_LABELS = {"rwr": "reward-weighted likelihood (Lee et al.)", "dpo": "Di
 
 SHAPES_PROMPT_SETS = ["Held-out seen prompts", "Unseen prompts"]
 PROMPT_SETS = [*SHAPES_PROMPT_SETS, "The adapter's training prompts", "Free text", "Prompt file"]
-ARM_COLORS = dict(zip(ARMS, px.colors.qualitative.Set2))
+# Guidance follows the reward's gradient: only differentiable rewards (never the judge).
+GUIDE_REWARDS = [r for r in REWARD_NAMES if r != "judge"]
 
-st.title("Rejection sampling vs fine-tuning")
-st.caption("Spend a reward at inference time (generate n, keep the best k) or at training time (LoRA "
-           "fine-tuning on the reward), on the same prompts and seeds, and see which buys more (Lee et al. 2023).")
+st.title("Ways to spend a reward")
+st.caption("Spend a reward at inference time (generate n, keep the best k; or steer sampling up its gradient) "
+           "or at training time (LoRA fine-tuning on the reward), on the same prompts and seeds, and see which "
+           "buys more (Lee et al. 2023; reward guidance as in the RichHF paper).")
 gen = current_generator()
 rahf = current_predictor()
 shapes = gen.is_shapes_world  # the judge and the grammar's prompt sets exist only there
@@ -142,9 +145,19 @@ with right:
     held_text = st.text_input("Held-out rewards (comma-separated)", ", ".join(DEFAULT_HELD_OUT), key="lee_held",
                               help="Scored on every kept image but never selected or trained with: a gain in the "
                                    f"training reward they do not share is the reward being gamed. {SPEC_HELP}.")
+    g1, g2, g3 = st.columns([2, 3, 3])
+    guide_on = g1.checkbox("Reward-guided arm", key="lee_guide_on",
+                           help="Also sample the original model steered up a reward's gradient at every step "
+                                "(same starting noise as original random); about 3× the sampling time.")
+    guide_pick = g2.selectbox("Guided by", GUIDE_REWARDS, index=GUIDE_REWARDS.index("rahf-plausibility"),
+                              key="lee_guide_reward", disabled=not guide_on)
+    guide_scale = g3.slider("Guidance scale", 0.5, 10.0, 2.0, 0.5, key="lee_guide_scale", disabled=not guide_on,
+                            help="Step size of the reward gradient. On ShapesWorld, scales were tuned on a separate "
+                                 "prompt set (docs/experiments/guidance.md); large scales made images worse.")
 try:
     reward_spec = checked_spec({"adapter": trained_with, "other": typed}.get(picked, picked))
     held_specs = [checked_spec(h) for h in held_out_specs(reward_spec, held_text)]
+    guide_spec = checked_spec(guide_pick) if guide_on else ""
 except RHFError as e:
     st.error(error_text(e))
     st.stop()
@@ -217,12 +230,14 @@ if not info.get("complete", True):  # stopped by the button, Streamlit's own Sto
                "Fine-tune again with the same settings to resume, or compare it as it is.")
 
 # A result is shown only under the settings it was made with (k only picks among the n samples).
-run_key = (gen.name, adapter, tuple(prompts), n, reward_spec, tuple(held_specs), int(seed), rahf.weights_key)
+run_key = (gen.name, adapter, tuple(prompts), n, reward_spec, tuple(held_specs), int(seed), rahf.weights_key,
+           guide_spec, float(guide_scale) if guide_spec else 0.0)
 if st.button("Compare", type="primary", key="lee_run"):
     comp = run_with_progress("Starting…", lambda progress: run_comparison(
         gen, adapter, prompts, n=n, k=k, reward_name=reward_spec, reward=reward_fn(reward_spec), predictor=rahf,
         encoders=load_encoders(), seed=int(seed), progress=progress,
-        held_out_rewards={h: reward_fn(h) for h in held_specs}))
+        held_out_rewards={h: reward_fn(h) for h in held_specs}, guide=guide_spec,
+        guide_reward=reward_fn(guide_spec) if guide_spec else None, guide_scale=float(guide_scale)))
     if comp is None:
         st.stop()
     st.session_state["lee_result"] = (run_key, comp)
@@ -235,6 +250,7 @@ if not stored or stored[0] != run_key or list(stored[1].prompts) != list(prompts
 comp = stored[1]
 comp.k = k  # k only picks among the n samples
 summary = summarize(comp)
+ARM_COLORS = dict(zip(comp.arms, px.colors.qualitative.Set2))
 if comp.settings.get("cached"):
     st.caption("From the cache.")
 
@@ -243,14 +259,15 @@ if comp.settings.get("cached"):
 st.subheader("Measures per arm")
 rows = []
 # Pooled over all n samples of the arm's model: the same for its random and best-k arms.
-model_all_n = {arm.rsplit(" ", 1)[0]: summary[arm].get("alignment_rate_all_n") for arm in ARMS if arm.endswith("random")}
+model_all_n = {comp.picks(arm)[0]: summary[arm].get("alignment_rate_all_n") for arm in comp.arms
+               if "alignment_rate_all_n" in summary[arm]}
 held_cols = {h: f"held-out {short(h)}" for h in comp.held_out}
-for arm in ARMS:
+for arm in comp.arms:
     s = summary[arm]
     row = {"arm": arm, f"reward {short(reward_spec)}": s["mean_reward"],
            **{col: s["held_out"][h]["mean"] for h, col in held_cols.items()}, "diversity": s["diversity"]}
     if comp.judged:  # the judge's columns exist only where a judge read the prompts
-        row |= {"judge alignment": s["alignment_rate"], "model alignment (all n)": model_all_n.get(arm.rsplit(" ", 1)[0]),
+        row |= {"judge alignment": s["alignment_rate"], "model alignment (all n)": model_all_n.get(comp.picks(arm)[0]),
                 "judge implausible share": s["judge_implausible_share"]}
     rows.append(row | {"win vs original random": s["win"], "tie": s["tie"], "loss": s["loss"]})
 # Short headers (the full names are the tooltips) and 3 decimals: ten columns of long headers ran past
@@ -270,7 +287,7 @@ st.caption(f"Reward: **{short(reward_spec)}**, the one best-k selects by. Held-o
                                         else " No judge: this generator's images have no ground truth here."))
 measures = {"reward_gain": f"reward {short(reward_spec)}", "alignment_gain": "judge alignment"}
 gains = []
-for arm in ARMS:
+for arm in comp.arms:
     measured = [(label, summary[arm].get(key)) for key, label in measures.items()]
     measured += [(f"held-out {short(h)}", v["gain"]) for h, v in summary[arm]["held_out"].items()]
     gains += [{"arm": arm, "measure": label, "against": g["against"], "gain": g["difference"],
@@ -284,11 +301,11 @@ if gains:
                "gain counts only when the interval stays above 0.")
 
 p1, p2 = st.columns(2)
-dist = pd.DataFrame([{"arm": arm, "reward": float(v)} for arm in ARMS for v in comp.arm_values(arm, comp.rewards).ravel()])
+dist = pd.DataFrame([{"arm": arm, "reward": float(v)} for arm in comp.arms for v in comp.arm_values(arm, comp.rewards).ravel()])
 p1.plotly_chart(px.box(dist, x="arm", y="reward", color="arm", color_discrete_map=ARM_COLORS, points="all",
                        title="Reward of the kept images").update_layout(showlegend=False, height=380),
                 width="stretch")
-cat_rows = [{"arm": arm, "category": cat, "alignment": v} for arm in ARMS
+cat_rows = [{"arm": arm, "category": cat, "alignment": v} for arm in comp.arms
             for cat, v in summary[arm].get("alignment_by_category", {}).items() if v == v]
 if cat_rows:
     p2.plotly_chart(px.bar(pd.DataFrame(cat_rows), x="category", y="alignment", color="arm", barmode="group",
@@ -296,14 +313,14 @@ if cat_rows:
                     .update_layout(height=380, legend=dict(orientation="h", y=-0.25)), width="stretch")
 else:
     held = pd.DataFrame([{"arm": arm, "reward": short(h), "mean": summary[arm]["held_out"][h]["mean"]}
-                         for arm in ARMS for h in comp.held_out])
+                         for arm in comp.arms for h in comp.held_out])
     if len(held):
         p2.plotly_chart(px.bar(held, x="reward", y="mean", color="arm", barmode="group", color_discrete_map=ARM_COLORS,
                                title="Held-out rewards of the kept images")
                         .update_layout(height=380, legend=dict(orientation="h", y=-0.25)), width="stretch")
     else:
         p2.info("No held-out reward named, and no judge for these prompts.")
-wins = pd.DataFrame([{"arm": arm, "outcome": o, "share": summary[arm][o]} for arm in ARMS[1:] for o in ("win", "tie", "loss")])
+wins = pd.DataFrame([{"arm": arm, "outcome": o, "share": summary[arm][o]} for arm in comp.arms[1:] for o in ("win", "tie", "loss")])
 # Full width, one bar an arm: in a third of the page its arm names and legend were cut off.
 st.plotly_chart(px.bar(wins, y="arm", x="share", color="outcome", orientation="h", range_x=[0, 1],
                        title="Against original random, per prompt: win / tie / loss",
@@ -318,7 +335,7 @@ st.subheader("Images")
 result_key = hashlib.sha1(repr(run_key).encode()).hexdigest()[:12]
 pi = st.selectbox("Prompt", range(len(comp.prompts)), format_func=lambda i: comp.prompts[i], key=f"lee_prompt_{result_key}")
 st.caption(f"The kept images of each arm for “{comp.prompts[pi]}”.")
-for arm in ARMS:
+for arm in comp.arms:
     st.markdown(f"**{arm}**")
     model, idx = comp.picks(arm)
     cols = st.columns(max(k, 4))

@@ -152,6 +152,12 @@ def _eval_lee(args) -> None:
     print(format_experiment(run_lee_eval(args.settings)))  # (the JSON is written before this prints)
 
 
+def _study_guidance(args) -> None:
+    from rhf_core.reward.guidance_study import format_study, run_guidance_study
+
+    print(format_study(run_guidance_study(args.settings)))  # (the JSON is written before this prints)
+
+
 def _eval_repair(args) -> None:
     from rhf_core.repair import evaluate_repair
 
@@ -264,6 +270,10 @@ def build_parser() -> CommandLine:
     le = ap.command("eval-lee", "rejection sampling vs fine-tuning: selection and held-out rewards (judged on ShapesWorld)",
                     Settings("rhf_core.reward.experiment:LeeEvalConfig"))
     le.set_defaults(func=_eval_lee)
+
+    sg = ap.command("study-guidance", "does RAHF-guided sampling help, by the judge? scales tuned on a separate set, "
+                    "then paired-bootstrap changes on held-out prompts", Settings("rhf_core.reward.guidance_study:GuidanceStudyConfig"))
+    sg.set_defaults(func=_study_guidance)
 
     ap.command("convert-port", "convert the RichHF port's published weights (model.pt) into a checkpoint folder "
                "that load_rahf and the sidebar read offline", setup=_convert_port_flags)

@@ -59,6 +59,28 @@ def test_compare_four_arms_on_free_text_prompts():
                for c in again.caption)
 
 
+def test_reward_guided_arm_with_its_scale_and_no_stale_result():
+    at = open_page()
+    at.checkbox(key="lee_guide_on").check().run()
+    at.slider(key="lee_guide_scale").set_value(4.0).run()
+    compare_two_prompts(at)
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    guided = "guided by rahf-plausibility @ 4"
+    assert list(table.index)[-1] == guided and len(table) == 5
+    assert 0 <= table.loc[guided, "judge implausible share"] <= 1
+    gains = at.dataframe[1].value
+    assert (gains.loc[guided, "against"] == "original, all n").all()
+    assert sum("reward" in c for img in at.image for c in img.captions) == 5 * 2
+    # Another scale is another arm: the shown result goes until Compare is pressed again.
+    at.slider(key="lee_guide_scale").set_value(1.0).run()
+    assert not at.dataframe and any("Press **Compare**" in i.value for i in at.info)
+    at.checkbox(key="lee_guide_on").uncheck().run()
+    at.button(key="lee_run").click().run()
+    assert list(at.dataframe[0].value.index) == ["original random", "original best-k", "fine-tuned random",
+                                                 "fine-tuned best-k"]
+
+
 def test_bad_inputs_show_messages():
     at = open_page()
     at.slider(key="lee_n").set_value(4).run()

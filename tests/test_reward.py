@@ -263,6 +263,40 @@ def test_comparison_arms_cache_and_bad_inputs(gen, adapter, clip):
         run_comparison(gen, "/nonexistent", prompts, reward=brightness)
 
 
+def test_comparison_guided_arm_is_paired_named_and_cached(gen, adapter, clip):
+    """The reward-guided arm: the original model's seeds steered by a reward, measured like the others."""
+    from rhf_core.errors import RHFError
+    from rhf_core.rahf import load_rahf
+    from rhf_core.reward.compare import ARMS, run_comparison, summarize
+    from rhf_core.reward.rewards import RAHFReward
+
+    rahf = load_rahf()
+    guide = RAHFReward("rahf-plausibility", rahf, "plausibility")
+    prompts = ["a red circle", "two blue squares on the sand"]
+    kw = dict(n=3, k=2, reward_name="brightness", reward=brightness, predictor=rahf, encoders=clip, steps=2,
+              use_judge=True)
+    plain = run_comparison(gen, str(adapter), prompts, **kw)
+    c = run_comparison(gen, str(adapter), prompts, **kw, guide="rahf-plausibility", guide_reward=guide, guide_scale=50)
+    assert plain.guided_arm is None and plain.arms == ARMS
+    assert c.guided_arm == "guided by rahf-plausibility @ 50" and c.arms == (*ARMS, c.guided_arm)
+    assert np.array_equal(c.images["original"], plain.images["original"])  # the other arms are untouched
+    assert c.images["guided"].shape == c.images["original"].shape
+    assert np.abs(c.images["guided"].astype(int) - c.images["original"]).mean() > 1  # steered
+    s = summarize(c)
+    g = s[c.guided_arm]
+    assert list(s) == list(c.arms) and g["reward_gain"]["against"] == "original, all n"
+    want = float(np.mean(c.rewards["guided"].mean(1) - c.rewards["original"].mean(1)))  # all n vs all n, paired
+    assert g["reward_gain"]["difference"] == pytest.approx(want, abs=1e-4)
+    assert g["alignment_rate_all_n"] == pytest.approx(float(np.nanmean(c.aligned["guided"])), abs=1e-4)
+    assert set(g["held_out"]) == {"rahf-plausibility", "rahf-alignment"}
+    again = run_comparison(gen, str(adapter), prompts, **kw, guide="rahf-plausibility", guide_reward=guide,
+                           guide_scale=50)
+    assert again.settings["cached"] is True and again.guided_arm == c.guided_arm
+    assert np.array_equal(again.images["guided"], c.images["guided"])
+    with pytest.raises(RHFError, match="has none: use a differentiable reward"):
+        run_comparison(gen, str(adapter), prompts, **kw, guide="brightness", guide_reward=brightness, guide_scale=1)
+
+
 def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path):
     from rhf_core.align import FinetuneConfig, finetune
 

@@ -1,10 +1,12 @@
 """Rejection sampling against reward-weighted fine-tuning, on the same prompts and seeds (Lee et al.).
 
-Four arms, k images per prompt each:
+Four arms, k images per prompt each, and a fifth when a guidance reward is given:
     original random     samples 0..k-1 of the original model
     original best-k     the k of n original samples with the highest reward (rejection sampling)
     fine-tuned random   samples 0..k-1 of the fine-tuned model (the same seeds)
     fine-tuned best-k   rejection sampling on the fine-tuned model
+    guided by R @ s     samples 0..k-1 of the original model steered at sampling time by reward R's
+                        gradient at scale s (the same starting noise as original random)
 Measured per arm: mean reward (the one best-k selects by, by default the adapter's training reward) and
 held-out rewards it was not selected or trained with (RAHF plausibility and alignment by default), each
 with a paired-bootstrap gain; diversity (mean pairwise cosine distance of image embeddings within a
@@ -48,12 +50,27 @@ class Comparison:
     settings: dict
 
     @property
+    def guided_arm(self) -> str | None:
+        """The reward-guided arm's name (its reward and scale), or None when there is none."""
+        if "guided" not in self.images:
+            return None
+        return guided_arm_name(self.settings["guide"], self.settings["guide_scale"])
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return ARMS + ((self.guided_arm,) if self.guided_arm else ())
+
+    @property
     def judged(self) -> bool:
         """Whether the judge read any prompt: its measures are reported only then."""
         return bool(not np.isnan(self.aligned["original"]).all())
 
     def picks(self, arm: str) -> tuple[str, np.ndarray]:
         """(model, P×k sample indices) of an arm."""
+        if arm == self.guided_arm:
+            return "guided", np.tile(np.arange(self.k), (len(self.prompts), 1))
+        if arm not in ARMS:
+            raise KeyError(f"no arm {arm!r} in this comparison: {list(self.arms)}")
         model = "original" if arm.startswith("original") else "fine-tuned"
         if arm.endswith("random"):
             return model, np.tile(np.arange(self.k), (len(self.prompts), 1))
@@ -66,6 +83,10 @@ class Comparison:
     def arm_images(self, arm: str, p: int) -> list[tuple[Image.Image, float]]:
         model, idx = self.picks(arm)
         return [(Image.fromarray(self.images[model][p, j]), float(self.rewards[model][p, j])) for j in idx[p]]
+
+
+def guided_arm_name(spec: str, scale: float) -> str:
+    return f"guided by {spec} @ {float(scale):g}"
 
 
 def diversity(emb: np.ndarray) -> float:
@@ -97,14 +118,18 @@ GAIN_AGAINST = {"original best-k": "original, all n", "fine-tuned random": "orig
 def _gains(c: Comparison, values: dict[str, np.ndarray]) -> dict[str, dict | None]:
     """Each arm's paired-bootstrap gain in `values` (model → P×n) over the arm GAIN_AGAINST names."""
     per = {"original, all n": values["original"].mean(1)}
-    for arm in ARMS:
+    for arm in c.arms:
         per[arm] = c.arm_values(arm, values).mean(1)
-    fine_all_n = values["fine-tuned"].mean(1)
+    # A random k is measured by its model's rate over all n samples (the same expectation, less noise).
+    all_n = {"fine-tuned random": values["fine-tuned"].mean(1)}
+    against = dict(GAIN_AGAINST)
+    if c.guided_arm:
+        all_n[c.guided_arm] = values["guided"].mean(1)
+        against[c.guided_arm] = "original, all n"
     out = {}
-    for arm, against in GAIN_AGAINST.items():
-        mine = fine_all_n if arm == "fine-tuned random" else per[arm]
-        gain = paired_bootstrap(mine - per[against])
-        out[arm] = gain and {"against": against, **gain}
+    for arm, base in against.items():
+        gain = paired_bootstrap(all_n.get(arm, per[arm]) - per[base])
+        out[arm] = gain and {"against": base, **gain}
     return out
 
 
@@ -117,7 +142,7 @@ def summarize(c: Comparison) -> dict:
     reward_gain = _gains(c, c.rewards)
     held_gain = {spec: _gains(c, v) for spec, v in c.held_out.items()}
     out = {}
-    for arm in ARMS:
+    for arm in c.arms:
         al = c.arm_values(arm, c.aligned)
         rew = c.arm_values(arm, c.rewards)
         model, idx = c.picks(arm)
@@ -148,7 +173,7 @@ def summarize(c: Comparison) -> dict:
             res["judge_implausible_share"] = round(float(np.nanmean(c.arm_values(arm, c.implausible))), 4)
             res["per_prompt"]["alignment"] = _listed(per_prompt_al)
             res["per_prompt"]["implausible"] = _listed(c.arm_values(arm, c.implausible).mean(1))
-            if arm.endswith("random"):
+            if arm.endswith("random") or arm == c.guided_arm:
                 # A random k's expected alignment is the model's rate over all n samples: n / k times the
                 # images behind the same number, so model-vs-model differences stand out of the noise.
                 res["alignment_rate_all_n"] = round(float(np.nanmean(c.aligned[model])), 4)
@@ -183,12 +208,15 @@ def _key(generator, adapter: str, prompts, n, reward_name, seed, steps, guidance
 
 
 def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, seed: int, steps: int,
-                    guidance: float, progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
+                    guidance: float, progress: Callable[[int, int], None] | None = None,
+                    guide: tuple | None = None) -> list[list[Image.Image]]:
     """`n` images per prompt from the generator, with the adapter loaded or (None) without; cached on disk
     by weights and settings, so new scoring models (a retrained RAHF or reward) re-score, not re-generate,
-    and every adapter's comparison shares the original model's images."""
+    and every adapter's comparison shares the original model's images. `guide` = (spec, reward, scale):
+    reward-guided sampling of the original model (the reward's weights are part of the cache key)."""
+    guide_key = [guide[0], _weights(guide[1]), float(guide[2])] if guide else None
     key = cache_key("generations", generator.fingerprint(), weights_fingerprint(adapter) if adapter else "original",
-                    list(prompts), n, seed, steps, guidance)
+                    list(prompts), n, seed, steps, guidance, *([guide_key] if guide else []))
     path = cache_dir("generations") / f"{key}.npz"
     if path.is_file():
         images = np.load(path, allow_pickle=False)["images"]
@@ -198,7 +226,8 @@ def generate_cached(generator, adapter: str | None, prompts: list[str], n: int, 
             generator.load_lora(adapter)
         else:
             generator.unload_lora()
-        imgs = generator.generate(prompts, n=n, seed=seed, steps=steps, guidance=guidance, progress=progress)
+        extra = {"reward_guidance": guide[1], "reward_scale": float(guide[2])} if guide else {}
+        imgs = generator.generate(prompts, n=n, seed=seed, steps=steps, guidance=guidance, progress=progress, **extra)
     finally:
         generator.unload_lora()
     atomic_savez(path, images=np.stack([[np.asarray(im.convert("RGB")) for im in row] for row in imgs]))
@@ -209,7 +238,8 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
                    reward: Callable | None = None, predictor=None, encoders=None, seed: int = 0, steps: int = 25,
                    guidance: float = 7.5, progress: Callable[[str, float], None] | None = None,
                    held_out: list[str] | str | None = None, held_out_rewards: dict | None = None,
-                   use_judge: bool | None = None) -> Comparison:
+                   use_judge: bool | None = None, guide: str = "", guide_reward=None,
+                   guide_scale: float = 0.0) -> Comparison:
     """Generate with the original model and with the adapter, score with the selection reward and the
     held-out ones, judge (ShapesWorld only) and embed; cached on disk (k only picks among the n samples,
     so any k reuses the same run).
@@ -217,7 +247,9 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
     `reward_name` is the selection reward's spec (`reward` stands in for it, e.g. a page's loaded model);
     `held_out` the held-out specs (default rahf-plausibility, rahf-alignment, never the selection reward),
     `held_out_rewards` loaded ones by spec; `predictor` stands in for the embedded RAHF. `use_judge`: judge
-    the images (default: only for a ShapesWorld generator, the only one whose scenes it can read)."""
+    the images (default: only for a ShapesWorld generator, the only one whose scenes it can read).
+    `guide` (a differentiable reward's spec; `guide_reward` stands in for it) adds the reward-guided arm at
+    `guide_scale`: n more samples of the original model, from the same starting noise."""
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise RewardError("the prompt set is empty: pick a prompt set or write at least one prompt")
@@ -230,10 +262,17 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
     reward = reward or get_reward(reward_name, predictor=predictor, generator=generator)
     if held_out_rewards is None:
         held_out_rewards = get_rewards(held_out_specs(reward_name, held_out), predictor=predictor, generator=generator)
+    guided = None
+    if guide:
+        guide_reward = generator.guidance_reward(guide_reward or get_reward(guide, predictor=predictor,
+                                                                            generator=generator))
+        guided = (guide, guide_reward, float(guide_scale))
     key = _key(generator, adapter, prompts, n, reward_name, seed, steps, guidance, reward, held_out_rewards, use_judge,
                encoders)
+    if guided:
+        key = cache_key(key, guide, _weights(guide_reward), float(guide_scale))
     path = cache_dir("comparisons") / f"{key}.npz"
-    models = ("original", "fine-tuned")
+    models = ("original", "fine-tuned", "guided") if guided else ("original", "fine-tuned")
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         get = lambda name: {m: z[f"{name}_{i}"] for i, m in enumerate(models)}  # noqa: E731
@@ -246,7 +285,8 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
     held: dict[str, dict] = {spec: {} for spec in held_out_rewards}
     for model in models:
         imgs = generate_cached(generator, adapter if model == "fine-tuned" else None, prompts, n, seed, steps, guidance,
-                               progress=lambda d, t, m=model: report(f"generating ({m})", d / t))
+                               progress=lambda d, t, m=model: report(f"generating ({m})", d / t),
+                               guide=guided if model == "guided" else None)
         flat = [im for row in imgs for im in row]
         flat_p = [p for p in prompts for _ in range(n)]
         # Scoring reports as it goes: the judge, image by image, is most of its time (about 0.25 s an
@@ -269,7 +309,8 @@ def run_comparison(generator, adapter: str, prompts: list[str], n: int = 16, k: 
         report(stage, 1.0)
         res["images"][model] = np.stack([np.asarray(im.convert("RGB")) for im in flat]).reshape(len(prompts), n, *np.asarray(flat[0]).shape)
     settings = {"generator": generator.name, "adapter": str(adapter), "seed": seed, "steps": steps, "guidance": guidance,
-                "reward": reward_name, "held_out": list(held_out_rewards), "judge": bool(use_judge)}
+                "reward": reward_name, "held_out": list(held_out_rewards), "judge": bool(use_judge),
+                **({"guide": guide, "guide_scale": float(guide_scale)} if guided else {})}
     arrays = {f"{name}_{i}": res[name][m] for name in res for i, m in enumerate(models)}
     arrays |= {f"heldout{j}_{i}": held[spec][m] for j, spec in enumerate(held) for i, m in enumerate(models)}
     atomic_savez(path, settings=np.array(json.dumps(settings)), **arrays)

@@ -292,7 +292,7 @@ class Generator:
             return out - delta / (1 - alpha) ** 0.5
         return out - (alpha / (1 - alpha)) ** 0.5 * delta
 
-    def _guidance_reward(self, reward):
+    def guidance_reward(self, reward):
         """A reward spec or object, checked to have a pixel gradient before any work."""
         if isinstance(reward, str):
             # Imported here: rhf_core.reward imports rhf_core.t2i (its experiments sample), so a top-level
@@ -339,7 +339,7 @@ class Generator:
         prompts, n, seed, steps, guidance, batch_size = self._check_generate(prompts, n, seed, steps, guidance,
                                                                              batch_size)
         scale, lo, hi, clip = self._check_guided(scale, steps_range, clip)
-        reward = self._guidance_reward(reward)
+        reward = self.guidance_reward(reward)
         jobs = [(i, p, j) for i, p in enumerate(prompts) for j in range(n)]
         out: list[list] = [[None] * n for _ in prompts]
         lat: list[list] = [[None] * n for _ in prompts]
