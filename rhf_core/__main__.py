@@ -263,7 +263,7 @@ def build_parser() -> CommandLine:
     r.set_defaults(func=_train_reward)
 
     f = ap.command("finetune", "LoRA fine-tuning of a generator on a reward (reward-weighted likelihood, "
-                   "Diffusion-DPO or DRaFT)", Settings("rhf_core.align:FinetuneConfig"))
+                   "Diffusion-DPO or DRaFT)", Settings("rhf_core.align:FinetuneConfig", presets="rhf_core.align.config:PRESETS"))
     _no_resume_flag(f, "--name (a run resumes it only with the settings it was trained with)")
     f.set_defaults(func=_finetune)
 

@@ -277,6 +277,14 @@ class Settings:
     aliases: tuple[Alias, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)  # for function parameters without a default
     exclude: tuple[str, ...] = ()  # function parameters that are not settings
+    # "module:NAME" of a dict: preset name → setting values (TOML keys), offered as `--preset NAME`.
+    presets: str = ""
+
+    def preset_values(self) -> dict[str, dict[str, Any]]:
+        if not self.presets:
+            return {}
+        module, name = self.presets.split(":")
+        return getattr(importlib.import_module(module), name)
 
     def settings_class(self) -> type:
         obj = self.source
@@ -478,7 +486,8 @@ class CommandParser(argparse.ArgumentParser):
         namespace, extras = super().parse_known_args(args, namespace)
         if self.settings is not None:
             try:
-                namespace.settings = build_settings(self._settings_class, fields, self.settings.aliases, namespace)
+                namespace.settings = build_settings(self._settings_class, fields, self.settings.aliases, namespace,
+                                                    self.settings.preset_values())
             except InvalidArgumentError as err:
                 self.error(str(err))
         return namespace, extras
@@ -518,6 +527,13 @@ def add_settings_flags(parser: CommandParser, settings: Settings) -> tuple[type,
         "--config", dest="config_file", metavar="FILE.toml",
         help=f"read settings from this TOML file (keys: the fields of {cls.__name__}, a table for each nested "
              "one); flags given as well override it"))
+    presets = settings.preset_values()
+    if presets:
+        parser.flags.append(group.add_argument(
+            "--preset", dest="preset_name", choices=sorted(presets), metavar="{" + ",".join(sorted(presets)) + "}",
+            help="start from a named recipe's settings (" + "; ".join(
+                f"{name}: " + ", ".join(f"{k} = {v!r}" for k, v in values.items()) for name, values in sorted(presets.items()))
+            + "); --config and flags given as well override it"))
     for fld in fields:
         kwargs = dict(dest=SETTING + fld.key, default=argparse.SUPPRESS, help=f"{fld.help} (default: {shown(fld.default)})")
         if fld.kind is bool and fld.sequence is None:
@@ -544,10 +560,14 @@ def _metavar(fld: Field) -> str:
     return f"{word},…" if fld.sequence else word
 
 
-def build_settings(cls: type, fields: list[Field], aliases: tuple[Alias, ...], namespace) -> Any:
-    """The settings object: defaults, then the --config file, then aliases, then the flags themselves.
-    The generated flags' entries are taken out of `namespace`, so that code reads only `args.settings`."""
+def build_settings(cls: type, fields: list[Field], aliases: tuple[Alias, ...], namespace,
+                   presets: dict[str, dict[str, Any]] | None = None) -> Any:
+    """The settings object: defaults, then the --preset, then the --config file, then aliases, then the
+    flags themselves. The generated flags' entries are taken out of `namespace`, so that code reads only
+    `args.settings`."""
     values: dict[str, Any] = {}
+    if getattr(namespace, "preset_name", None):
+        values.update((presets or {})[namespace.preset_name])
     if getattr(namespace, "config_file", None):
         values.update(read_settings_file(namespace.config_file, fields))
     for alias in aliases:

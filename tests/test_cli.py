@@ -55,7 +55,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def test_the_commands_with_settings():
     assert set(WITH_SETTINGS) == {"train-rahf", "eval-rahf", "eval-judge", "train-t2i", "eval-t2i", "train-clip",
-                                  "train-reward", "finetune", "eval-lee", "eval-repair"}
+                                  "train-reward", "finetune", "eval-lee", "eval-repair", "study-guidance"}
 
 
 @pytest.mark.parametrize("command", WITH_SETTINGS)
@@ -185,6 +185,27 @@ def test_a_bad_config_file_is_refused_with_a_message(tmp_path, capsys, text, mes
     path = tmp_path / "bad.toml"
     path.write_text(text)
     assert message in parse_error(capsys, "train-rahf", "--config", str(path))
+
+
+def test_a_preset_then_config_then_flags(tmp_path, capsys):
+    """`finetune --preset richhf-plausibility` is the RichHF recipe; a config file and flags override it."""
+    from rhf_core.align import FinetuneConfig
+    from rhf_core.align.config import PRESETS
+
+    cfg = parse("finetune", "--preset", "richhf-plausibility").settings
+    assert (cfg.reward, cfg.objective, cfg.reward_threshold, cfg.beta, cfg.name) == (
+        "rahf-plausibility", "rwr", 0.7, 1.0, "richhf-plausibility")
+    assert cfg == FinetuneConfig.preset("richhf-plausibility")
+    assert cfg.steps == FinetuneConfig().steps  # what the preset does not name keeps its default
+    path = tmp_path / "run.toml"
+    path.write_text("reward_threshold = 0.8\nsteps = 50\n")
+    over = parse("finetune", "--preset", "richhf-plausibility", "--config", str(path), "--steps", "7").settings
+    assert (over.reward_threshold, over.steps, over.reward) == (0.8, 7, "rahf-plausibility")
+    assert "invalid choice: 'richhf'" in parse_error(capsys, "finetune", "--preset", "richhf")
+    with pytest.raises(ValueError, match="the presets are \\['richhf-plausibility'\\]"):
+        FinetuneConfig.preset("richhf")
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    assert all(set(values) <= fields for values in PRESETS.values())
 
 
 def test_a_missing_config_file_is_refused(tmp_path, capsys):
