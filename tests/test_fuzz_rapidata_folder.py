@@ -11,7 +11,6 @@ minute. A tally per reader (cases, errors, rows kept / skipped) is printed at th
 (`pytest -s`) and written to `$RHF_FUZZ_TALLY` as JSON when that is set.
 """
 
-import io
 import json
 import math
 import os

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from rhf_core.rahf.domain import default_photos, shapes_renders
+from rhf_core.rahf.domain import default_photos
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SPEC = "shapes:n=60,seed=4"
