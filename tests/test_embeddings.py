@@ -1,8 +1,10 @@
-"""Record embeddings (the shipped ShapesWorld CLIP's image tower), their PCA map, nearest neighbours
-and text search."""
+"""Record embeddings (the shipped ShapesWorld CLIP's image tower, or a RAHF checkpoint's image
+encoder), their PCA and UMAP maps, nearest neighbours and text search."""
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -10,15 +12,24 @@ from hypothesis.extra.numpy import arrays
 from rhf_core.data import open_dataset
 from rhf_core.embeddings import (
     EmbeddingError,
+    dataset_umap,
+    embeddings_path,
+    image_embedder,
     image_embeddings,
     more_like,
     nearest,
     pca_2d,
     text_search,
     top_eigenvectors,
+    umap_2d,
+    umap_path,
+    weights_digest,
 )
+from rhf_core.rahf import load_rahf, new_rahf
+from rhf_core.rahf.common import images_to_tensor
 from rhf_core.reward.encoders import load_encoders
 from rhf_core.shapes.grammar import parse_prompt
+from tests.test_rahf import tiny
 
 SPEC = "shapes:n=400,seed=11"
 
@@ -121,3 +132,88 @@ def test_top_eigenvectors_span_the_leading_eigenspace(d, seed):
     assert got.shape == (d, 2)
     for i in range(2):  # each is the true eigenvector up to sign
         assert abs(float(got[:, i] @ basis[:, i])) > 1 - 1e-6
+
+
+# --- the RAHF image encoder as the source ---------------------------------------------------------
+
+RAHF_SPEC = "shapes:n=60,seed=3"
+
+
+def test_rahf_embeddings_are_its_mean_pooled_patch_tokens_normalised_and_cached_by_weights(setup, tmp_path):
+    _, enc, _ = setup
+    ds = open_dataset(RAHF_SPEC)
+    model = new_rahf(tiny(), device="cpu", seed=0)
+    emb = image_embeddings(ds, model)
+    assert emb.shape == (60, 32) and emb.dtype == np.float32  # the tiny vision tower's width
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # The definition: the vision tower's patch tokens, mean-pooled, L2-normalised.
+    with torch.no_grad():
+        tokens = model.model.vision(images_to_tensor([ds[i].image for i in range(5)], 32))
+    assert tokens.shape == (5, 16, 32)
+    assert np.allclose(emb[:5], F.normalize(tokens.mean(1), dim=-1).numpy(), atol=1e-5)
+    # A second call reads the cache: the tower is not run again.
+    path = embeddings_path(ds, model)
+    assert path.exists()
+    model.model.vision.forward = lambda pixels: (_ for _ in ()).throw(AssertionError("recomputed"))
+    assert np.array_equal(image_embeddings(ds, model), emb)
+    # The same weights saved and reloaded share the entry; other weights get their own embeddings.
+    model.save(tmp_path / "rahf")
+    assert embeddings_path(ds, load_rahf(tmp_path / "rahf", device="cpu")) == path
+    other = new_rahf(tiny(), device="cpu", seed=1)
+    assert embeddings_path(ds, other) != path
+    assert not np.allclose(image_embeddings(ds, other), emb, atol=1e-3)
+    # CLIP's embeddings of the same records are another entry, in another space.
+    assert embeddings_path(ds, enc) != path and image_embeddings(ds, enc).shape == (60, enc.dim) != emb.shape
+
+
+def test_shipped_rahf_neighbours_share_the_prompts_shape_more_often_than_chance(setup):
+    ds = open_dataset("shapes:n=200,seed=5")
+    emb = image_embeddings(ds, load_rahf(device="cpu"))
+    shapes = np.array([parse_prompt(p).shape for p in ds.frame["prompt"]])
+    nn = np.array([int(more_like(emb, i, 1)[0][0]) for i in range(len(emb))])
+    same = float(np.mean(shapes[nn] == shapes))
+    counts = np.unique(shapes, return_counts=True)[1]
+    chance = float((counts * (counts - 1)).sum() / (len(shapes) * (len(shapes) - 1)))
+    assert same > 1.3 * chance, (same, chance)
+
+
+def test_text_search_refuses_the_rahf_source_and_image_embedder_refuses_other_models(setup):
+    model = new_rahf(tiny(), device="cpu", seed=0)
+    emb = np.eye(4, 32, dtype=np.float32)
+    with pytest.raises(EmbeddingError, match="no text encoder aligned.*reward's CLIP"):
+        text_search(emb, model, "a red circle")
+    with pytest.raises(EmbeddingError, match="cannot embed images with a str.*CLIP encoders or a RAHF"):
+        image_embedder("clip")
+    assert image_embedder(model).has_text is False and image_embedder(setup[1]).has_text is True
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.integers(0, 1000), st.integers(0, 3), st.floats(1e-3, 0.5))
+def test_weights_digest_follows_the_weights(seed, which, change):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 300), torch.nn.LayerNorm(300))
+    copy = torch.nn.Sequential(torch.nn.Linear(7, 300), torch.nn.LayerNorm(300))
+    copy.load_state_dict(net.state_dict())
+    assert weights_digest(copy) == weights_digest(net)  # the same weights, another object
+    with torch.no_grad():
+        list(copy.parameters())[which].add_(change)  # training moves a whole tensor
+    assert weights_digest(copy) != weights_digest(net)
+
+
+# --- UMAP ------------------------------------------------------------------------------------------
+
+def test_umap_layout_is_computed_once_and_cached(setup, monkeypatch):
+    ds, enc, emb = setup
+    small = ds.subset(np.arange(60))
+    emb60 = image_embeddings(small, enc)
+    path = umap_path(small, enc)
+    assert not path.exists()
+    xy = dataset_umap(small, enc, emb60)
+    assert xy.shape == (60, 2) and xy.dtype == np.float32 and np.isfinite(xy).all() and xy.std(0).min() > 0
+    assert path.exists() and path.name.startswith(embeddings_path(small, enc).stem)
+    import rhf_core.embeddings
+
+    monkeypatch.setattr(rhf_core.embeddings, "umap_2d", lambda e, seed=0: pytest.fail("recomputed"))
+    assert np.array_equal(dataset_umap(small, enc, emb60), xy)
+    with pytest.raises(EmbeddingError, match="at least 10"):
+        umap_2d(emb60[:5])

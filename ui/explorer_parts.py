@@ -13,13 +13,15 @@ import streamlit as st
 
 from rhf_core.dataset import Dataset
 from rhf_core.embeddings import (
+    dataset_umap,
     embeddings_path,
-    encoder_fingerprint,
     frame_fingerprint,
+    image_embedder,
     image_embeddings,
     more_like,
     pca_2d,
     text_search,
+    umap_path,
 )
 from rhf_core.errors import RHFError
 from rhf_core.explore import category_columns, sortable_columns
@@ -28,7 +30,7 @@ from rhf_core.patches import SORT_KEYS, collect_patches, crop_patch
 from rhf_core.tags import TagStore, tags_in_frame
 from ui.components import heat_colour_bar, overlays_on_one_scale, placeholder, score_line, upscale
 from ui.loaders import load_encoders
-from ui.settings import error_text
+from ui.settings import current_predictor, error_text
 
 QP = "query-params"
 MAX_COMPARE = 4
@@ -301,43 +303,92 @@ AUTO_EMBED = 5000  # datasets up to this size are embedded on first use; larger 
 MAX_SIMILAR = 8
 MAX_TEXT_HITS = 24
 MAP_HEIGHT = 560
+SOURCES = {"clip": "Reward's CLIP image encoder", "rahf": "RAHF image encoder"}
+LAYOUTS = {"pca": "PCA (instant)", "umap": "UMAP (computed once, cached)"}
+
+
+def source_choice(container=st) -> str:
+    """The embeddings source, bound to `?emb_src=`; the Map view and "More like this" share it."""
+    return container.selectbox(
+        "Embeddings from", list(SOURCES), format_func=SOURCES.get, key="emb_src", bind=QP, persist_state="page",
+        help="The reward's CLIP image tower, or the image encoder of the RAHF checkpoint in the sidebar "
+             "(its patch tokens, mean-pooled). Each is computed once per dataset and model and cached.")
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def cached_embeddings(spec: str, fingerprint: str, _ds: Dataset, _encoders) -> tuple[np.ndarray, np.ndarray]:
+def cached_embedder(source: str, model_key: str, _model):
+    """The embedder of a loaded model, built once: its weights fingerprint reads every tensor."""
+    return image_embedder(_model)
+
+
+def current_embedder(source: str):
+    """The embedder of the chosen source: the reward's CLIP pair, or the sidebar's RAHF checkpoint
+    (None, with the error shown, when that checkpoint does not load)."""
+    if source == "rahf":
+        rahf = current_predictor(stop_on_error=False)
+        return None if rahf is None else cached_embedder("rahf", rahf.weights_key, rahf)
+    encoders = load_encoders()
+    return cached_embedder("clip", encoders.name, encoders)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_embeddings(spec: str, fingerprint: str, _ds: Dataset, _embedder) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, PCA map) of a dataset's records: the disk cache, or computed with a progress bar."""
     bar = st.progress(0.0, text=f"Embedding {len(_ds):,} records…")
 
     def progress(done: int, total: int) -> None:
         bar.progress(done / total, text=f"Embedding records: {done:,} / {total:,}")
 
-    emb = image_embeddings(_ds, _encoders, progress=progress)
+    emb = image_embeddings(_ds, _embedder, progress=progress)
     bar.empty()
     return emb, pca_2d(emb)
 
 
-def dataset_embeddings(ds: Dataset, purpose: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The dataset's embeddings and map, or None while a large uncached dataset waits for the button."""
+def dataset_embeddings(ds: Dataset, purpose: str, source: str):
+    """(embeddings, PCA map, embedder) of the dataset by `source`, or None while a large uncached
+    dataset waits for the button (or the RAHF checkpoint does not load)."""
     try:
-        encoders = load_encoders()
-        path = embeddings_path(ds, encoders)
-        if len(ds) > AUTO_EMBED and not path.exists() and st.session_state.get("embed_go") != ds.spec:
-            st.info(f"{purpose} needs image embeddings of all {len(ds):,} records from the CLIP image encoder "
-                    f"`{encoders.name}`; they are computed once and cached.")
-            st.button(f"Compute embeddings ({len(ds):,} records)", key="embed_go_button",
-                      on_click=st.session_state.__setitem__, args=("embed_go", ds.spec))
+        embedder = current_embedder(source)
+        if embedder is None:
             return None
-        return cached_embeddings(ds.spec, frame_fingerprint(ds) + encoder_fingerprint(encoders), ds, encoders)
+        path = embeddings_path(ds, embedder)
+        go_key = f"{ds.spec}|{embedder.fingerprint}"
+        if len(ds) > AUTO_EMBED and not path.exists() and st.session_state.get("embed_go") != go_key:
+            st.info(f"{purpose} needs image embeddings of all {len(ds):,} records from {embedder.name}; "
+                    "they are computed once and cached.")
+            st.button(f"Compute embeddings ({len(ds):,} records)", key="embed_go_button",
+                      on_click=st.session_state.__setitem__, args=("embed_go", go_key))
+            return None
+        emb, xy = cached_embeddings(ds.spec, frame_fingerprint(ds) + embedder.fingerprint, ds, embedder)
+        return emb, xy, embedder
     except RHFError as e:
         st.error(error_text(e))
         return None
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_umap(spec: str, fingerprint: str, _ds: Dataset, _embedder, _emb: np.ndarray) -> np.ndarray:
+    """The UMAP layout: the disk cache, or computed (minutes for tens of thousands of records)."""
+    return dataset_umap(_ds, _embedder, _emb)
+
+
+def map_layout(ds: Dataset, embedder, emb: np.ndarray, xy_pca: np.ndarray, layout: str) -> tuple[np.ndarray, str]:
+    """The map's 2-D coordinates and axis name: PCA, or UMAP (with a spinner the first time)."""
+    if layout != "umap":
+        return xy_pca, "PC"
+    fingerprint = frame_fingerprint(ds) + embedder.fingerprint
+    if umap_path(ds, embedder).exists():
+        return cached_umap(ds.spec, fingerprint, ds, embedder, emb), "UMAP"
+    with st.spinner(f"UMAP layout of {len(emb):,} records: computed once for this dataset and encoder, then "
+                    "cached (about 3 minutes per 20,000 records on 2 CPU cores)…", show_time=True):
+        return cached_umap(ds.spec, fingerprint, ds, embedder, emb), "UMAP"
 
 
 def map_colour_options(frame) -> list[str]:
     return ["none"] + sortable_columns(frame) + list(category_columns(frame))
 
 
-def map_figure(xy: np.ndarray, frame, inside: np.ndarray, colour: str) -> go.Figure:
+def map_figure(xy: np.ndarray, frame, inside: np.ndarray, colour: str, axes: str = "PC") -> go.Figure:
     """A WebGL scatter of every record: those passing the filters coloured by `colour`, the rest grey.
 
     Each point carries its frame position as customdata, so a box or lasso selection names records. It
@@ -370,7 +421,7 @@ def map_figure(xy: np.ndarray, frame, inside: np.ndarray, colour: str) -> go.Fig
                                    marker=dict(size=5, color="#1f77b4"), customdata=inn[:, None].tolist(), text=ids[inn],
                                    hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(height=MAP_HEIGHT, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
-                      xaxis_title="PC 1", yaxis_title="PC 2", legend=dict(itemsizing="constant"))
+                      xaxis_title=f"{axes} 1", yaxis_title=f"{axes} 2", legend=dict(itemsizing="constant"))
     return fig
 
 
@@ -400,37 +451,50 @@ def clear_map_selection() -> None:
 
 
 def map_view(ds: Dataset, base_positions: np.ndarray) -> None:
-    """Every record on the PCA map of its image embeddings; box/lasso selects records for the gallery."""
-    got = dataset_embeddings(ds, "The map")
+    """Every record on a 2-D map of its image embeddings; box/lasso selects records for the gallery."""
+    c0, c1, c2 = st.columns(3, vertical_alignment="bottom")
+    source = source_choice(c0)
+    layout = c1.selectbox("Layout", list(LAYOUTS), format_func=LAYOUTS.get, key="map_layout", bind=QP,
+                          persist_state="page",
+                          help="PCA: the two main directions of the embeddings, instant. UMAP: keeps "
+                               "neighbourhoods, so clusters separate; computed once per dataset and encoder.")
+    frame = ds.frame
+    colour = c2.selectbox("Colour by", map_colour_options(frame), key="map_colour", bind=QP,
+                          format_func=lambda c: c.replace("_", " "))
+    got = dataset_embeddings(ds, "The map", source)
     if got is None:
         return
-    emb, xy = got
-    frame = ds.frame
-    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
-    options = map_colour_options(frame)
-    colour = c1.selectbox("Colour by", options, key="map_colour", bind=QP,
-                          format_func=lambda c: c.replace("_", " "))
+    emb, xy_pca, embedder = got
+    try:
+        xy, axes = map_layout(ds, embedder, emb, xy_pca, layout)
+    except RHFError as e:
+        st.error(error_text(e))
+        xy, axes = xy_pca, "PC"
     inside = np.zeros(len(frame), dtype=bool)
     inside[base_positions] = True
-    st.plotly_chart(map_figure(xy, frame, inside, colour), key="emb_map", on_select=lambda: store_map_selection(frame),
-                    selection_mode=("box", "lasso"))
+    st.plotly_chart(map_figure(xy, frame, inside, colour, axes), key="emb_map",
+                    on_select=lambda: store_map_selection(frame), selection_mode=("box", "lasso"))
     chosen = st.session_state.get("map_sel")
-    c2.caption(f"PCA of `{load_encoders().name}` image embeddings ({emb.shape[1]} dims) of all {len(frame):,} "
-               f"records; {int(inside.sum()):,} pass the filters (grey: the rest). Draw a box or lasso to "
-               "filter the gallery to those records.")
+    st.caption(f"{'UMAP' if axes == 'UMAP' else 'PCA'} of {embedder.name} image embeddings ({emb.shape[1]} dims) "
+               f"of all {len(frame):,} records; {int(inside.sum()):,} pass the filters (grey: the rest). Draw a "
+               "box or lasso to filter the gallery to those records.")
     if chosen:
         st.button(f"Clear the map selection ({len(chosen):,} records)", key="map_clear", on_click=clear_map_selection)
-    text_search_panel(ds, emb)
+    text_search_panel(ds, emb, embedder)
 
 
-def text_search_panel(ds: Dataset, emb: np.ndarray) -> None:
-    """Records whose images are nearest to a text query, through the encoder's text tower."""
+def text_search_panel(ds: Dataset, emb: np.ndarray, embedder) -> None:
+    """Records whose images are nearest to a text query, through the CLIP text tower."""
+    if not embedder.has_text:
+        st.caption("Text search needs the reward's CLIP encoder: the RAHF image encoder has no text tower "
+                   "aligned with its image embeddings. Choose the CLIP source above to search by text.")
+        return
     query = st.text_input("Search images by text", key="map_text", bind=QP, placeholder="e.g. a red circle",
                           help="Ranks every record by the cosine similarity of its image to the text's embedding.")
     if not query.strip():
         return
     try:
-        top, sims = text_search(emb, load_encoders(), query, k=MAX_TEXT_HITS)
+        top, sims = text_search(emb, embedder, query, k=MAX_TEXT_HITS)
     except RHFError as e:
         st.error(error_text(e))
         return
@@ -442,17 +506,18 @@ def text_search_panel(ds: Dataset, emb: np.ndarray) -> None:
 
 def similar_records(ds: Dataset, position: int) -> None:
     """The record's nearest neighbours in image-embedding space, as thumbnails."""
-    got = dataset_embeddings(ds, "More like this")
+    source = source_choice(st.columns(3)[0])
+    got = dataset_embeddings(ds, "More like this", source)
     if got is None:
         return
-    emb, _ = got
+    emb, _, embedder = got
     try:
         top, sims = more_like(emb, position, MAX_SIMILAR)
     except RHFError as e:
         st.error(error_text(e))
         return
     st.caption(f"The {len(top)} records whose images are nearest to this one (cosine similarity of "
-               f"`{load_encoders().name}` image embeddings)")
+               f"{embedder.name} image embeddings)")
     thumbnails(ds, top, sims, "similar")
 
 
