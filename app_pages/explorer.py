@@ -33,6 +33,7 @@ from rhf_core.explore import (
 from rhf_core.heatmaps import COLOR_MAPS, colorize_heatmap
 from rhf_core.tags import with_tags
 from ui.components import (
+    click_to_open,
     heat_colour_bar,
     heat_peak,
     highlighted_prompt,
@@ -187,13 +188,19 @@ def selection_bar() -> None:
                    else "Tick records below to tag or compare them.")
 
 
+def turn_page(step: int, n_pages: int) -> None:
+    """Button callback: the gallery's page `step` pages on, within 1..n_pages."""
+    page = int(st.session_state.get("page", 1) or 1)
+    st.session_state["page"] = min(max(page + step, 1), n_pages)
+
+
 def gallery() -> None:
     if len(positions) == 0:
         st.info("No record matches these filters.")
         return
     selection_bar()
     tags = store_tags(store)
-    c1, c2, c3 = st.columns([1, 1, 2])
+    c1, c2, c3, c4, c5 = st.columns([4, 4, 8, 1.5, 1.5], vertical_alignment="bottom")
     per_page = c1.selectbox("Per page", [12, 24, 48, 96], index=1, key="per_page", bind=QP)
     overlay = c2.selectbox("Thumbnail overlay", ["none"] + heatmap_columns(frame), key="thumb_overlay", bind=QP)
     n_pages = max(1, int(np.ceil(len(positions) / per_page)))
@@ -201,12 +208,18 @@ def gallery() -> None:
         st.session_state["page"] = 1
     with c3:
         page = st.pagination(n_pages, key="page", bind=QP)
+    # k / j turn the page (Streamlit's button shortcuts: quiet while a text box has focus).
+    c4.button("", key="page_prev", icon=":material/chevron_left:", shortcut="K", disabled=page <= 1,
+              on_click=turn_page, args=(-1, n_pages), help="Previous page (k)", width="stretch")
+    c5.button("", key="page_next", icon=":material/chevron_right:", shortcut="J", disabled=page >= n_pages,
+              on_click=turn_page, args=(1, n_pages), help="Next page (j)", width="stretch")
     chunk = positions[(page - 1) * per_page: page * per_page]
     cols_per_row = 6
+    click_to_open("gallery_clicks")  # a click on a thumbnail presses its cell's Open button (cells: gcell_…)
     for start in range(0, len(chunk), cols_per_row):
         cols = st.columns(cols_per_row)
         for col, pos in zip(cols, chunk[start:start + cols_per_row]):
-            with col:
+            with col, st.container(key=f"gcell_{pos}"):
                 try:
                     rec = ds[int(pos)]
                     img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
@@ -224,7 +237,7 @@ def gallery() -> None:
     if overlay != "none":
         st.image(heat_colour_bar(1.0, "inferno"), output_format="PNG",
                  caption="Each thumbnail's colours run from 0 to its own peak (the value under it)")
-    st.caption(f"Page {page} of {n_pages}")
+    st.caption(f"Page {page} of {n_pages} · keys j / k: next / previous page · click a thumbnail to open it")
 
 
 # --- 3. Record detail ------------------------------------------------------------------------
@@ -247,8 +260,11 @@ def record_detail() -> None:
         k = int(order[0])
         prev_id = str(frame["id"].iat[int(positions[k - 1])]) if k > 0 else None
         next_id = str(frame["id"].iat[int(positions[k + 1])]) if k + 1 < len(positions) else None
-        nav1.button("◀ Previous", disabled=prev_id is None, on_click=open_record, args=(prev_id,), width="stretch")
-        nav2.button("Next ▶", disabled=next_id is None, on_click=open_record, args=(next_id,), width="stretch")
+        # ←/→ press these buttons (Streamlit's own shortcuts, which stay quiet while a text box has focus).
+        nav1.button("◀ Previous", disabled=prev_id is None, on_click=open_record, args=(prev_id,), width="stretch",
+                    key="rec_prev", shortcut="Left")
+        nav2.button("Next ▶", disabled=next_id is None, on_click=open_record, args=(next_id,), width="stretch",
+                    key="rec_next", shortcut="Right")
         nav3.markdown(f"Record **{k + 1:,}** of {len(positions):,} · `{rec_id}`")
     else:
         st.caption(f"`{rec_id}` is outside the current filters; previous/next follow the filtered list.")

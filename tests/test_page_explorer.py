@@ -495,3 +495,38 @@ def test_a_large_dataset_waits_for_the_compute_button(monkeypatch):
     assert not at.get("plotly_chart") and any("computed once and cached" in i.value for i in at.info)
     at.button(key="embed_go_button").click().run()
     assert not at.exception and len(at.get("plotly_chart")) == 1
+
+
+def gallery_ids(at: AppTest) -> list[str]:
+    return [b.key.removeprefix("open_").split("_", 1)[1] for b in at.button if b.key and b.key.startswith("open_")]
+
+
+def test_page_buttons_behind_j_and_k_turn_the_page_within_its_bounds():
+    """The j / k shortcuts press these buttons (pressing the keys is tests/test_browser_keys.py)."""
+    ds = open_dataset(SMALL)
+    at = open_app(sort="overall", desc="true", per_page="12")
+    order = [ds[int(p)].id for p in apply_filter(ds.frame, ExplorerFilter(sort_by="overall", descending=True))]
+    assert gallery_ids(at) == order[:12] and at.button(key="page_prev").disabled
+    assert (at.button(key="page_next").proto.shortcut, at.button(key="page_prev").proto.shortcut) == ("j", "k")
+    at.button(key="page_next").click().run()
+    assert gallery_ids(at) == order[12:24] and at.session_state["page"] == 2
+    at.button(key="page_prev").click().run()
+    assert gallery_ids(at) == order[:12]
+    at.session_state["page"] = 25
+    at.run()
+    assert gallery_ids(at) == order[288:300] and at.button(key="page_next").disabled
+    assert any(c.value.startswith("Page 25 of 25 · keys j / k") for c in at.caption)
+
+
+def test_record_arrows_follow_the_filtered_sorted_order():
+    """← / → press Previous / Next: they step through the filtered, sorted set, not the dataset order."""
+    ds = open_dataset(SMALL)
+    f = ExplorerFilter(text="circle", sort_by="plausibility")
+    order = [ds[int(p)].id for p in apply_filter(ds.frame, f)]
+    at = open_app(q="circle", sort="plausibility", view="Record", id=order[1])
+    assert (at.button(key="rec_prev").proto.shortcut, at.button(key="rec_next").proto.shortcut) == ("left", "right")
+    at.button(key="rec_next").click().run()
+    assert at.session_state["rec_id"] == order[2]
+    at.button(key="rec_prev").click().run()
+    at.button(key="rec_prev").click().run()
+    assert at.session_state["rec_id"] == order[0] and at.button(key="rec_prev").disabled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 
 import numpy as np
@@ -200,3 +201,41 @@ def overlays_on_one_scale(records: list[Record], heatmap: str, opacity: float, c
             img = overlay_on_scale(img, hm, vmax, opacity, cmap)
         out.append(upscale(img, min_side))
     return out, vmax
+
+
+# A click on an image inside a container keyed `gcell_…` presses the button keyed `open_…` in the same
+# container. Streamlit images cannot take a click (`st.image(link=…)` opens a new browser tab, and a
+# link to `?id=…` would start a new session), so this script, mounted as a JavaScript-only
+# `st.components.v2` component (it runs in the app's page, not an iframe), forwards the click. One
+# listener on the document catches clicks on thumbnails drawn after it; the cleanup removes it when
+# the gallery is not drawn.
+CLICK_TO_OPEN_JS = """
+export default function () {
+  if (!document.getElementById("rhf-click-to-open")) {
+    const style = document.createElement("style");
+    style.id = "rhf-click-to-open";
+    style.textContent = "[class*='st-key-gcell_'] [data-testid='stImage'] img { cursor: pointer; }";
+    document.head.appendChild(style);
+  }
+  const onClick = (event) => {
+    const img = event.target.closest ? event.target.closest("[data-testid='stImage'] img") : null;
+    const cell = img ? img.closest("[class*='st-key-gcell_']") : null;
+    const open = cell ? cell.querySelector("[class*='st-key-open_'] button") : null;
+    if (open) open.click();
+  };
+  document.addEventListener("click", onClick);
+  return () => document.removeEventListener("click", onClick);
+}
+"""
+
+
+@functools.cache
+def _click_to_open_component():
+    import streamlit as st
+
+    return st.components.v2.component("rhf_click_to_open", js=CLICK_TO_OPEN_JS)
+
+
+def click_to_open(key: str) -> None:
+    """Make the thumbnails in `gcell_…` containers open their record when clicked (see CLICK_TO_OPEN_JS)."""
+    _click_to_open_component()(key=key, height=0)
