@@ -230,11 +230,13 @@ def pca_2d(emb: np.ndarray, fit_rows: int = FIT_ROWS) -> np.ndarray:
     return ((emb - mean) @ axes.astype(np.float32)).astype(np.float32)
 
 
-def umap_2d(emb: np.ndarray, seed: int = 0) -> np.ndarray:
+def umap_2d(emb: np.ndarray, seed: int | None = None) -> np.ndarray:
     """(N, 2) float32 UMAP layout (cosine metric, 15 neighbours, min_dist 0.1, the library's defaults
-    otherwise). A fixed seed makes it reproducible, which also makes umap-learn run single-threaded.
-    umap-learn is imported here, not at the top: importing it compiles numba code (tens of seconds on
-    first use), and only this option needs it."""
+    otherwise). No seed by default: a seed makes umap-learn single-threaded, which took 245 s instead
+    of 48 s for 20,000 × 512 on this project's 2-core machine; the layout is computed once and cached
+    (`dataset_umap`), so visits still see the same map. umap-learn is imported here, not at the top:
+    its import and first fit compile numba code (~35 s per process here), and only this option
+    needs it."""
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or len(emb) < UMAP_MIN_ROWS:
         raise EmbeddingError(f"UMAP needs at least {UMAP_MIN_ROWS} embedded records, not shape {emb.shape}; "
@@ -242,7 +244,7 @@ def umap_2d(emb: np.ndarray, seed: int = 0) -> np.ndarray:
     import umap  # noqa: PLC0415 (heavy optional dependency, see above)
 
     reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(emb) - 1), min_dist=0.1, metric="cosine",
-                        random_state=seed, low_memory=True)
+                        random_state=seed, n_jobs=1 if seed is not None else -1, low_memory=True)
     return reducer.fit_transform(emb).astype(np.float32)
 
 

@@ -217,3 +217,40 @@ def test_umap_layout_is_computed_once_and_cached(setup, monkeypatch):
     assert np.array_equal(dataset_umap(small, enc, emb60), xy)
     with pytest.raises(EmbeddingError, match="at least 10"):
         umap_2d(emb60[:5])
+
+
+# --- the explorer's source switch (AppTest) --------------------------------------------------------
+
+def test_explorer_map_switches_between_the_rahf_and_clip_sources(setup, tmp_path):
+    import json
+
+    from tests.test_page_explorer import open_app
+
+    new_rahf(tiny(), seed=2).save(tmp_path / "rahf")
+    at = open_app(spec=RAHF_SPEC, view="Map", rahf=str(tmp_path / "rahf"), emb_src="RAHF")
+    caption = " ".join(c.value for c in at.caption)
+    assert "PCA of RAHF rahf image embeddings (32 dims) of all 60 records" in caption
+    assert "Text search needs the reward's CLIP encoder" in caption
+    assert "map_text" not in [t.key for t in at.text_input]
+    rahf_x = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["title"]["text"]
+    assert rahf_x == "PC 1"
+    at.selectbox(key="emb_src").set_value("CLIP").run()
+    assert not at.exception
+    caption = " ".join(c.value for c in at.caption)
+    assert "PCA of CLIP clip-shapes image embeddings (64 dims)" in caption
+    assert "map_text" in [t.key for t in at.text_input]
+    # The UMAP layout: computed once, cached on disk beside the embeddings, the axes renamed.
+    at.selectbox(key="map_layout").set_value("UMAP").run()
+    assert not at.exception
+    layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    assert layout["xaxis"]["title"]["text"] == "UMAP 1"
+    assert any(c.value.startswith("UMAP of CLIP clip-shapes") for c in at.caption)
+    assert umap_path(open_dataset(RAHF_SPEC), setup[1]).exists()
+    # More like this on the record view keeps the chosen source.
+    at.segmented_control(key="view").set_value("Record").run()
+    at.toggle(key="similar").set_value(True).run()
+    assert at.selectbox(key="emb_src").value == "CLIP"
+    assert any("CLIP clip-shapes image embeddings" in c.value for c in at.caption)
+    at.selectbox(key="emb_src").set_value("RAHF").run()
+    assert not at.exception and any("RAHF rahf image embeddings" in c.value for c in at.caption)
+    assert sum(1 for b in at.button if b.key and b.key.startswith("similar_open_")) == 8

@@ -303,16 +303,18 @@ AUTO_EMBED = 5000  # datasets up to this size are embedded on first use; larger 
 MAX_SIMILAR = 8
 MAX_TEXT_HITS = 24
 MAP_HEIGHT = 560
-SOURCES = {"clip": "Reward's CLIP image encoder", "rahf": "RAHF image encoder"}
-LAYOUTS = {"pca": "PCA (instant)", "umap": "UMAP (computed once, cached)"}
+# Options are their own labels: a bound widget keeps the label in the URL (?emb_src=RAHF&map_layout=UMAP).
+SOURCES = ("CLIP", "RAHF")
+LAYOUTS = ("PCA", "UMAP")
 
 
 def source_choice(container=st) -> str:
     """The embeddings source, bound to `?emb_src=`; the Map view and "More like this" share it."""
     return container.selectbox(
-        "Embeddings from", list(SOURCES), format_func=SOURCES.get, key="emb_src", bind=QP, persist_state="page",
-        help="The reward's CLIP image tower, or the image encoder of the RAHF checkpoint in the sidebar "
-             "(its patch tokens, mean-pooled). Each is computed once per dataset and model and cached.")
+        "Embeddings from", SOURCES, key="emb_src", bind=QP, persist_state="page",
+        help="CLIP: the reward's CLIP image tower (text search works). RAHF: the image encoder of the RAHF "
+             "checkpoint in the sidebar (its patch tokens, mean-pooled). Each is computed once per dataset "
+             "and model and cached.")
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -324,7 +326,7 @@ def cached_embedder(source: str, model_key: str, _model):
 def current_embedder(source: str):
     """The embedder of the chosen source: the reward's CLIP pair, or the sidebar's RAHF checkpoint
     (None, with the error shown, when that checkpoint does not load)."""
-    if source == "rahf":
+    if source == "RAHF":
         rahf = current_predictor(stop_on_error=False)
         return None if rahf is None else cached_embedder("rahf", rahf.weights_key, rahf)
     encoders = load_encoders()
@@ -374,7 +376,7 @@ def cached_umap(spec: str, fingerprint: str, _ds: Dataset, _embedder, _emb: np.n
 
 def map_layout(ds: Dataset, embedder, emb: np.ndarray, xy_pca: np.ndarray, layout: str) -> tuple[np.ndarray, str]:
     """The map's 2-D coordinates and axis name: PCA, or UMAP (with a spinner the first time)."""
-    if layout != "umap":
+    if layout != "UMAP":
         return xy_pca, "PC"
     fingerprint = frame_fingerprint(ds) + embedder.fingerprint
     if umap_path(ds, embedder).exists():
@@ -454,8 +456,7 @@ def map_view(ds: Dataset, base_positions: np.ndarray) -> None:
     """Every record on a 2-D map of its image embeddings; box/lasso selects records for the gallery."""
     c0, c1, c2 = st.columns(3, vertical_alignment="bottom")
     source = source_choice(c0)
-    layout = c1.selectbox("Layout", list(LAYOUTS), format_func=LAYOUTS.get, key="map_layout", bind=QP,
-                          persist_state="page",
+    layout = c1.selectbox("Layout", LAYOUTS, key="map_layout", bind=QP, persist_state="page",
                           help="PCA: the two main directions of the embeddings, instant. UMAP: keeps "
                                "neighbourhoods, so clusters separate; computed once per dataset and encoder.")
     frame = ds.frame
