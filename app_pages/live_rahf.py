@@ -5,19 +5,24 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from rhf_core import metrics as M
 from rhf_core.dataset import HEATMAP_NAMES, SCORE_NAMES, Record
+from rhf_core.error_compare import DEFAULT_THRESHOLDS, VERDICTS, compare_errors
 from rhf_core.errors import RHFError
 from rhf_core.heatmaps import COLOR_MAPS
 from rhf_core.images import load_image
 from rhf_core.rahf.analysis import DISAGREEMENT, analyse, prediction_zip, record_metrics
 from rhf_core.rahf.domain import check_domain, predictor_domain, trained_on_message, usable_stats
-from ui.components import format_metric, highlighted_prompt, record_view_image, remember, restore
+from ui.components import format_metric, highlighted_prompt, record_view_image, remember, restore, thumbnail_uri
+from ui.loaders import load_predictor
 from ui.settings import current_dataset, current_predictor, error_text, policy
 
 MODES = ["Upload images", "Dataset record", "Error analysis"]
+MAX_THUMBS = 100  # rows of an error table given a thumbnail: the most-disagreeing ones (~3.5 KB each)
+VERDICT_COLOURS = dict(zip(VERDICTS, ("#2ca02c", "#1f77b4", "#ff7f0e", "#d62728")))
 
 st.title("Live RAHF")
 rahf = current_predictor()
@@ -193,6 +198,108 @@ def record_mode() -> None:
 
 # --- 3. Error analysis over the explorer's filtered set -----------------------------------------
 
+@st.cache_data(max_entries=20000, show_spinner=False)
+def record_thumbnail(spec: str, n_records: int, rec_id: str, _ds) -> str | None:
+    """The record's image as a small data-URI PNG; None without an image or when it is unreadable."""
+    try:
+        img = _ds.get(rec_id).image
+    except RHFError:
+        return None
+    return None if img is None else thumbnail_uri(img)
+
+
+def thumbnails(ids: list[str], ds) -> list[str | None]:
+    """Thumbnails for the first MAX_THUMBS ids (a ShapesWorld image takes ~12 ms to render, so a
+    20,000-row table is not given 20,000 of them); None for the rest."""
+    return [record_thumbnail(ds.spec, len(ds), i, ds) if k < MAX_THUMBS else None for k, i in enumerate(ids)]
+
+
+def image_column() -> dict:
+    return {"image": st.column_config.ImageColumn("image", width="small",
+                                                  help=f"The record's image (the first {MAX_THUMBS} rows)")}
+
+
+def checkpoint_b():
+    """The second checkpoint (B) typed on this page, checked as the sidebar's is (shared mode: only a
+    folder inside the allowed model folders, no hub id); None, with the reason shown, when it fails."""
+    pol = policy()
+    value = str(st.session_state.get("live_rahf_b") or "").strip()
+    try:
+        return load_predictor(pol.model_path(value, "RAHF checkpoint"))
+    except RHFError as e:
+        named = "" if pol.shared else f" `{value or 'embedded'}`"  # shared mode never echoes a path
+        st.error(f"Could not load checkpoint B{named}: {pol.scrub(e)}")
+        return None
+
+
+def run_analysis(model, ds, positions, name: str) -> pd.DataFrame:
+    bar = st.progress(0.0, text=f"Predicting with {name}…")
+    table = analyse(model, ds, positions, progress=lambda d, t: bar.progress(
+        d / max(t, 1), text=f"{name}: predicted {d:,} / {t:,} new records"))
+    bar.empty()
+    return table
+
+
+def error_scatter(rows: pd.DataFrame, column: str, threshold: float):
+    """A's error against B's per record, coloured by verdict; the diagonal is "equally wrong"."""
+    top = float(max(rows["error_a"].max(), rows["error_b"].max(), threshold, 1e-6)) * 1.05
+    fig = px.scatter(rows, x="error_a", y="error_b", color="verdict", hover_data=["id", "prompt"],
+                     category_orders={"verdict": list(VERDICTS)}, color_discrete_map=VERDICT_COLOURS,
+                     labels={"error_a": f"A: {DISAGREEMENT[column]}", "error_b": f"B: {DISAGREEMENT[column]}"},
+                     render_mode="svg" if len(rows) <= 5000 else "webgl", opacity=0.7,
+                     title="Each record's error with A and with B (below the diagonal: B is closer)")
+    fig.add_shape(type="line", x0=0, y0=0, x1=top, y1=top, line=dict(color="grey", dash="dot"))
+    fig.add_hline(y=threshold, line=dict(color="grey", width=1, dash="dash"))
+    fig.add_vline(x=threshold, line=dict(color="grey", width=1, dash="dash"))
+    fig.update_xaxes(range=[0, top])
+    fig.update_yaxes(range=[0, top])
+    fig.update_layout(height=440, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def compare_section(table_a: pd.DataFrame, table_b: pd.DataFrame, column: str, ds, rahf_b) -> None:
+    """Which records each checkpoint gets right on `column`, at a threshold the user sets."""
+    st.subheader("Checkpoint A vs checkpoint B")
+    st.caption(f"A: `{rahf.name}` (the sidebar's) · B: `{rahf_b.name}` · error: {DISAGREEMENT[column]} "
+               "(the *Sort by* choice above) · a checkpoint gets a record right when its error is at most the threshold.")
+    if rahf_b.weights_key == rahf.weights_key:
+        st.info("A and B are the same weights: every record gets the same verdict from both.")
+    threshold = st.number_input("Right when the error is at most", min_value=0.0, value=DEFAULT_THRESHOLDS[column],
+                                step=0.05, key=f"live_cmp_threshold_{column}")
+    try:
+        cmp = compare_errors(table_a, table_b, column, threshold)
+    except RHFError as e:
+        st.error(error_text(e))
+        return
+    counts = cmp.counts()
+    for (verdict, n), col in zip(counts.items(), st.columns(4)):
+        col.metric(verdict[0].upper() + verdict[1:], f"{n:,}")  # "Only A", not capitalize()'s "Only a"
+    rows = cmp.rows
+    left_out = [f"{n:,} {what}" for n, what in ((cmp.n_undefined, "with the error undefined for A or B"),
+                                                  (cmp.n_one_side, "predicted by one checkpoint only")) if n]
+    if rows.empty:
+        st.info("No record has this error defined for both checkpoints" + (f" ({'; '.join(left_out)})." if left_out else "."))
+        return
+    lower = cmp.better()
+    st.caption(f"{len(rows):,} records; mean error A {rows['error_a'].mean():.3f}, B {rows['error_b'].mean():.3f}; "
+               f"lower error with A on {lower['A lower']:,}, with B on {lower['B lower']:,}, equal on {lower['equal']:,}"
+               + (f". Left out: {'; '.join(left_out)}." if left_out else "."))
+    st.plotly_chart(error_scatter(rows, column, threshold), key="live_cmp_scatter")
+    shown = st.segmented_control("Records", ["all"] + list(VERDICTS), default="all", key="live_cmp_show",
+                                 required=True) or "all"
+    picked = rows if shown == "all" else rows[rows["verdict"] == shown]
+    # Where the two differ most first: the records that tell the checkpoints apart.
+    picked = picked.reindex(picked["difference"].abs().sort_values(ascending=False, kind="stable").index)
+    view = picked[["id", "prompt", "verdict", "error_a", "error_b", "difference"]].reset_index(drop=True)
+    view["image"] = thumbnails(view["id"].astype(str).tolist(), ds)
+    st.dataframe(view, hide_index=True, width="stretch", key="live_cmp_table", row_height=52,
+                 column_order=["image", "id", "prompt", "verdict", "error_a", "error_b", "difference"],
+                 column_config={**image_column(), "difference": st.column_config.NumberColumn(
+                     "B − A", help="> 0: A's error is lower", format="%.3f"),
+                     "error_a": st.column_config.NumberColumn("error A", format="%.3f"),
+                     "error_b": st.column_config.NumberColumn("error B", format="%.3f")})
+
+
 def analysis_mode() -> None:
     ds = current_dataset()
     positions = st.session_state.get("explorer_positions")
@@ -209,16 +316,25 @@ def analysis_mode() -> None:
         st.error(error_text(e))
         return
     positions = np.asarray(positions)[: int(limit)]
-    st.write(f"Run the predictor over **{len(positions):,}** records: {source}. Results are cached on disk, "
-             "so a second run over the same records is instant.")
+    compare = st.toggle("Compare with a second checkpoint (B)", key="live_compare",
+                        help="Run a second RAHF checkpoint over the same records and see which records each gets right.")
+    rahf_b = None
+    if compare:
+        st.text_input("Checkpoint B", key="live_rahf_b", placeholder="embedded (rahf-shapes)",
+                      help="A folder with config.json + model.safetensors" +
+                           (" inside the allowed model folders" if policy().shared else "") +
+                           ". Empty: the embedded ShapesWorld checkpoint. A is the sidebar's checkpoint.")
+        rahf_b = checkpoint_b()
+    st.write(f"Run the predictor{'s' if rahf_b else ''} over **{len(positions):,}** records: {source}. Results are "
+             "cached on disk, so a second run over the same records is instant.")
     # A table belongs to exactly these records of this dataset and this checkpoint; its summary and
     # its rows are shown only while they still match. (The spec comes first: the Annotate page reads it.)
     inputs_key = (ds.spec, rahf.weights_key, hashlib.sha1(positions.astype(np.int64).tobytes()).hexdigest())
-    if st.button("Run error analysis", type="primary", key="live_run"):
-        bar = st.progress(0.0, text="Predicting…")
-        table = analyse(rahf, ds, positions, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicted {d:,} / {t:,} new records"))
-        bar.empty()
-        st.session_state["live_analysis"] = (inputs_key, table)
+    key_b = inputs_key + (rahf_b.weights_key,) if rahf_b is not None else None
+    if st.button("Run error analysis" + (" (A and B)" if rahf_b else ""), type="primary", key="live_run"):
+        st.session_state["live_analysis"] = (inputs_key, run_analysis(rahf, ds, positions, "A" if rahf_b else "the predictor"))
+        if rahf_b is not None:
+            st.session_state["live_analysis_b"] = (key_b, run_analysis(rahf_b, ds, positions, "B"))
     stored = st.session_state.get("live_analysis")
     if stored and stored[0] != inputs_key:
         st.info("The records or the checkpoint changed since the last run: press **Run error analysis** again.")
@@ -239,6 +355,13 @@ def analysis_mode() -> None:
             both = table[[f"pred_{s}", f"label_{s}"]].dropna()
             summary[f"{s} SRCC"] = round(M.srcc(both.iloc[:, 0], both.iloc[:, 1]), 3)
     st.caption(" · ".join(f"{k}: {v}" for k, v in summary.items()))
+    if rahf_b is not None:
+        stored_b = st.session_state.get("live_analysis_b")
+        if stored_b and stored_b[0] == key_b:
+            compare_section(table, stored_b[1], by, ds, rahf_b)
+            st.subheader(f"Checkpoint A (`{rahf.name}`) by disagreement")
+        else:
+            st.info("Press **Run error analysis (A and B)** to run checkpoint B over these records too.")
     view = ranked[cols].copy()
     if "word_f1" in view:  # undefined (no word flagged by either side) reads "—", never 0
         view["word_f1"] = [format_metric(v) for v in view["word_f1"]]
@@ -251,8 +374,9 @@ def analysis_mode() -> None:
         st.session_state["live_table_order"] = order
         rows = [ids.index(selected)] if selected in ids else []
         st.session_state["live_table"] = {"selection": {"rows": rows, "columns": []}}
-    event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row",
-                         key="live_table", width="stretch")
+    view["image"] = thumbnails(ids, ds)
+    event = st.dataframe(view, hide_index=True, on_select="rerun", selection_mode="single-row", key="live_table",
+                         width="stretch", row_height=52, column_order=["image"] + cols, column_config=image_column())
     rows = event.selection.rows if event else []
     selected = st.session_state["live_selected_id"] = ids[rows[0]] if rows and rows[0] < len(ids) else None
     if "word_f1" in view:

@@ -1,15 +1,20 @@
 """AppTest page tests for Live RAHF (on a tiny checkpoint saved by the test)."""
 
+import base64
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from rhf_core.data import open_dataset
 from rhf_core.images import MAX_PIXELS
-from rhf_core.rahf import new_rahf
+from rhf_core.rahf import load_rahf, new_rahf
+from rhf_core.rahf.analysis import analyse
 from rhf_core.rahf.domain import default_photos, procedural_photographs, shapes_renders
 from tests.test_rahf import tiny
 
@@ -302,3 +307,107 @@ def test_a_checkpoint_without_domain_statistics_says_so_without_an_alarm(checkpo
                for c in at.caption)
     at = predict_upload(at, "noise.jpg", png(procedural_photographs(1)[0]), "a red cat")
     assert not domain_warnings(at)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_b(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckb") / "tiny-rahf-b"
+    new_rahf(tiny(), seed=1).save(path)  # the same shape, other weights
+    return str(path)
+
+
+def open_comparison(checkpoint: str, b: str, n: int = 40) -> AppTest:
+    at = open_live(checkpoint)
+    at.segmented_control(key="live_mode").set_value("Error analysis").run()
+    at.number_input(key="live_limit").set_value(n).run()
+    at.toggle(key="live_compare").set_value(True).run()
+    at.text_input(key="live_rahf_b").input(b).run()
+    return at
+
+
+def cmp_table(at: AppTest) -> pd.DataFrame:
+    """The A-vs-B table (a dataframe without selection has no key to find it by)."""
+    tables = [d.value for d in at.dataframe if "verdict" in d.value]
+    assert len(tables) == 1, len(tables)
+    return tables[0]
+
+
+def test_two_checkpoints_on_the_same_records_say_which_gets_each_right(checkpoint, checkpoint_b):
+    at = open_comparison(checkpoint, checkpoint_b)
+    assert not at.error and at.button(key="live_run").label == "Run error analysis (A and B)"
+    at.button(key="live_run").click().run()
+    assert not at.exception and not at.error
+    # What the two checkpoints say on these 40 records, computed here without the page.
+    ds = open_dataset(SPEC)
+    col = "abs_err_plausibility"  # the first disagreement column: the page's default sort
+    errs = {k: analyse(load_rahf(p), ds, np.arange(40), use_cache=False).set_index("id")[col]
+            for k, p in (("a", checkpoint), ("b", checkpoint_b))}
+    err = pd.DataFrame(errs).dropna()
+    assert len(err) == 40 and not np.allclose(err["a"], err["b"])  # two different checkpoints
+
+    def expected(t: float) -> dict[str, str]:
+        ra, rb = err["a"] <= t, err["b"] <= t
+        counts = {"Both right": ra & rb, "Only A": ra & ~rb, "Only B": ~ra & rb, "Neither": ~ra & ~rb}
+        return {k: str(int(v.sum())) for k, v in counts.items()}
+
+    metrics = {m.label: m.value for m in at.metric}
+    assert {k: metrics[k] for k in ("Both right", "Only A", "Only B", "Neither")} == expected(0.1)
+    assert len(at.get("plotly_chart")) == 1
+    table = cmp_table(at)
+    assert len(table) == 40 and set(table["id"]) == set(err.index)
+    assert np.allclose(table.set_index("id").loc[err.index, "error_a"], err["a"], atol=1e-5)
+    diffs = table["difference"].abs().tolist()
+    assert diffs == sorted(diffs, reverse=True)  # where A and B differ most, first
+    assert all(str(u).startswith("data:image/png;base64,") for u in table["image"])  # 40 ≤ MAX_THUMBS
+
+    at.number_input(key=f"live_cmp_threshold_{col}").set_value(0.3).run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert {k: metrics[k] for k in ("Both right", "Only A", "Only B", "Neither")} == expected(0.3)
+    only = "Only B" if int(expected(0.3)["Only B"]) else "Neither"
+    at.segmented_control(key="live_cmp_show").set_value(only[0].lower() + only[1:]).run()
+    table = cmp_table(at)
+    assert len(table) == int(expected(0.3)[only]) and set(table["verdict"]) <= {only[0].lower() + only[1:]}
+
+
+def test_a_bad_second_checkpoint_is_an_error_and_the_first_still_runs(checkpoint, tmp_path):
+    at = open_comparison(checkpoint, str(tmp_path))
+    assert not at.exception
+    assert at.error and "Could not load checkpoint B" in at.error[0].value
+    assert "not a RAHF checkpoint" in at.error[0].value
+    at.button(key="live_run").click().run()
+    assert not at.exception and len(at.dataframe(key="live_table").value) == 40
+    assert not at.get("plotly_chart")
+
+
+def test_shared_mode_checks_the_second_checkpoint_like_the_sidebar(checkpoint_b, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    shutil.copytree(checkpoint_b, models / "tiny-b")
+    monkeypatch.setenv("RHF_SHARED", "1")
+    monkeypatch.setenv("RHF_MODEL_ROOTS", str(models))
+    monkeypatch.setenv("RHF_DATA_ROOTS", str(tmp_path / "data"))
+    at = open_comparison("", checkpoint_b, n=10)  # A: the embedded one; B: a path outside the model roots
+    assert at.error and "outside the allowed model folders" in at.error[0].value
+    assert checkpoint_b not in at.error[0].value and str(tmp_path) not in at.error[0].value
+    at.text_input(key="live_rahf_b").input("tiny-b").run()  # inside the roots, by a relative path
+    assert not at.error
+    at.button(key="live_run").click().run()
+    assert not at.exception and cmp_table(at)["id"].nunique() == 10
+
+
+def test_error_analysis_table_has_a_thumbnail_per_row(checkpoint):
+    at = open_live(checkpoint)
+    at.segmented_control(key="live_mode").set_value("Error analysis").run()
+    at.number_input(key="live_limit").set_value(30).run()
+    at.button(key="live_run").click().run()
+    table = at.dataframe(key="live_table").value
+    ds = open_dataset(SPEC)
+    assert table["image"].notna().all()
+    # Each cell is that record's own image, shrunk: decode one and compare with the record.
+    row = table.iloc[3]
+    thumb = Image.open(io.BytesIO(base64.b64decode(row["image"].split(",", 1)[1]))).convert("RGB")
+    original = ds.get(row["id"]).image.convert("RGB")
+    assert max(thumb.size) <= 48
+    expected = np.asarray(original.resize(thumb.size, Image.LANCZOS), dtype=float)
+    assert np.abs(np.asarray(thumb, dtype=float) - expected).mean() < 3
+    other = np.asarray(ds.get(table.iloc[4]["id"]).image.convert("RGB").resize(thumb.size, Image.LANCZOS), dtype=float)
+    assert np.abs(np.asarray(thumb, dtype=float) - other).mean() > np.abs(np.asarray(thumb, dtype=float) - expected).mean()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
+import io
 
 import numpy as np
 import pandas as pd
@@ -239,3 +241,13 @@ def _click_to_open_component():
 def click_to_open(key: str) -> None:
     """Make the thumbnails in `gcell_…` containers open their record when clicked (see CLICK_TO_OPEN_JS)."""
     _click_to_open_component()(key=key, height=0)
+
+
+def thumbnail_uri(img: Image.Image, side: int = 48) -> str:
+    """`img` as a small PNG data URI (longest side at most `side` px), for st.column_config.ImageColumn:
+    a table cell takes a URL, and a data URI travels inside the table, with no file to serve."""
+    thumb = img.convert("RGB")
+    thumb.thumbnail((side, side), Image.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
