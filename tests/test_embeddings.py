@@ -14,6 +14,7 @@ from rhf_core.embeddings import (
     EmbeddingError,
     dataset_umap,
     embeddings_path,
+    frame_fingerprint,
     image_embedder,
     image_embeddings,
     more_like,
@@ -132,6 +133,14 @@ def test_top_eigenvectors_span_the_leading_eigenspace(d, seed):
     assert got.shape == (d, 2)
     for i in range(2):  # each is the true eigenvector up to sign
         assert abs(float(got[:, i] @ basis[:, i])) > 1 - 1e-6
+
+
+def test_frame_fingerprint_follows_the_records_ids_in_order():
+    ds = open_dataset("shapes:n=30,seed=1")
+    first = frame_fingerprint(ds)
+    assert frame_fingerprint(ds.subset(np.arange(29))) != first  # one record fewer
+    assert frame_fingerprint(ds.subset(np.arange(30)[::-1])) != first  # the same records, reordered
+    assert frame_fingerprint(ds.subset(np.arange(30))) == first == frame_fingerprint(ds)  # an equal copy
 
 
 # --- the RAHF image encoder as the source ---------------------------------------------------------
