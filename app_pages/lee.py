@@ -145,10 +145,10 @@ with right:
     held_text = st.text_input("Held-out rewards (comma-separated)", ", ".join(DEFAULT_HELD_OUT), key="lee_held",
                               help="Scored on every kept image but never selected or trained with: a gain in the "
                                    f"training reward they do not share is the reward being gamed. {SPEC_HELP}.")
-    g1, g2, g3 = st.columns([2, 3, 3])
-    guide_on = g1.checkbox("Reward-guided arm", key="lee_guide_on",
+    guide_on = st.checkbox("Add a reward-guided arm", key="lee_guide_on",
                            help="Also sample the original model steered up a reward's gradient at every step "
                                 "(same starting noise as original random); about 3× the sampling time.")
+    g2, g3 = st.columns(2)
     guide_pick = g2.selectbox("Guided by", GUIDE_REWARDS, index=GUIDE_REWARDS.index("rahf-plausibility"),
                               key="lee_guide_reward", disabled=not guide_on)
     guide_scale = g3.slider("Guidance scale", 0.5, 10.0, 2.0, 0.5, key="lee_guide_scale", disabled=not guide_on,
