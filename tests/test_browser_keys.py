@@ -19,6 +19,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
+    ARTIFACTS.mkdir(exist_ok=True)
     yield from browser_page(height=1400)
 
 
@@ -54,7 +55,6 @@ def test_arrow_keys_step_through_records_but_not_while_typing(server, page):
 def test_j_and_k_turn_the_gallery_pages_and_a_thumbnail_click_opens_its_record(server, page):
     from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
     page.goto(f"{server}/explorer?ds={SPEC}&view=Gallery&per_page=12")
     settled(page)
     expect(page.get_by_text(re.compile(r"^Page 1 of 25 · "))).to_be_visible()
@@ -66,6 +66,13 @@ def test_j_and_k_turn_the_gallery_pages_and_a_thumbnail_click_opens_its_record(s
     expect(page.get_by_text(re.compile(r"^Page 2 of 25 · "))).to_be_visible()
     settled(page)
     page.screenshot(path=str(ARTIFACTS / "explorer-keys-gallery.png"))
+    # Typed into a text box, j is a letter, not a page turn.
+    page.get_by_role("textbox", name="Tag the 0 ticked records").click()
+    page.keyboard.type("jj")
+    page.wait_for_timeout(1500)
+    settled(page)
+    expect(page.get_by_text(re.compile(r"^Page 2 of 25 · "))).to_be_visible()
+    assert page.get_by_role("textbox", name="Tag the 0 ticked records").input_value() == "jj"
     # The third thumbnail of page 2 is record 15 of the (unsorted) 300.
     third = page.locator("[class*='st-key-gcell_'] [data-testid='stImage'] img").nth(2)
     cell_key = third.locator("xpath=ancestor::div[contains(@class, 'st-key-gcell_')]").first.get_attribute("class")
