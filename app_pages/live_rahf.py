@@ -257,6 +257,29 @@ def error_scatter(rows: pd.DataFrame, column: str, threshold: float):
     return fig
 
 
+def record_with_both(rec: Record, rahf_b) -> None:
+    """One record's labels beside checkpoint A's and B's predictions, on the page's heatmap and scale."""
+    try:
+        image = load_image(rec.image, name=rec.id) if rec.image is not None else None
+        if image is None:
+            st.warning(f"{rec.id} has no image to predict on (labels only).")
+            return
+        preds = {name: model.predict([image], [rec.prompt])[0] for name, model in (("A", rahf), ("B", rahf_b))}
+    except RHFError as e:
+        st.error(f"`{rec.id}`: {error_text(e)}")
+        return
+    st.markdown(f"`{rec.id}` · {rec.prompt}")
+    cols = st.columns(3)
+    cols[0].image(record_view_image(rec, heat, opacity, cmap, 256), width="stretch", output_format="PNG",
+                  caption=f"labelled {heat}" if heat in rec.heatmaps else f"{heat}: not collected")
+    for (name, pred), col in zip(preds.items(), cols[1:]):
+        col.image(record_view_image(as_record(pred, image, rec.prompt), heat, opacity, cmap, 256), width="stretch",
+                  output_format="PNG", caption=f"{name}: predicted {heat}")
+    scores = pd.DataFrame({"labelled": [rec.scores.get(s, np.nan) for s in SCORE_NAMES],
+                           **{name: [p.scores[s] for s in SCORE_NAMES] for name, p in preds.items()}}, index=SCORE_NAMES)
+    st.dataframe(scores.style.format("{:.3f}"), width="stretch")
+
+
 def compare_section(table_a: pd.DataFrame, table_b: pd.DataFrame, column: str, ds, rahf_b) -> None:
     """Which records each checkpoint gets right on `column`, at a threshold the user sets."""
     st.subheader("Checkpoint A vs checkpoint B")
@@ -292,12 +315,24 @@ def compare_section(table_a: pd.DataFrame, table_b: pd.DataFrame, column: str, d
     picked = picked.reindex(picked["difference"].abs().sort_values(ascending=False, kind="stable").index)
     view = picked[["id", "prompt", "verdict", "error_a", "error_b", "difference"]].reset_index(drop=True)
     view["image"] = thumbnails(view["id"].astype(str).tolist(), ds)
-    st.dataframe(view, hide_index=True, width="stretch", key="live_cmp_table", row_height=52,
+    # A selection is a row position: when the rows change (another threshold, column or filter) it is
+    # cleared rather than left pointing at whichever record now sits in that row.
+    rows_key = (column, threshold, shown, tuple(view["id"]))
+    if st.session_state.get("live_cmp_rows") != rows_key:
+        st.session_state["live_cmp_rows"] = rows_key
+        st.session_state["live_cmp_table"] = {"selection": {"rows": [], "columns": []}}
+    event = st.dataframe(view, hide_index=True, width="stretch", key="live_cmp_table", row_height=52,
+                         on_select="rerun", selection_mode="single-row",
                  column_order=["image", "id", "prompt", "verdict", "error_a", "error_b", "difference"],
                  column_config={**image_column(), "difference": st.column_config.NumberColumn(
                      "B − A", help="> 0: A's error is lower", format="%.3f"),
                      "error_a": st.column_config.NumberColumn("error A", format="%.3f"),
                      "error_b": st.column_config.NumberColumn("error B", format="%.3f")})
+    picked_rows = event.selection.rows if event else []
+    if picked_rows and picked_rows[0] < len(view):
+        record_with_both(ds.get(str(view["id"].iat[picked_rows[0]])), rahf_b)
+    else:
+        st.caption("Select a row to see that record's labels beside A's and B's predictions.")
 
 
 def analysis_mode() -> None:
@@ -316,14 +351,18 @@ def analysis_mode() -> None:
         st.error(error_text(e))
         return
     positions = np.asarray(positions)[: int(limit)]
-    compare = st.toggle("Compare with a second checkpoint (B)", key="live_compare",
-                        help="Run a second RAHF checkpoint over the same records and see which records each gets right.")
+    restore("live_compare", False)  # both come back after a visit to another page (see `restore`)
+    compare = remember("live_compare", st.toggle(
+        "Compare with a second checkpoint (B)", key="live_compare",
+        help="Run a second RAHF checkpoint over the same records and see which records each gets right."))
     rahf_b = None
     if compare:
-        st.text_input("Checkpoint B", key="live_rahf_b", placeholder="embedded (rahf-shapes)",
-                      help="A folder with config.json + model.safetensors" +
-                           (" inside the allowed model folders" if policy().shared else "") +
-                           ". Empty: the embedded ShapesWorld checkpoint. A is the sidebar's checkpoint.")
+        restore("live_rahf_b", "")
+        remember("live_rahf_b", st.text_input(
+            "Checkpoint B", key="live_rahf_b", placeholder="embedded (rahf-shapes)",
+            help="A folder with config.json + model.safetensors" + (" inside the allowed model folders" if policy().shared
+                                                                    else "") +
+                 ". Empty: the embedded ShapesWorld checkpoint. A is the sidebar's checkpoint."))
         rahf_b = checkpoint_b()
     st.write(f"Run the predictor{'s' if rahf_b else ''} over **{len(positions):,}** records: {source}. Results are "
              "cached on disk, so a second run over the same records is instant.")

@@ -368,6 +368,25 @@ def test_two_checkpoints_on_the_same_records_say_which_gets_each_right(checkpoin
     table = cmp_table(at)
     assert len(table) == int(expected(0.3)[only]) and set(table["verdict"]) <= {only[0].lower() + only[1:]}
 
+    # A row of the A-vs-B table shows that record's labels beside both predictions.
+    cmp = next(d for d in at.dataframe if "verdict" in d.value)
+    rec_id = cmp.value["id"].iat[0]
+    at.session_state["live_cmp_table"] = {"selection": {"rows": [0], "columns": []}}
+    at.run()
+    captions = [c for img in at.image for c in img.captions]
+    assert {"A: predicted implausibility", "B: predicted implausibility"} <= set(captions)
+    assert any(m.value.startswith(f"`{rec_id}`") for m in at.markdown)
+    scores = next(d.value for d in at.dataframe if list(d.value.columns) == ["labelled", "A", "B"])
+    assert abs(scores.loc["plausibility", "A"] - scores.loc["plausibility", "labelled"]) == pytest.approx(
+        err.loc[rec_id, "a"], abs=1e-4)
+    assert abs(scores.loc["plausibility", "B"] - scores.loc["plausibility", "labelled"]) == pytest.approx(
+        err.loc[rec_id, "b"], abs=1e-4)
+
+    # B and the comparison come back after a visit to another page.
+    at.switch_page("app_pages/home.py").run()
+    at.switch_page("app_pages/live_rahf.py").run()
+    assert at.toggle(key="live_compare").value and at.text_input(key="live_rahf_b").value == checkpoint_b
+
 
 def test_a_bad_second_checkpoint_is_an_error_and_the_first_still_runs(checkpoint, tmp_path):
     at = open_comparison(checkpoint, str(tmp_path))
