@@ -18,9 +18,9 @@ Choices, and why:
   longer (see benchmarks/results/explorer_map.json), so it is an option, computed once per dataset
   and source and cached on disk.
 - Neighbours are exact brute force in float32 chunks: 200K × 512 is 400 MB of floats and one query
-  is a single matrix–vector product (tens of ms on CPU, measured in benchmarks/bench_explorer.py
-  --map); an approximate index (faiss, pynndescent) would only pay for all-pairs queries, which the
-  explorer never makes.
+  is a single matrix–vector product: 47 ms of one CPU core at 200K (process time; benchmarks/
+  bench_explorer.py --map), under the ~100 ms that would call for an approximate index
+  (faiss, pynndescent), which would also need minutes to build and its own cache.
 - Embeddings are computed once per (dataset, its records, source weights) and cached under the
   runtime cache as `.npy`, written atomically.
 """

@@ -382,7 +382,8 @@ def map_layout(ds: Dataset, embedder, emb: np.ndarray, xy_pca: np.ndarray, layou
     if umap_path(ds, embedder).exists():
         return cached_umap(ds.spec, fingerprint, ds, embedder, emb), "UMAP"
     with st.spinner(f"UMAP layout of {len(emb):,} records: computed once for this dataset and encoder, then "
-                    "cached (about 3 minutes per 20,000 records on 2 CPU cores)…", show_time=True):
+                    "cached (20,000 records took 48–155 s on a busy 2-core machine, plus ~45 s to compile "
+                    "UMAP the first time in a server process)…", show_time=True):
         return cached_umap(ds.spec, fingerprint, ds, embedder, emb), "UMAP"
 
 
@@ -513,13 +514,21 @@ def similar_records(ds: Dataset, position: int) -> None:
         return
     emb, _, embedder = got
     try:
-        top, sims = more_like(emb, position, MAX_SIMILAR)
+        top, sims = cached_neighbours(frame_fingerprint(ds) + embedder.fingerprint, position, emb)
     except RHFError as e:
         st.error(error_text(e))
         return
     st.caption(f"The {len(top)} records whose images are nearest to this one (cosine similarity of "
                f"{embedder.name} image embeddings)")
     thumbnails(ds, top, sims, "similar")
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def cached_neighbours(fingerprint: str, position: int, _emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A record's nearest neighbours, searched once per record: an exact search over 200,000 × 512
+    embeddings costs ~47 ms of CPU (benchmarks/results/explorer_map.json), and the Record view reruns
+    on every widget change."""
+    return more_like(_emb, position, MAX_SIMILAR)
 
 
 def thumbnails(ds: Dataset, positions: np.ndarray, sims: np.ndarray, key: str, per_row: int = 8) -> None:
