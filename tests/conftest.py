@@ -9,6 +9,13 @@ if not os.environ.get("RHF_TEST_CACHE"):
 
     os.environ["RHF_TEST_CACHE"] = tempfile.mkdtemp(prefix="rhf-test-cache-")
 os.environ["RHF_CACHE_DIR"] = os.environ["RHF_TEST_CACHE"]
+# One torch thread per test process (and, through the environment, per streamlit server and CLI the tests
+# start), unless the caller chose: the tests' models are tiny, and threads that wait for a preempted peer at
+# every op are what a shared or oversubscribed machine (`-n 2` on 2 cores: 4 threads) makes of the default of
+# one thread a core. Measured 2026-12-03 on 2 loaded cores: a tiny-pipeline fine-tune step took 6.5-9.6 s
+# with 2 threads and 0.56 s with 1.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import pytest  # noqa: E402
 
