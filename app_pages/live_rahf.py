@@ -16,7 +16,16 @@ from rhf_core.heatmaps import COLOR_MAPS
 from rhf_core.images import load_image
 from rhf_core.rahf.analysis import DISAGREEMENT, analyse, prediction_zip, record_metrics
 from rhf_core.rahf.domain import check_domain, predictor_domain, trained_on_message, usable_stats
-from ui.components import format_metric, highlighted_prompt, record_view_image, remember, restore, thumbnail_uri
+from ui.components import (
+    format_metric,
+    heat_colour_bar,
+    highlighted_prompt,
+    overlays_on_one_scale,
+    record_view_image,
+    remember,
+    restore,
+    thumbnail_uri,
+)
 from ui.loaders import load_predictor
 from ui.settings import current_dataset, current_predictor, error_text, policy
 
@@ -269,12 +278,16 @@ def record_with_both(rec: Record, rahf_b) -> None:
         st.error(f"`{rec.id}`: {error_text(e)}")
         return
     st.markdown(f"`{rec.id}` · {rec.prompt}")
-    cols = st.columns(3)
-    cols[0].image(record_view_image(rec, heat, opacity, cmap, 256), width="stretch", output_format="PNG",
-                  caption=f"labelled {heat}" if heat in rec.heatmaps else f"{heat}: not collected")
-    for (name, pred), col in zip(preds.items(), cols[1:]):
-        col.image(record_view_image(as_record(pred, image, rec.prompt), heat, opacity, cmap, 256), width="stretch",
-                  output_format="PNG", caption=f"{name}: predicted {heat}")
+    # One colour scale for the three maps: each scaled to its own peak, a flat, faint prediction would
+    # look as hot as a sharp one.
+    shown = [rec] + [as_record(p, image, rec.prompt) for p in preds.values()]
+    images, vmax = overlays_on_one_scale(shown, heat, opacity, cmap, 256)
+    captions = [f"labelled {heat}" if heat in rec.heatmaps else f"{heat}: not collected"]
+    captions += [f"{name}: predicted {heat}" for name in preds]
+    for img, caption, col in zip(images, captions, st.columns(3)):
+        col.image(img, width="stretch", output_format="PNG", caption=caption)
+    st.image(heat_colour_bar(vmax, cmap), output_format="PNG",
+             caption=f"One scale for the three maps: 0 → {vmax:.3g}, the highest peak among them")
     scores = pd.DataFrame({"labelled": [rec.scores.get(s, np.nan) for s in SCORE_NAMES],
                            **{name: [p.scores[s] for s in SCORE_NAMES] for name, p in preds.items()}}, index=SCORE_NAMES)
     st.dataframe(scores.style.format("{:.3f}"), width="stretch")

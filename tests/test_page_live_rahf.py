@@ -376,6 +376,13 @@ def test_two_checkpoints_on_the_same_records_say_which_gets_each_right(checkpoin
     captions = [c for img in at.image for c in img.captions]
     assert {"A: predicted implausibility", "B: predicted implausibility"} <= set(captions)
     assert any(m.value.startswith(f"`{rec_id}`") for m in at.markdown)
+    rec = ds.get(rec_id)  # the three maps share one scale: up to the highest of their peaks
+    peaks = [float(load_rahf(p).predict([rec.image], [rec.prompt])[0].heatmaps["implausibility"].max())
+             for p in (checkpoint, checkpoint_b)]
+    if "implausibility" in rec.heatmaps:
+        peaks.append(float(rec.heatmaps["implausibility"].max()))
+    bars = [c for img in at.image for c in img.captions if c.startswith("One scale for the three maps")]
+    assert len(bars) == 1 and f"0 → {max(peaks):.3g}," in bars[0]
     scores = next(d.value for d in at.dataframe if list(d.value.columns) == ["labelled", "A", "B"])
     assert abs(scores.loc["plausibility", "A"] - scores.loc["plausibility", "labelled"]) == pytest.approx(
         err.loc[rec_id, "a"], abs=1e-4)
