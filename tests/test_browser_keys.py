@@ -83,3 +83,19 @@ def test_j_and_k_turn_the_gallery_pages_and_a_thumbnail_click_opens_its_record(s
     assert position == 14
     assert page.get_by_role("textbox", name="Record id").input_value() == f"shapes-1-{position:06d}"
     page.screenshot(path=str(ARTIFACTS / "explorer-thumbnail-opened.png"))
+
+
+def test_a_click_on_a_patch_crop_opens_its_record(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/explorer?ds={SPEC}&view=Patches")
+    settled(page)
+    crop = page.locator("[class*='st-key-gcell_patch_'] [data-testid='stImage'] img").nth(1)
+    expect(crop).to_be_visible()
+    cell = crop.locator("xpath=ancestor::div[contains(@class, 'st-key-gcell_patch_')]").first
+    button_class = cell.locator("[class*='st-key-patch_open_']").first.get_attribute("class")
+    rec_id = re.search(r"st-key-patch_open_(shapes-1-\d{6})", button_class).group(1)
+    crop.click()
+    expect(page.get_by_role("textbox", name="Record id")).to_have_value(rec_id)
+    settled(page)
+    page.screenshot(path=str(ARTIFACTS / "explorer-patch-opened.png"))

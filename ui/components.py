@@ -205,8 +205,8 @@ def overlays_on_one_scale(records: list[Record], heatmap: str, opacity: float, c
     return out, vmax
 
 
-# A click on an image inside a container keyed `gcell_…` presses the button keyed `open_…` in the same
-# container. Streamlit images cannot take a click (`st.image(link=…)` opens a new browser tab, and a
+# A click on an image inside a container keyed `gcell_…` presses the button in it whose key holds
+# `open_` (the gallery's `open_…`, the patch grid's `patch_open_…`). Streamlit images cannot take a click (`st.image(link=…)` opens a new browser tab, and a
 # link to `?id=…` would start a new session), so this script, mounted as a JavaScript-only
 # `st.components.v2` component (it runs in the app's page, not an iframe), forwards the click. One
 # listener on the document catches clicks on thumbnails drawn after it; the cleanup removes it when
@@ -222,7 +222,7 @@ export default function () {
   const onClick = (event) => {
     const img = event.target.closest ? event.target.closest("[data-testid='stImage'] img") : null;
     const cell = img ? img.closest("[class*='st-key-gcell_']") : null;
-    const open = cell ? cell.querySelector("[class*='st-key-open_'] button") : null;
+    const open = cell ? cell.querySelector("[class*='open_'] button") : null;
     if (open) open.click();
   };
   document.addEventListener("click", onClick);

@@ -28,7 +28,7 @@ from rhf_core.explore import category_columns, sortable_columns
 from rhf_core.heatmaps import COLOR_MAPS, overlay_heatmap
 from rhf_core.patches import SORT_KEYS, collect_patches, crop_patch
 from rhf_core.tags import TagStore, tags_in_frame
-from ui.components import heat_colour_bar, overlays_on_one_scale, placeholder, score_line, upscale
+from ui.components import click_to_open, heat_colour_bar, overlays_on_one_scale, placeholder, score_line, upscale
 from ui.loaders import load_encoders
 from ui.settings import current_predictor, error_text
 
@@ -269,9 +269,10 @@ def patches_view(ds: Dataset, positions: np.ndarray, positions_key: str, heatmap
         return
     cols_per_row = 8
     shown = patches[:MAX_PATCHES_SHOWN]
+    click_to_open("patch_clicks")  # a click on a crop presses its tile's Open button
     for start in range(0, len(shown), cols_per_row):
-        for col, p in zip(st.columns(cols_per_row), shown[start:start + cols_per_row]):
-            with col:
+        for k, (col, p) in enumerate(zip(st.columns(cols_per_row), shown[start:start + cols_per_row])):
+            with col, st.container(key=f"gcell_patch_{start + k}"):
                 patch_tile(ds, p)
     st.image(heat_colour_bar(1.0, "inferno"), caption="Overlay scale: 0 → 1 (heat as stored)", output_format="PNG")
 
