@@ -289,7 +289,8 @@ def record_with_both(rec: Record, rahf_b) -> None:
     st.image(heat_colour_bar(vmax, cmap), output_format="PNG",
              caption=f"One scale for the three maps: 0 → {vmax:.3g}, the highest peak among them")
     scores = pd.DataFrame({"labelled": [rec.scores.get(s, np.nan) for s in SCORE_NAMES],
-                           **{name: [p.scores[s] for s in SCORE_NAMES] for name, p in preds.items()}}, index=SCORE_NAMES)
+                           **{name: [p.scores[s] for s in SCORE_NAMES] for name, p in preds.items()}},
+                          index=SCORE_NAMES)
     st.dataframe(scores.style.format("{:.3f}"), width="stretch")
 
 
@@ -297,7 +298,8 @@ def compare_section(table_a: pd.DataFrame, table_b: pd.DataFrame, column: str, d
     """Which records each checkpoint gets right on `column`, at a threshold the user sets."""
     st.subheader("Checkpoint A vs checkpoint B")
     st.caption(f"A: `{rahf.name}` (the sidebar's) · B: `{rahf_b.name}` · error: {DISAGREEMENT[column]} "
-               "(the *Sort by* choice above) · a checkpoint gets a record right when its error is at most the threshold.")
+               "(the *Sort by* choice above) · a checkpoint gets a record right when its error is at most "
+               "the threshold.")
     if rahf_b.weights_key == rahf.weights_key:
         st.info("A and B are the same weights: every record gets the same verdict from both.")
     threshold = st.number_input("Right when the error is at most", min_value=0.0, value=DEFAULT_THRESHOLDS[column],
@@ -314,11 +316,13 @@ def compare_section(table_a: pd.DataFrame, table_b: pd.DataFrame, column: str, d
     left_out = [f"{n:,} {what}" for n, what in ((cmp.n_undefined, "with the error undefined for A or B"),
                                                   (cmp.n_one_side, "predicted by one checkpoint only")) if n]
     if rows.empty:
-        st.info("No record has this error defined for both checkpoints" + (f" ({'; '.join(left_out)})." if left_out else "."))
+        st.info("No record has this error defined for both checkpoints"
+                + (f" ({'; '.join(left_out)})." if left_out else "."))
         return
     lower = cmp.better()
     st.caption(f"{len(rows):,} records; mean error A {rows['error_a'].mean():.3f}, B {rows['error_b'].mean():.3f}; "
-               f"lower error with A on {lower['A lower']:,}, with B on {lower['B lower']:,}, equal on {lower['equal']:,}"
+               f"lower error with A on {lower['A lower']:,}, with B on {lower['B lower']:,}, "
+               f"equal on {lower['equal']:,}"
                + (f". Left out: {'; '.join(left_out)}." if left_out else "."))
     st.plotly_chart(error_scatter(rows, column, threshold), key="live_cmp_scatter")
     shown = st.segmented_control("Records", ["all"] + list(VERDICTS), default="all", key="live_cmp_show",
@@ -373,9 +377,9 @@ def analysis_mode() -> None:
         restore("live_rahf_b", "")
         remember("live_rahf_b", st.text_input(
             "Checkpoint B", key="live_rahf_b", placeholder="embedded (rahf-shapes)",
-            help="A folder with config.json + model.safetensors" + (" inside the allowed model folders" if policy().shared
-                                                                    else "") +
-                 ". Empty: the embedded ShapesWorld checkpoint. A is the sidebar's checkpoint."))
+            help="A folder with config.json + model.safetensors"
+                 + (" inside the allowed model folders" if policy().shared else "")
+                 + ". Empty: the embedded ShapesWorld checkpoint. A is the sidebar's checkpoint."))
         rahf_b = checkpoint_b()
     st.write(f"Run the predictor{'s' if rahf_b else ''} over **{len(positions):,}** records: {source}. Results are "
              "cached on disk, so a second run over the same records is instant.")
@@ -384,7 +388,8 @@ def analysis_mode() -> None:
     inputs_key = (ds.spec, rahf.weights_key, hashlib.sha1(positions.astype(np.int64).tobytes()).hexdigest())
     key_b = inputs_key + (rahf_b.weights_key,) if rahf_b is not None else None
     if st.button("Run error analysis" + (" (A and B)" if rahf_b else ""), type="primary", key="live_run"):
-        st.session_state["live_analysis"] = (inputs_key, run_analysis(rahf, ds, positions, "A" if rahf_b else "the predictor"))
+        table_a = run_analysis(rahf, ds, positions, "A" if rahf_b else "the predictor")
+        st.session_state["live_analysis"] = (inputs_key, table_a)
         if rahf_b is not None:
             st.session_state["live_analysis_b"] = (key_b, run_analysis(rahf_b, ds, positions, "B"))
     stored = st.session_state.get("live_analysis")

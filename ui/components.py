@@ -206,11 +206,11 @@ def overlays_on_one_scale(records: list[Record], heatmap: str, opacity: float, c
 
 
 # A click on an image inside a container keyed `gcell_…` presses the button in it whose key holds
-# `open_` (the gallery's `open_…`, the patch grid's `patch_open_…`). Streamlit images cannot take a click (`st.image(link=…)` opens a new browser tab, and a
-# link to `?id=…` would start a new session), so this script, mounted as a JavaScript-only
-# `st.components.v2` component (it runs in the app's page, not an iframe), forwards the click. One
-# listener on the document catches clicks on thumbnails drawn after it; the cleanup removes it when
-# the gallery is not drawn.
+# `open_` (the gallery's `open_…`, the patch grid's `patch_open_…`). Streamlit images cannot take a
+# click (`st.image(link=…)` opens a new browser tab, and a link to `?id=…` would start a new
+# session), so this script, mounted as a JavaScript-only `st.components.v2` component (it runs in
+# the app's page, not an iframe), forwards the click. One listener on the document catches clicks
+# on thumbnails drawn after it; the cleanup removes it when the grid is not drawn.
 CLICK_TO_OPEN_JS = """
 export default function () {
   if (!document.getElementById("rhf-click-to-open")) {
