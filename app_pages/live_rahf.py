@@ -27,7 +27,7 @@ from ui.components import (
     thumbnail_uri,
 )
 from ui.loaders import load_predictor
-from ui.settings import current_dataset, current_predictor, error_text, policy
+from ui.settings import current_dataset, current_predictor, error_text, load_model_field, policy
 
 MODES = ["Upload images", "Dataset record", "Error analysis"]
 MAX_THUMBS = 100  # rows of an error table given a thumbnail: the most-disagreeing ones (~3.5 KB each)
@@ -231,14 +231,8 @@ def image_column() -> dict:
 def checkpoint_b():
     """The second checkpoint (B) typed on this page, checked as the sidebar's is (shared mode: only a
     folder inside the allowed model folders, no hub id); None, with the reason shown, when it fails."""
-    pol = policy()
-    value = str(st.session_state.get("live_rahf_b") or "").strip()
-    try:
-        return load_predictor(pol.model_path(value, "RAHF checkpoint"))
-    except RHFError as e:
-        named = "" if pol.shared else f" `{value or 'embedded'}`"  # shared mode never echoes a path
-        st.error(f"Could not load checkpoint B{named}: {pol.scrub(e)}")
-        return None
+    return load_model_field("live_rahf_b", "checkpoint B", load_predictor, stop_on_error=False,
+                            kind="RAHF checkpoint")
 
 
 def run_analysis(model, ds, positions, name: str) -> pd.DataFrame:

@@ -79,12 +79,13 @@ def generator_settings() -> None:
                            " Empty: the embedded ShapesWorld generator.")
 
 
-def _load_from_sidebar(key: str, what: str, loader, stop_on_error: bool):
-    """`loader(value of the sidebar field key)`; a bad value shows a readable error (and stops the page)."""
+def load_model_field(key: str, what: str, loader, stop_on_error: bool, kind: str = ""):
+    """`loader(value of the model-path field key)`, the value checked by the policy as a `kind` of model
+    (default: `what`); a bad value shows a readable error (and stops the page with `stop_on_error`)."""
     pol = policy()
     value = str(st.session_state.get(key) or "").strip()
     try:
-        return loader(pol.model_path(value, what.removeprefix("the ")))
+        return loader(pol.model_path(value, kind or what.removeprefix("the ")))
     except RHFError as e:
         # Shared mode never echoes the path: the user typed it, but the message must not confirm server paths.
         named = "" if pol.shared else f" `{value or 'embedded'}`"
@@ -98,14 +99,14 @@ def current_generator(stop_on_error: bool = True):
     """The generator named in the sidebar; a bad path shows a readable error."""
     from ui.loaders import load_generator
 
-    return _load_from_sidebar("gen", "the generator", load_generator, stop_on_error)
+    return load_model_field("gen", "the generator", load_generator, stop_on_error)
 
 
 def current_predictor(stop_on_error: bool = True):
     """The RAHF predictor named in the sidebar; a bad path shows a readable error."""
     from ui.loaders import load_predictor
 
-    return _load_from_sidebar("rahf", "the RAHF checkpoint", load_predictor, stop_on_error)
+    return load_model_field("rahf", "the RAHF checkpoint", load_predictor, stop_on_error)
 
 
 def current_spec() -> tuple[str, str | None]:
