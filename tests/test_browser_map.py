@@ -50,3 +50,15 @@ def test_a_lasso_on_the_map_filters_the_gallery(server, page):
     assert 0 < n < 300
     label = page.get_by_text(re.compile(r"Selected on the map: [\d,]+ records")).first.inner_text()
     assert int(re.search(r"([\d,]+) records", label).group(1).replace(",", "")) == n
+
+
+def test_the_map_from_the_rahf_image_encoder_says_text_search_needs_clip(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/explorer?ds={SPEC}&view=Map&emb_src=RAHF")
+    settled(page)
+    expect(page.get_by_text(re.compile(r"PCA of RAHF rahf-shapes image embeddings \(\d+ dims\) of all 300"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Text search needs the reward's CLIP encoder"))).to_be_visible()
+    expect(page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first).to_be_visible()
+    assert page.get_by_placeholder("e.g. a red circle").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "explorer-map-rahf.png"))

@@ -263,3 +263,27 @@ def test_explorer_map_switches_between_the_rahf_and_clip_sources(setup, tmp_path
     at.selectbox(key="emb_src").set_value("RAHF").run()
     assert not at.exception and any("RAHF rahf image embeddings" in c.value for c in at.caption)
     assert sum(1 for b in at.button if b.key and b.key.startswith("similar_open_")) == 8
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.booleans(), min_size=1, max_size=30), st.sampled_from(["score", "group", "flag", "none"]),
+       st.integers(0, 1000))
+def test_map_traces_partition_the_records_and_split_a_category_by_value(inside, colour, seed):
+    import pandas as pd
+
+    from ui.explorer_parts import map_traces
+
+    rng = np.random.default_rng(seed)
+    n = len(inside)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "score": rng.random(n),
+                          "group": rng.choice(["a", "b", "c"], n), "flag": rng.random(n) < 0.5})
+    inside = np.array(inside)
+    traces = map_traces(frame, inside, colour)
+    drawn = np.concatenate([pos for _, _, pos in traces])
+    assert sorted(drawn.tolist()) == list(range(n))  # every record once
+    for kind, name, pos in traces:
+        assert np.all(inside[pos] == (kind != "out"))
+        if kind == "category":
+            assert set(frame[colour].astype(str).to_numpy()[pos]) == {name}
+    kinds = {kind for kind, _, _ in traces} - {"out"}
+    assert kinds == {"score": {"numeric"}, "none": {"plain"}}.get(colour, {"category"} if inside.any() else set())
