@@ -15,6 +15,9 @@ from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_se
 
 W, H = 120, 80  # stored size; the page shows it 512 px wide (×4.27)
 SHOWN_W = 512
+# settled()'s quiet time once an expect() has seen the rerun's output: the run has started, so the guard
+# against a run that starts late (1.5 s) is not needed. About 30 waits in the two-annotator test.
+STARTED = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +53,15 @@ def _click(page, x, y, n_kind: str):
 
     _image(page).click(position={"x": x, "y": y})
     expect(page.get_by_text(re.compile(re.escape(n_kind)))).to_be_visible()
-    settled(page)
+    settled(page, quiet=STARTED)
 
 
 def _rate(page, ratings: dict):
+    # One settle after the four clicks: each click's rerun request carries every widget's value, so the
+    # last run has all four (what is saved is checked from the file).
     for name, value in ratings.items():
         page.locator(f"[class*='st-key-ann_{name}_']").get_by_text(str(value), exact=True).click()
-        settled(page)
+    settled(page)
 
 
 def _stored(x, y, box):
@@ -86,12 +91,12 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     _click(page, 40, 40, "2 misalignment")
     page.locator("[class*='st-key-ann_rm_']").get_by_text("misalignment 2", exact=True).click()
     expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
-    settled(page)
+    settled(page, quiet=STARTED)
     _click(page, 480, 300, "2 misalignment")
     page.mouse.click(1450, 1250)
     page.keyboard.press("u")
     expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
-    settled(page)
+    settled(page, quiet=STARTED)
     page.locator("[class*='st-key-ann_words_']").get_by_text("cat", exact=True).click()
     settled(page)
     _rate(page, {"plausibility": 2, "alignment": 4, "aesthetics": 3, "overall": 2})
@@ -112,7 +117,7 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     page.keyboard.press("s")
     expect(page.get_by_text(re.compile(r"Saved: a by alice"))).to_be_visible()
     expect(page.get_by_text(re.compile(r"Image 2 of 2"))).to_be_visible()  # moved on
-    settled(page)
+    settled(page, quiet=STARTED)
 
     ann = A.annotations_of(target, "a")
     assert len(ann) == 1 and ann[0]["annotator"] == "alice" and ann[0]["image_size"] == [W, H]
@@ -167,7 +172,7 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     expect(page.locator("[data-testid='stMetric']").filter(has_text="Plausibility spread")).to_contain_text("0.250")
     page.get_by_role("button", name=re.compile("Back")).click()
     expect(page.get_by_text("Agreement on this image")).to_be_visible()
-    settled(page)
+    settled(page, quiet=STARTED)
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(ARTIFACTS / "annotate-after.png"), full_page=True)
 
