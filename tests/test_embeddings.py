@@ -175,15 +175,17 @@ def test_rahf_embeddings_are_its_mean_pooled_patch_tokens_normalised_and_cached_
     assert embeddings_path(ds, enc) != path and image_embeddings(ds, enc).shape == (60, enc.dim) != emb.shape
 
 
-def test_shipped_rahf_neighbours_share_the_prompts_shape_more_often_than_chance(setup):
+def test_shipped_rahf_neighbours_share_the_prompts_background_and_count_more_often_than_chance(setup):
     ds = open_dataset("shapes:n=200,seed=5")
     emb = image_embeddings(ds, load_rahf(device="cpu"))
-    shapes = np.array([parse_prompt(p).shape for p in ds.frame["prompt"]])
+    specs = [parse_prompt(p) for p in ds.frame["prompt"]]
     nn = np.array([int(more_like(emb, i, 1)[0][0]) for i in range(len(emb))])
-    same = float(np.mean(shapes[nn] == shapes))
-    counts = np.unique(shapes, return_counts=True)[1]
-    chance = float((counts * (counts - 1)).sum() / (len(shapes) * (len(shapes) - 1)))
-    assert same > 1.3 * chance, (same, chance)
+    for attr in ("background", "count"):  # measured 0.425 vs chance 0.253, 0.52 vs 0.31 (shape: 0.355 vs 0.256)
+        values = np.array([str(getattr(s, attr)) for s in specs])
+        same = float(np.mean(values[nn] == values))
+        counts = np.unique(values, return_counts=True)[1]
+        chance = float((counts * (counts - 1)).sum() / (len(values) * (len(values) - 1)))
+        assert same > 1.4 * chance, (attr, same, chance)  # 200 records: 1.4 × chance is > 3 SE above it
 
 
 def test_text_search_refuses_the_rahf_source_and_image_embedder_refuses_other_models(setup):
