@@ -242,11 +242,11 @@ def pca_2d(emb: np.ndarray, fit_rows: int = FIT_ROWS) -> np.ndarray:
 
 def umap_2d(emb: np.ndarray, seed: int | None = None) -> np.ndarray:
     """(N, 2) float32 UMAP layout (cosine metric, 15 neighbours, min_dist 0.1, the library's defaults
-    otherwise). No seed by default: a seed makes umap-learn single-threaded, which took 245 s instead
-    of 48 s for 20,000 × 512 on this project's 2-core machine; the layout is computed once and cached
-    (`dataset_umap`), so visits still see the same map. umap-learn is imported here, not at the top:
-    its import and first fit compile numba code (~35 s per process here), and only this option
-    needs it."""
+    otherwise). No seed by default: a seed makes umap-learn single-threaded (20,000 × 512 on this
+    project's busy 2-core machine, one run each: 245 s seeded, 48 s unseeded; later unseeded runs
+    69-155 s); the layout is computed once and cached (`dataset_umap`), so visits still see the same
+    map. umap-learn is imported here, not at the top: its import and first fit compile numba code
+    (25-50 s per process here), and only this option needs it."""
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or len(emb) < UMAP_MIN_ROWS:
         raise EmbeddingError(f"UMAP needs at least {UMAP_MIN_ROWS} embedded records, not shape {emb.shape}; "

@@ -383,7 +383,7 @@ def map_layout(ds: Dataset, embedder, emb: np.ndarray, xy_pca: np.ndarray, layou
     if umap_path(ds, embedder).exists():
         return cached_umap(ds.spec, fingerprint, ds, embedder, emb), "UMAP"
     with st.spinner(f"UMAP layout of {len(emb):,} records: computed once for this dataset and encoder, then "
-                    "cached (20,000 records took 48–155 s on a busy 2-core machine, plus ~45 s to compile "
+                    "cached (20,000 records took 48–155 s on a busy 2-core machine, plus 25–50 s to compile "
                     "UMAP the first time in a server process)…", show_time=True):
         return cached_umap(ds.spec, fingerprint, ds, embedder, emb), "UMAP"
 
