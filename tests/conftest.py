@@ -13,8 +13,9 @@ os.environ["RHF_CACHE_DIR"] = os.environ["RHF_TEST_CACHE"]
 # start), unless the caller chose: the tests' models are tiny, and threads that wait for a preempted peer at
 # every op are what a shared or oversubscribed machine (`-n 2` on 2 cores: 4 threads) makes of the default of
 # one thread a core. Measured 2026-12-03 on 2 loaded cores: a tiny-pipeline fine-tune step took 6.5-9.6 s
-# with 2 threads and 0.56 s with 1.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+# with 2 threads and 0.56 s with 1. numpy's BLAS likewise (a 20K × 512 PCA: 1.3-3.2 s on 2 threads, 0.2-0.3 s
+# on one, commit 85bfd3e).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import pytest  # noqa: E402
