@@ -46,6 +46,7 @@ from ui.components import (
 from ui.explorer_parts import (
     clear_map_selection,
     compare_view,
+    gallery_cell,
     map_selection,
     map_view,
     open_record,
@@ -221,14 +222,13 @@ def gallery() -> None:
         for col, pos in zip(cols, chunk[start:start + cols_per_row]):
             with col, st.container(key=f"gcell_{pos}"):
                 try:
-                    rec = ds[int(pos)]
-                    img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", 160)
+                    rec = gallery_cell(ds, int(pos), overlay)  # cached: a rerun re-draws nothing it drew
                 except RHFError as e:
                     st.image(placeholder(160, "unreadable"), width="stretch")
                     st.caption(f"{frame['id'].iat[int(pos)]}: {error_text(e)}")
                     continue
-                st.image(img, width="stretch", output_format="PNG")
-                peak = f"  \n{overlay} 0 → {heat_peak(rec.heatmaps[overlay]):.3g}" if overlay in rec.heatmaps else ""
+                st.image(rec.png, width="stretch")
+                peak = f"  \n{overlay} 0 → {rec.peak:.3g}" if rec.peak is not None else ""
                 rec_tags = "  \n" + " ".join(f"`{t}`" for t in tags[rec.id]) if rec.id in tags else ""
                 st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}{peak}{rec_tags}")
                 b1, b2 = st.columns(2, vertical_alignment="center")

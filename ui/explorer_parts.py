@@ -6,6 +6,12 @@ parameter names, as on the rest of the page.
 
 from __future__ import annotations
 
+import io
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,7 +34,16 @@ from rhf_core.explore import category_columns, sortable_columns
 from rhf_core.heatmaps import COLOR_MAPS, overlay_heatmap
 from rhf_core.patches import SORT_KEYS, collect_patches, crop_patch
 from rhf_core.tags import TagStore, tags_in_frame
-from ui.components import click_to_open, heat_colour_bar, overlays_on_one_scale, placeholder, score_line, upscale
+from ui.components import (
+    click_to_open,
+    heat_colour_bar,
+    heat_peak,
+    overlays_on_one_scale,
+    placeholder,
+    record_view_image,
+    score_line,
+    upscale,
+)
 from ui.loaders import load_encoders
 from ui.settings import current_predictor, error_text
 
@@ -38,8 +53,52 @@ MAX_PATCHES_SHOWN = 48
 # The widget keys a saved view keeps besides the per-dataset filters (s_*, h_*, c_*).
 VIEW_KEYS = ("q", "split", "fw", "tag_filter", "tag_all", "sort", "desc", "view", "per_page", "thumb_overlay",
              "overlay", "opacity", "cmap", "similar", "map_colour", "map_text", "map_sel", "cmp", "cmp_heat",
-             "cmp_opacity", "cmp_cmap", "patch_heat", "patch_threshold", "patch_sort")
+             "cmp_opacity", "cmp_cmap", "patch_heat", "patch_threshold", "patch_sort", "emb_src", "map_layout")
 VIEW_PREFIXES = ("s_", "h_", "c_")
+
+
+# --- gallery cells ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GalleryCell:
+    """What a gallery cell shows of a record: its thumbnail as PNG bytes and its caption's facts."""
+
+    png: bytes
+    id: str
+    prompt: str
+    scores: dict
+    peak: float | None  # the overlay heatmap's peak, when the record has that heatmap
+
+
+# Per loaded dataset object (the loaders keep one per spec; a reload is a new object, so nothing stale
+# survives it), the last GALLERY_CELLS cells. A rerun (a filter, a slider, a page turn) otherwise
+# re-rendered every ShapesWorld scene and re-encoded every PNG: 0.3–0.5 s of a 0.5 s rerun at 20K
+# records (profiled; benchmarks/bench_explorer.py).
+GALLERY_CELLS = 1024
+_CELLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CELLS_LOCK = threading.Lock()
+
+
+def gallery_cell(ds: Dataset, pos: int, overlay: str, side: int = 160) -> GalleryCell:
+    """The record at `pos` as a gallery cell with `overlay` ("none" or a heatmap), from the cache when
+    this dataset object drew it before. Raises what reading the record raises (RHFError)."""
+    key = (int(pos), overlay, side)
+    with _CELLS_LOCK:
+        cells = _CELLS.setdefault(ds, OrderedDict())
+        if key in cells:
+            cells.move_to_end(key)
+            return cells[key]
+    rec = ds[int(pos)]
+    img = record_view_image(rec, None if overlay == "none" else overlay, 0.7, "inferno", side)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    cell = GalleryCell(buf.getvalue(), rec.id, rec.prompt, dict(rec.scores),
+                       heat_peak(rec.heatmaps[overlay]) if overlay in rec.heatmaps else None)
+    with _CELLS_LOCK:
+        cells[key] = cell
+        while len(cells) > GALLERY_CELLS:
+            cells.popitem(last=False)
+    return cell
 
 
 def tag_store(ds: Dataset) -> TagStore:
