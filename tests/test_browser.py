@@ -173,13 +173,13 @@ def test_repair_page_keeps_its_controls_after_a_bad_id_or_an_upload(server, page
 
 
 def set_slider(pg, key: str, press: str, value: int) -> None:
-    """Move the slider `key` with the keyboard and wait until it shows `value` and the page has rerun."""
+    """Move the slider `key` with the keyboard and wait until it shows `value` (settle the page after the
+    last move: each move's rerun request carries every widget's value)."""
     from playwright.sync_api import expect
 
     slider = pg.locator(f".st-key-{key} input[type=range]")
     slider.press(press)
     expect(slider).to_have_value(str(value))
-    settled(pg)
 
 
 def test_lee_page_in_the_browser(server, page):
@@ -196,6 +196,7 @@ def test_lee_page_in_the_browser(server, page):
     set_slider(page, "lee_n", "ArrowRight", 3)
     set_slider(page, "lee_n", "ArrowRight", 4)
     set_slider(page, "lee_k", "ArrowRight", 2)
+    settled(page)
     page.get_by_role("button", name="Compare").click()
     expect(page.get_by_text("Measures per arm")).to_be_visible(timeout=300_000)
     settled(page)
