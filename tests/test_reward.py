@@ -464,6 +464,34 @@ def test_pre_training_renders_for_any_shapesworld_generator(gen, tmp_path):
         (folder / "train_log.json").unlink()
 
 
+def test_encoded_pre_training_data_is_cached_and_follows_its_files(gen, tmp_path, monkeypatch):
+    """D_pre is rendered/read and VAE-encoded once: a resume or a second run reads the same tensors back;
+    a changed caption or image makes it anew; no folder and no ShapesWorld: None, as pretrain_pairs."""
+    import rhf_core.align.data as data
+    from rhf_core.align import FinetuneConfig, encode_latents, pretrain_latents, pretrain_pairs
+
+    monkeypatch.setenv("RHF_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+        (folder / f"p{i}.txt").write_text(f"caption {i}")
+    cfg = FinetuneConfig(pretrain_folder=str(folder), n_pretrain=3)
+    mean, std, captions = pretrain_latents(cfg, gen)
+    want_mean, want_std = encode_latents(gen, pretrain_pairs(cfg, gen)[0])
+    assert captions == ["caption 0", "caption 1", "caption 2"]
+    assert torch.equal(mean, want_mean) and torch.equal(std, want_std)
+    with monkeypatch.context() as m:
+        m.setattr(data, "encode_latents", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded again")))
+        again = pretrain_latents(cfg, gen)
+    assert torch.equal(again[0], mean) and again[2] == captions
+    (folder / "p1.txt").write_text("a new caption")
+    assert pretrain_latents(cfg, gen)[2] == ["caption 0", "a new caption", "caption 2"]
+    with pytest.warns(UserWarning, match="the β term is off"):
+        assert pretrain_latents(FinetuneConfig(n_pretrain=4), gen) is None
+
+
 def test_preference_pairs_and_the_dpo_loss():
     from rhf_core.align import dpo_loss, preference_pairs
 

@@ -10,7 +10,8 @@ loop        finetune()"""
 
 from rhf_core.align.config import OBJECTIVES, FinetuneConfig
 from rhf_core.align.data import (CONSTANT_REWARD_RTOL, ConstantRewardError, ModelSamples, encode_latents,
-                                 fine_tune_prompts, is_shapes_generator, model_samples, pretrain_pairs)
+                                 fine_tune_prompts, is_shapes_generator, model_samples, pretrain_latents,
+                                 pretrain_pairs)
 from rhf_core.align.lora import (LORA_CONV_TARGETS, LORA_TARGETS, WEIGHTS_FILE, add_lora, load_adapter_info,
                                  save_adapter)
 from rhf_core.align.loop import finetune, learning_rate
@@ -21,7 +22,7 @@ from rhf_core.align.state import (STATE_FILE, FinetuneSettingsError, clear_state
 from rhf_core.training import x0_weight
 
 __all__ = ["OBJECTIVES", "FinetuneConfig", "CONSTANT_REWARD_RTOL", "ConstantRewardError", "ModelSamples",
-           "encode_latents", "fine_tune_prompts", "is_shapes_generator", "model_samples", "pretrain_pairs",
+           "encode_latents", "fine_tune_prompts", "is_shapes_generator", "model_samples", "pretrain_latents", "pretrain_pairs",
            "LORA_CONV_TARGETS", "LORA_TARGETS", "WEIGHTS_FILE", "add_lora", "load_adapter_info", "save_adapter",
            "finetune", "learning_rate", "Denoiser", "DiffusionDPO", "DRaFT", "RewardWeightedRegression", "dpo_loss",
            "preference_pairs", "STATE_FILE", "FinetuneSettingsError", "clear_state",

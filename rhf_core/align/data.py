@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from rhf_core.align.config import FinetuneConfig
-from rhf_core.cache import atomic_savez, cache_dir, cache_key, weights_fingerprint
+from rhf_core.cache import atomic_savez, cache_dir, cache_key, file_fingerprint, weights_fingerprint
 from rhf_core.images import load_image
 from rhf_core.reward.model import RewardError
 from rhf_core.reward.train import default_prompt_split
@@ -121,21 +121,49 @@ def encode_latents(generator, images: list, batch: int = 128) -> tuple[torch.Ten
     return torch.cat(means), torch.cat(stds)
 
 
+def _folder_pairs(cfg: FinetuneConfig) -> list[tuple[Path, Path]]:
+    """The pre-training folder's (image, caption file) pairs, the first `n_pretrain` by name."""
+    root = Path(cfg.pretrain_folder)
+    pairs = [(p, p.with_suffix(".txt")) for p in sorted(root.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    pairs = [(p, t) for p, t in pairs if t.is_file()][: cfg.n_pretrain]
+    if not pairs:
+        raise RewardError(f"{root}: no image with a caption file beside it (photo.png + photo.txt)")
+    return pairs
+
+
 def pretrain_pairs(cfg: FinetuneConfig, generator) -> tuple[list, list[str]] | None:
     """D_pre: the user's image–caption folder, or clean ShapesWorld renders for a ShapesWorld generator;
     None (the β term off, with a warning) for any other generator without a folder."""
     if cfg.pretrain_folder:
-        root = Path(cfg.pretrain_folder)
-        pairs = [(p, p.with_suffix(".txt")) for p in sorted(root.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-        pairs = [(p, t) for p, t in pairs if t.is_file()][: cfg.n_pretrain]
-        if not pairs:
-            raise RewardError(f"{root}: no image with a caption file beside it (photo.png + photo.txt)")
+        pairs = _folder_pairs(cfg)
         return [load_image(p) for p, _ in pairs], [t.read_text().strip() for _, t in pairs]
     if is_shapes_generator(generator):
         images, prompts = training_set(cfg.n_pretrain, cfg.seed + 101, generator.image_size)
         return [Image.fromarray(a) for a in images], prompts
     warnings.warn("no pre-training folder for this model: the β term is off (pass --pretrain-folder)", stacklevel=2)
     return None
+
+
+def pretrain_latents(cfg: FinetuneConfig, generator) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+    """D_pre encoded by the generator's VAE: (posterior means, stds, captions), or None as `pretrain_pairs`.
+    Cached on disk (cache/finetune-data) by the generator's weights and what D_pre is made of (the folder's
+    files with their sizes and times, or the renders' count, seed and size): rendering and encoding 4,000
+    images took most of a short run's time, and every resume paid it again."""
+    if cfg.pretrain_folder:
+        source = ["folder", file_fingerprint([f for pair in _folder_pairs(cfg) for f in pair])]
+    elif is_shapes_generator(generator):
+        source = ["shapes", cfg.n_pretrain, cfg.seed + 101, generator.image_size]
+    else:
+        return pretrain_pairs(cfg, generator)  # None, with its warning
+    key = cache_key("d-pre", "encoded", generator.fingerprint(), source)
+    path = cache_dir("finetune-data") / f"{key}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return torch.from_numpy(z["mean"]), torch.from_numpy(z["std"]), [str(c) for c in z["captions"]]
+    images, captions = pretrain_pairs(cfg, generator)
+    mean, std = encode_latents(generator, images)
+    atomic_savez(path, compressed=False, mean=mean.numpy(), std=std.numpy(), captions=np.array(captions))
+    return mean, std, list(captions)
 
 
 @dataclass

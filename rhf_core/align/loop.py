@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from rhf_core.align.config import OBJECTIVES, FinetuneConfig
-from rhf_core.align.data import PretrainLatents, PromptEmbeddings, encode_latents, fine_tune_prompts, pretrain_pairs
+from rhf_core.align.data import PretrainLatents, PromptEmbeddings, fine_tune_prompts, pretrain_latents
 from rhf_core.align.lora import add_lora, adapter_weights, check_adapter_folder, save_adapter, set_adapter_weights
 from rhf_core.align.objectives import Denoiser, check_reward_fits, make_objective, prediction_type, pretrain_loss
 from rhf_core.align.state import (RunRecord, check_name, clear_state, load_finetune_state, resumable_state,
@@ -70,11 +70,11 @@ def finetune(cfg: FinetuneConfig, generator=None, reward=None, resume: bool = Tr
     objective = make_objective(cfg, generator, reward, prompts, report)
 
     # 5. D_pre for the β term, encoded; the text embedding of every prompt
-    pairs = pretrain_pairs(cfg, generator) if cfg.beta > 0 else None
-    beta = cfg.beta if pairs is not None else 0.0
-    embeddings = PromptEmbeddings(generator, [*objective.prompts, *(pairs[1] if pairs else [])])
+    pre = pretrain_latents(cfg, generator) if cfg.beta > 0 else None  # (means, stds, captions), cached
+    beta = cfg.beta if pre is not None else 0.0
+    embeddings = PromptEmbeddings(generator, [*objective.prompts, *(pre[2] if pre else [])])
     model_cond = embeddings.of(objective.prompts)  # (N, L, D)
-    pretrain = PretrainLatents(*encode_latents(generator, pairs[0]), embeddings.of(pairs[1])) if pairs else None
+    pretrain = PretrainLatents(pre[0], pre[1], embeddings.of(pre[2])) if pre else None
 
     # 6. The adapted UNet: a copy of the generator's (which stays as it was) with float32 LoRA adapters
     unet = copy.deepcopy(generator.pipe.unet)
