@@ -120,6 +120,19 @@ def test_equal_settings_written_differently_resume():
         run_settings(FinetuneConfig(), Gen, brightness, ["a"])
 
 
+def test_a_reward_without_weights_does_not_digest_the_working_directory(tmp_path, monkeypatch):
+    """A function reward has no weights folder: its digest must not read the working directory (a weights
+    file written there, e.g. another run's checkpoint, made the same run refuse to resume itself)."""
+    class Gen:
+        name, root = "g", Path("/nonexistent")
+
+    monkeypatch.chdir(tmp_path)
+    before = run_settings(FinetuneConfig(), Gen, brightness, ["a"])
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "other-run.safetensors").write_bytes(b"x" * 10)
+    assert run_settings(FinetuneConfig(), Gen, brightness, ["a"]) == before
+
+
 def test_no_resume_clears_the_old_state_before_anything_else(gen, tmp_path, prompts):
     run(config(tmp_path, prompts), gen, resume=False)
     assert saved_steps("state") == 4

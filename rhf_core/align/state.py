@@ -45,7 +45,10 @@ class FinetuneSettingsError(RewardError):
 
 def _files_id(folder, patterns: tuple[str, ...]) -> list:
     """(relative path, size, mtime) of the matching files under `folder`: changes when they are rewritten,
-    and not when the folder is addressed by another path."""
+    and not when the folder is addressed by another path. No folder ("" or None): nothing (Path("") is the
+    working directory, whose every file a reward without weights would otherwise digest)."""
+    if not folder:
+        return []
     root = Path(folder)
     files = sorted({f for pat in patterns for f in root.rglob(pat) if f.is_file()}) if root.is_dir() else []
     return [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
