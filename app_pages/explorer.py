@@ -227,7 +227,9 @@ def gallery() -> None:
                     st.image(placeholder(160, "unreadable"), width="stretch")
                     st.caption(f"{frame['id'].iat[int(pos)]}: {error_text(e)}")
                     continue
-                st.image(rec.png, width="stretch")
+                # PNG named: with "auto" Streamlit decodes the bytes and re-encodes them as JPEG on every
+                # rerun (≈1 ms a cell, and JPEG rings around ShapesWorld's hard edges); named, it sends them as they are.
+                st.image(rec.png, width="stretch", output_format="PNG")
                 peak = f"  \n{overlay} 0 → {rec.peak:.3g}" if rec.peak is not None else ""
                 rec_tags = "  \n" + " ".join(f"`{t}`" for t in tags[rec.id]) if rec.id in tags else ""
                 st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}{peak}{rec_tags}")
