@@ -309,7 +309,7 @@ def record_detail() -> None:
         masses = {h: float(rec.heatmaps[h].mean()) for h in rec.heatmaps}
         st.caption("Heatmap mass: " + (", ".join(f"{h} {m:.4f}" for h, m in masses.items()) or "none collected"))
     record_tags(store, rec.id)
-    if st.toggle("More like this", key="similar", help="The records whose images are nearest to this one"):
+    if st.toggle("More like this", key="similar", bind=QP, help="The records whose images are nearest to this one"):
         similar_records(ds, pos)
     if any(strength > 0 for _, strength in rec.words):
         st.plotly_chart(word_strength_chart(rec), key="word_chart")

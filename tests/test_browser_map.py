@@ -62,3 +62,34 @@ def test_the_map_from_the_rahf_image_encoder_says_text_search_needs_clip(server,
     expect(page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first).to_be_visible()
     assert page.get_by_placeholder("e.g. a red circle").count() == 0
     page.screenshot(path=str(ARTIFACTS / "explorer-map-rahf.png"))
+
+
+def _thumbnail_target(pg, grid: str, n: int) -> tuple:
+    """The n-th thumbnail image of a ranked grid (`similar` or `text`) and the id its Open button opens."""
+    img = pg.locator(f"[class*='st-key-gcell_{grid}_'] [data-testid='stImage'] img").nth(n)
+    cell = img.locator(f"xpath=ancestor::div[contains(@class, 'st-key-gcell_{grid}_')]").first
+    position = int(re.search(rf"st-key-gcell_{grid}_(\d+)", cell.get_attribute("class")).group(1))
+    return img, f"shapes-1-{position:06d}"
+
+
+def test_a_click_on_a_text_search_or_more_like_this_thumbnail_opens_its_record(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/explorer?ds={SPEC}&view=Map&map_text=three+blue+squares")
+    settled(page)
+    expect(page.get_by_text(re.compile(r"images nearest to “three blue squares”"))).to_be_visible()
+    img, rec_id = _thumbnail_target(page, "text", 2)
+    img.click()
+    expect(page.get_by_role("textbox", name="Record id")).to_have_value(rec_id)
+    settled(page)
+    # The record view's "More like this" (bound to ?similar=): its third neighbour opens on a click.
+    page.goto(f"{server}/explorer?ds={SPEC}&view=Record&id={rec_id}&similar=true")
+    settled(page)
+    expect(page.get_by_text(re.compile(r"records whose images are nearest to this one"))).to_be_visible()
+    img, other = _thumbnail_target(page, "similar", 2)
+    assert other != rec_id
+    img.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "explorer-more-like-this.png"))
+    img.click()
+    expect(page.get_by_role("textbox", name="Record id")).to_have_value(other)
+    settled(page)

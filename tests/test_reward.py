@@ -400,6 +400,7 @@ def test_claims_need_an_interval_clear_of_zero():
         from rhf_core.reward.compare import paired_bootstrap
 
         return {"original best-k": {"alignment_gain": paired_bootstrap(np.subtract(best_k, orig_all_n))},
+                "original random": {"per_prompt": {"implausible_all_n": list(base)}},
                 "fine-tuned random": {"alignment_gain": paired_bootstrap(np.subtract(fine_all_n, orig_all_n)),
                                       "per_prompt": {"diversity": div, "implausible_all_n": imp}}}
 
@@ -416,6 +417,10 @@ def test_claims_need_an_interval_clear_of_zero():
     assert c["seen: b0 fine-tuned beats original (alignment, all n samples)"]["difference"] == pytest.approx(0.15, abs=1e-3)
     assert not c["seen: β>0 keeps more diversity than β=0"]["holds"]
     assert c["seen: β>0 keeps more fidelity than β=0 (lower judge implausible share, all n)"]["holds"]
+    # Against the original's implausible share (base): b1's is 0.1 lower on every prompt, b0's unchanged.
+    fewer = "seen: {} fine-tuned is judged implausible less often than original (all n samples)"
+    assert c[fewer.format("b1")]["holds"] and c[fewer.format("b1")]["difference"] == pytest.approx(-0.1, abs=1e-6)
+    assert not c[fewer.format("b0")]["holds"] and c[fewer.format("b0")]["difference"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_fine_tune_stops_keeps_every_finished_step_and_resumes(gen, tmp_path):

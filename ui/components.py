@@ -206,7 +206,8 @@ def overlays_on_one_scale(records: list[Record], heatmap: str, opacity: float, c
 
 
 # A click on an image inside a container keyed `gcell_…` presses the button in it whose key holds
-# `open_` (the gallery's `open_…`, the patch grid's `patch_open_…`). Streamlit images cannot take a
+# `open_` (the gallery's `open_…`, the patch grid's `patch_open_…`, "More like this" and text search's
+# `similar_open_…` / `text_open_…`). Streamlit images cannot take a
 # click (`st.image(link=…)` opens a new browser tab, and a link to `?id=…` would start a new
 # session), so this script, mounted as a JavaScript-only `st.components.v2` component (it runs in
 # the app's page, not an iframe), forwards the click. One listener on the document catches clicks
@@ -220,6 +221,9 @@ export default function () {
     document.head.appendChild(style);
   }
   const onClick = (event) => {
+    // Each grid on the page mounts this script; the first listener to see a click handles it.
+    if (event.rhfClickToOpen) return;
+    event.rhfClickToOpen = true;
     const img = event.target.closest ? event.target.closest("[data-testid='stImage'] img") : null;
     const cell = img ? img.closest("[class*='st-key-gcell_']") : null;
     const open = cell ? cell.querySelector("[class*='open_'] button") : null;

@@ -603,9 +603,11 @@ def cached_neighbours(fingerprint: str, position: int, _emb: np.ndarray) -> tupl
 
 
 def thumbnails(ds: Dataset, positions: np.ndarray, sims: np.ndarray, key: str, per_row: int = 8) -> None:
+    """Ranked records as thumbnails with their similarity; a click on one (or its button) opens it."""
+    click_to_open(f"{key}_clicks")  # cells keyed gcell_<key>_<pos>: see CLICK_TO_OPEN_JS
     for start in range(0, len(positions), per_row):
         for col, pos, sim in zip(st.columns(per_row), positions[start:start + per_row], sims[start:start + per_row]):
-            with col:
+            with col, st.container(key=f"gcell_{key}_{pos}"):
                 rec_id = str(ds.frame["id"].iat[int(pos)])
                 try:
                     rec = ds[int(pos)]

@@ -167,6 +167,12 @@ def claims(result: dict) -> dict:
             fine = arms["fine-tuned random"]
             if judged(arms):
                 c[f"{split}: {name} fine-tuned beats original (alignment, all n samples)"] = verdict(fine.get("alignment_gain"))
+                original = arms.get("original random", {}).get("per_prompt", {}).get("implausible_all_n")
+                if original is not None and "implausible_all_n" in fine.get("per_prompt", {}):
+                    # RichHF's claim for a plausibility-filtered fine-tune: fewer artifacts, by the judge.
+                    c[f"{split}: {name} fine-tuned is judged implausible less often than original (all n samples)"] = \
+                        verdict(paired_bootstrap(values(arms, "implausible_all_n") - np.array(original, dtype=float)),
+                                sign=-1)
             if "reward_gain" in fine:
                 c[f"{split}: {name} fine-tuned beats original (selection reward, all n samples)"] = verdict(fine["reward_gain"])
                 for spec, h in fine.get("held_out", {}).items():
