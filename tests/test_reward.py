@@ -2,6 +2,7 @@
 a tiny random pipeline, and the four-arm comparison."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +307,13 @@ def test_filtered_fine_tune_refuses_a_threshold_no_sample_reaches(gen, tmp_path)
     with pytest.raises(RewardError, match="no sample reaches the reward threshold 2.0"):
         finetune(cfg, generator=gen, reward=brightness, resume=False)  # brightness lies in [0, 1]
     assert not (tmp_path / "adapter").exists()
+    # A threshold every sample reaches keeps them all, and adapter.json says what the filter kept.
+    from rhf_core.align import load_adapter_info
+
+    info = load_adapter_info(finetune(replace(cfg, reward_threshold=1e-6), generator=gen, reward=brightness,
+                                      resume=False))
+    stats = info["reward_stats"]
+    assert (stats["threshold"], stats["kept"], stats["kept_share"], stats["n"]) == (1e-6, 2, 1.0, 2)
 
 
 def test_reward_t_min_outside_the_schedule_is_refused(gen, tmp_path):

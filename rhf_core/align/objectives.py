@@ -134,6 +134,14 @@ class RewardWeightedRegression(Objective):
         self.cfg, self.samples, self.prompts = cfg, samples, samples.prompts
         self.weights = torch.from_numpy(weights)
 
+    def reward_stats(self, record: RunRecord) -> dict:
+        stats = super().reward_stats(record)
+        if self.cfg.reward_threshold > 0:  # the filter: how many samples it kept
+            kept = int(self.weights.sum())
+            stats |= {"threshold": self.cfg.reward_threshold, "kept": kept,
+                      "kept_share": round(kept / max(len(self.weights), 1), 4)}
+        return stats
+
     def loss(self, d, cond, rng):
         cfg = self.cfg
         idx = torch.from_numpy(rng.integers(len(self.weights), size=cfg.batch_size))
