@@ -8,8 +8,7 @@ import html
 import io
 
 import numpy as np
-import pandas as pd
-import plotly.express as px
+import plotly.graph_objects as go
 from PIL import Image
 
 from rhf_core.dataset import FLAGGED_WORD_STRENGTH, SCORE_NAMES, Record
@@ -109,15 +108,17 @@ def highlighted_prompt(rec: Record) -> str:
     return "<p style='font-size:1.15rem; line-height:2'>" + " ".join(spans) + "</p>"
 
 
-def word_strength_chart(rec: Record):
-    df = pd.DataFrame(
-        {"position": range(len(rec.words)), "token": [t for t, _ in rec.words], "strength": [s for _, s in rec.words]}
-    )
-    df["label"] = [f"{i}:{t}" for i, t in zip(df["position"], df["token"])]
-    fig = px.bar(df, x="label", y="strength", range_y=[0, 1], color="strength", color_continuous_scale="Reds",
-                 range_color=[0, 1], labels={"label": "token", "strength": "misalignment strength"})
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), coloraxis_showscale=False)
-    fig.update_xaxes(tickvals=df["label"], ticktext=df["token"])
+def word_strength_chart(rec: Record) -> go.Figure:
+    """Bars of each prompt token's misalignment strength on [0, 1], shaded on the same red scale.
+    (graph_objects, not plotly.express: px.bar spent ~0.1 s of a 0.17 s record view at 200,000 records.)"""
+    tokens = [t for t, _ in rec.words]
+    strength = [float(s) for _, s in rec.words]
+    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]  # unique x values: a prompt can repeat a word
+    fig = go.Figure(go.Bar(x=labels, y=strength, marker=dict(color=strength, colorscale="Reds", cmin=0, cmax=1),
+                           hovertemplate="token=%{x}<br>misalignment strength=%{y}<extra></extra>"))
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10),
+                      yaxis=dict(range=[0, 1], title="misalignment strength"),
+                      xaxis=dict(title="token", tickvals=labels, ticktext=tokens))
     return fig
 
 
