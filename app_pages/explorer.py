@@ -187,6 +187,16 @@ def selection_bar() -> None:
                    else "Tick records below to tag or compare them.")
 
 
+def forget_unticked(shown: set[str]) -> None:
+    """Drop the tick-box state of unticked records not on this page (a box that comes back starts unticked
+    anyway). Each box kept its `sel_<id>` key once drawn, and Streamlit scans every key of Session State for
+    each text or select box it draws: a session that had paged through thousands of records paid that on
+    every rerun."""
+    stale = [k for k, v in st.session_state.items() if k.startswith("sel_") and not v and k[4:] not in shown]
+    for k in stale:
+        del st.session_state[k]
+
+
 def turn_page(step: int, n_pages: int) -> None:
     """Button callback: the gallery's page `step` pages on, within 1..n_pages."""
     page = int(st.session_state.get("page", 1) or 1)
@@ -213,6 +223,7 @@ def gallery() -> None:
     c5.button("", key="page_next", icon=":material/chevron_right:", shortcut="J", disabled=page >= n_pages,
               on_click=turn_page, args=(1, n_pages), help="Next page (j)", width="stretch")
     chunk = positions[(page - 1) * per_page: page * per_page]
+    forget_unticked({str(frame["id"].iat[int(p)]) for p in chunk})
     cols_per_row = 6
     click_to_open("gallery_clicks")  # a click on a thumbnail presses its cell's Open button (cells: gcell_…)
     for start in range(0, len(chunk), cols_per_row):
