@@ -65,8 +65,53 @@ def streamlit_server(tmp_path_factory, env: dict | None = None, requires: tuple[
         proc.kill()
 
 
+class RunTracker:
+    """Streamlit's own protocol, read off the page's websocket: the browser asks for a run with a
+    `rerun_script` BackMsg; the server answers `new_session` when a run starts and `script_finished`
+    when it ends (also when it is cut short for the next one). Frames are numbered in the order the
+    browser saw them, sent and received alike."""
+
+    def __init__(self):
+        self.seq = 0
+        self.last = {"rerun_script": 0, "new_session": 0, "script_finished": 0}
+        self.last_frame_at = time.monotonic()
+
+    def _note(self, payload, message_type) -> None:
+        self.seq += 1
+        self.last_frame_at = time.monotonic()
+        if not isinstance(payload, bytes):
+            return
+        msg = message_type()
+        try:
+            msg.ParseFromString(payload)
+        except Exception:  # noqa: BLE001 - not a Streamlit message (no other sockets on the page)
+            return
+        kind = msg.WhichOneof("type")
+        if kind in self.last:
+            self.last[kind] = self.seq
+
+    def attach(self, pg) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        def on_socket(ws):
+            ws.on("framesent", lambda payload: self._note(payload, BackMsg))
+            ws.on("framereceived", lambda payload: self._note(payload, ForwardMsg))
+
+        pg.on("websocket", on_socket)
+
+    def idle(self) -> bool:
+        """The last run the browser asked for has started and finished, and none is running."""
+        finished = self.last["script_finished"]
+        return finished > self.last["rerun_script"] and finished > self.last["new_session"]
+
+
+TRACKERS: dict[int, RunTracker] = {}
+
+
 def browser_page(height: int = 1400):
-    """Generator for a module fixture: one Chromium page, 1500 × `height`, with long timeouts."""
+    """Generator for a module fixture: one Chromium page, 1500 × `height`, with long timeouts and a
+    RunTracker on its websocket (for settled())."""
     from playwright.sync_api import expect, sync_playwright
 
     # Assertions wait for the app, which is slow on a loaded machine; 5 s (the default) is too little.
@@ -75,24 +120,34 @@ def browser_page(height: int = 1400):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1500, "height": height})
         pg.set_default_timeout(90_000)
+        TRACKERS[id(pg)] = tracker = RunTracker()
+        tracker.attach(pg)
         yield pg
+        TRACKERS.pop(id(pg), None)
         browser.close()
 
 
-def settled(pg, quiet: float = 1.5, timeout: float = 120) -> None:
-    """Wait until no script run is in progress and nothing on the page is stale, continuously for
-    `quiet` seconds: a run that starts late (a loaded CI machine) is not mistaken for a finished one."""
+def settled(pg, quiet: float = 0.5, timeout: float = 120) -> None:
+    """Wait until the last run the browser asked for has finished (RunTracker), nothing on the page is
+    stale or still loading, and no websocket frame has moved for `quiet` seconds since this call: a widget that sends its
+    value a moment after the action (a debounced slider, a component in an iframe) is still waited for.
+    Without a tracker (a page not made by browser_page) only the page is watched."""
     pg.wait_for_selector("[data-testid='stApp']")
-    busy = ("document.querySelector(\"[data-testid='stStatusWidget']\") !== null"
+    tracker = TRACKERS.get(id(pg))
+    # stSkeleton: an element whose code (a lazily loaded chunk) has not arrived yet, so, for one, a
+    # button's key shortcut is not bound yet (a first key press was lost on a loaded machine).
+    busy = ("document.querySelector(\"[data-testid='stStatusWidget'], [data-testid='stSkeleton']\") !== null"
             " || document.querySelectorAll('[data-stale=\"true\"]').length > 0")
-    deadline = time.time() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     calm_since = None
-    while time.time() < deadline:
-        if pg.evaluate(busy):
+    while time.monotonic() < deadline:
+        # evaluate() also lets Playwright deliver the websocket events queued since the last call.
+        if pg.evaluate(busy) or (tracker is not None and not tracker.idle()):
             calm_since = None
         elif calm_since is None:
-            calm_since = time.time()
-        elif time.time() - calm_since >= quiet:
+            calm_since = time.monotonic()
+        elif time.monotonic() - max(calm_since, tracker.last_frame_at if tracker else start) >= quiet:
             return
-        time.sleep(0.1)
+        pg.wait_for_timeout(50)
     raise AssertionError(f"the page did not settle within {timeout} s")

@@ -15,9 +15,6 @@ from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_se
 
 W, H = 120, 80  # stored size; the page shows it 512 px wide (×4.27)
 SHOWN_W = 512
-# settled()'s quiet time once an expect() has seen the rerun's output: the run has started, so the guard
-# against a run that starts late (1.5 s) is not needed. About 30 waits in the two-annotator test.
-STARTED = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def _click(page, x, y, n_kind: str):
 
     _image(page).click(position={"x": x, "y": y})
     expect(page.get_by_text(re.compile(re.escape(n_kind)))).to_be_visible()
-    settled(page, quiet=STARTED)
+    settled(page)
 
 
 def _rate(page, ratings: dict):
@@ -91,12 +88,12 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     _click(page, 40, 40, "2 misalignment")
     page.locator("[class*='st-key-ann_rm_']").get_by_text("misalignment 2", exact=True).click()
     expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
-    settled(page, quiet=STARTED)
+    settled(page)
     _click(page, 480, 300, "2 misalignment")
     page.mouse.click(1450, 1250)
     page.keyboard.press("u")
     expect(page.get_by_text(re.compile(r"\(2 implausibility, 1 misalignment\)"))).to_be_visible()
-    settled(page, quiet=STARTED)
+    settled(page)
     page.locator("[class*='st-key-ann_words_']").get_by_text("cat", exact=True).click()
     settled(page)
     _rate(page, {"plausibility": 2, "alignment": 4, "aesthetics": 3, "overall": 2})
@@ -117,7 +114,7 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     page.keyboard.press("s")
     expect(page.get_by_text(re.compile(r"Saved: a by alice"))).to_be_visible()
     expect(page.get_by_text(re.compile(r"Image 2 of 2"))).to_be_visible()  # moved on
-    settled(page, quiet=STARTED)
+    settled(page)
 
     ann = A.annotations_of(target, "a")
     assert len(ann) == 1 and ann[0]["annotator"] == "alice" and ann[0]["image_size"] == [W, H]
@@ -172,7 +169,7 @@ def test_annotate_two_annotators_in_the_browser(server, page, folders):
     expect(page.locator("[data-testid='stMetric']").filter(has_text="Plausibility spread")).to_contain_text("0.250")
     page.get_by_role("button", name=re.compile("Back")).click()
     expect(page.get_by_text("Agreement on this image")).to_be_visible()
-    settled(page, quiet=STARTED)
+    settled(page)
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(ARTIFACTS / "annotate-after.png"), full_page=True)
 
