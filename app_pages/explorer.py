@@ -229,22 +229,26 @@ def gallery() -> None:
     for start in range(0, len(chunk), cols_per_row):
         cols = st.columns(cols_per_row)
         for col, pos in zip(cols, chunk[start:start + cols_per_row]):
-            with col, st.container(key=f"gcell_{pos}"):
-                try:
-                    rec = gallery_cell(ds, int(pos), overlay)  # cached: a rerun re-draws nothing it drew
-                except RHFError as e:
+            try:
+                rec = gallery_cell(ds, int(pos), overlay)  # cached: a rerun re-draws nothing it drew
+            except RHFError as e:
+                with col, st.container(key=f"gcell_{pos}"):
                     st.image(placeholder(160, "unreadable"), width="stretch")
                     st.caption(f"{frame['id'].iat[int(pos)]}: {error_text(e)}")
-                    continue
+                continue
+            # …_pixelart: the page shows a small image enlarged with crisp pixels (see CLICK_TO_OPEN_JS).
+            with col, st.container(key=f"gcell_{pos}_pixelart" if rec.small else f"gcell_{pos}"):
                 # PNG named: with "auto" Streamlit decodes the bytes and re-encodes them as JPEG on every
                 # rerun (≈1 ms a cell, and JPEG rings around ShapesWorld's hard edges); named, it sends them as they are.
                 st.image(rec.png, width="stretch", output_format="PNG")
                 peak = f"  \n{overlay} 0 → {rec.peak:.3g}" if rec.peak is not None else ""
                 rec_tags = "  \n" + " ".join(f"`{t}`" for t in tags[rec.id]) if rec.id in tags else ""
                 st.caption(f"{rec.prompt[:60] or rec.id}  \n{score_line(rec.scores)}{peak}{rec_tags}")
-                b1, b2 = st.columns(2, vertical_alignment="center")
-                b1.checkbox("Tick", key=f"sel_{rec.id}", persist_state="page")
-                b2.button("Open", key=f"open_{pos}_{rec.id}", on_click=open_record, args=(rec.id,), width="stretch")
+                # One flex row, not st.columns(2): two blocks fewer per cell, 48 fewer per page.
+                with st.container(horizontal=True, vertical_alignment="center"):
+                    st.checkbox("Tick", key=f"sel_{rec.id}", persist_state="page")
+                    st.button("Open", key=f"open_{pos}_{rec.id}", on_click=open_record, args=(rec.id,),
+                              width="stretch")
     if overlay != "none":
         st.image(heat_colour_bar(1.0, "inferno"), output_format="PNG",
                  caption="Each thumbnail's colours run from 0 to its own peak (the value under it)")

@@ -116,6 +116,9 @@ class Dataset:
         return len(self.frame)
 
     def __getitem__(self, pos: int) -> Record:
+        return self._load(self._position(pos))
+
+    def _position(self, pos: int) -> int:
         n = len(self)
         if not isinstance(pos, (int, np.integer)):
             raise TypeError(f"index records by int position or use .get(id), not {type(pos).__name__}")
@@ -123,7 +126,16 @@ class Dataset:
             pos += n
         if not 0 <= pos < n:
             raise RecordNotFoundError(f"record index {pos} out of range for {n} records")
-        return self._load(int(pos))
+        return int(pos)
+
+    def preview(self, pos: int) -> Record:
+        """Record `pos` with what a thumbnail shows: id, prompt, scores and image. A source whose other
+        fields (heatmaps, words, meta) cost extra to make leaves them empty here (`_preview`); the
+        others give the whole record."""
+        return self._preview(self._position(pos))
+
+    def _preview(self, pos: int) -> Record:
+        return self._load(pos)
 
     def __iter__(self) -> Iterator[Record]:
         for i in range(len(self)):

@@ -34,8 +34,10 @@ def placeholder(size: int = 160, text: str = "no image") -> Image.Image:
     return img
 
 
-def record_view_image(rec: Record, heatmap: str | None, opacity: float, cmap: str, min_side: int) -> Image.Image:
-    """The record's image (or a placeholder) with one heatmap overlaid, enlarged for display."""
+def record_view_image(rec: Record, heatmap: str | None, opacity: float, cmap: str, min_side: int,
+                      enlarge: bool = True) -> Image.Image:
+    """The record's image (or a `min_side` placeholder) with one heatmap overlaid, enlarged for display
+    unless `enlarge` is False."""
     img = rec.image
     if img is None:
         if heatmap and heatmap in rec.heatmaps:  # labels-only: show the heatmap on grey
@@ -45,7 +47,7 @@ def record_view_image(rec: Record, heatmap: str | None, opacity: float, cmap: st
             return placeholder(min_side)
     if heatmap and heatmap in rec.heatmaps:
         img = overlay_heatmap(img, rec.heatmaps[heatmap], opacity=opacity, cmap=cmap)
-    return upscale(img, min_side)
+    return upscale(img, min_side) if enlarge else img
 
 
 def heat_peak(heatmap: np.ndarray | None) -> float:
@@ -218,7 +220,10 @@ export default function () {
   if (!document.getElementById("rhf-click-to-open")) {
     const style = document.createElement("style");
     style.id = "rhf-click-to-open";
-    style.textContent = "[class*='st-key-gcell_'] [data-testid='stImage'] img { cursor: pointer; }";
+    // Cells keyed …_pixelart hold an image smaller than it is shown (ShapesWorld's 64 px): the browser
+    // enlarges it with crisp pixels, as upscale() does on the server for the larger views.
+    style.textContent = "[class*='st-key-gcell_'] [data-testid='stImage'] img { cursor: pointer; }"
+      + " [class*='st-key-gcell_'][class*='_pixelart'] [data-testid='stImage'] img { image-rendering: pixelated; }";
     document.head.appendChild(style);
   }
   const onClick = (event) => {

@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from rhf_core.cache import cache_key, cached_frame
-from rhf_core.dataset import Dataset, Record, frame_row
+from rhf_core.dataset import SCORE_NAMES, Dataset, Record, frame_row
 from rhf_core.errors import DatasetSpecError
 from rhf_core.shapes.annotators import STYLES, Feedback, annotate
 from rhf_core.shapes.grammar import PromptSpec, sample_prompt
@@ -61,6 +61,14 @@ class Sample:
 
 def generate_sample(index: int, seed: int = 0, size: int = 64, raters: str = "richhf") -> Sample:
     """Record `index` of the world with this seed: prompt, scene, defects, simulated feedback."""
+    rng, spec, split, scene, defects = _sample_scene(index, seed, size)
+    feedback = annotate(scene, defects, spec.text, STYLES[raters], rng)
+    return Sample(index, spec, split, scene, defects, feedback)
+
+
+def _sample_scene(index: int, seed: int, size: int):
+    """The first draws of record `index`: prompt, split, scene and defects, and the generator, whose
+    next draws are the simulated raters'. Drawing the image needs nothing more (a gallery thumbnail)."""
     rng = np.random.default_rng([WORLD_VERSION, seed, index])
     unseen = rng.random() < UNSEEN_SHARE
     spec = sample_prompt(rng, unseen=unseen)
@@ -72,8 +80,7 @@ def generate_sample(index: int, seed: int = 0, size: int = 64, raters: str = "ri
     n_imp = int(rng.choice(len(IMPLAUSIBLE_COUNTS), p=IMPLAUSIBLE_COUNTS))
     n_mis = int(rng.choice(len(MISALIGNED_COUNTS), p=MISALIGNED_COUNTS))
     scene, defects = sample_scene(spec, rng, size=size, n_implausible=n_imp, n_misaligned=n_mis)
-    feedback = annotate(scene, defects, spec.text, STYLES[raters], rng)
-    return Sample(index, spec, split, scene, defects, feedback)
+    return rng, spec, split, scene, defects
 
 
 FRAME_CHUNK = 1000  # records per unit of work when building the frame
@@ -173,6 +180,15 @@ class ShapesDataset(Dataset):
     def sample(self, pos: int) -> Sample:
         """The full ground truth of record `pos`, with exact defect regions."""
         return generate_sample(pos, self.seed, self.size, self.raters)
+
+    def _preview(self, pos: int) -> Record:
+        # The scene alone (the raters' simulation is ~40% of a record) and the scores from the frame,
+        # which holds the same floats: 24 new thumbnails after a filter change are ~15 ms cheaper.
+        _, spec, _, scene, _ = _sample_scene(pos, self.seed, self.size)
+        frame = self._frame
+        scores = {name: float(frame[name].iat[pos]) for name in SCORE_NAMES
+                  if name in frame and not pd.isna(frame[name].iat[pos])}
+        return Record(id=self._id(pos), prompt=spec.text, scores=scores, load_image=lambda: render(scene))
 
     def _load(self, pos: int) -> Record:
         s = self.sample(pos)
