@@ -109,22 +109,30 @@ class RunTracker:
 TRACKERS: dict[int, RunTracker] = {}
 
 
-def browser_page(height: int = 1400):
-    """Generator for a module fixture: one Chromium page, 1500 × `height`, with long timeouts and a
-    RunTracker on its websocket (for settled())."""
+def chromium():
+    """Generator for a session fixture: Playwright and one headless Chromium for every browser test of
+    a test process (launching one costs ~1-2 s of CPU)."""
     from playwright.sync_api import expect, sync_playwright
 
     # Assertions wait for the app, which is slow on a loaded machine; 5 s (the default) is too little.
     expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1500, "height": height})
-        pg.set_default_timeout(90_000)
-        TRACKERS[id(pg)] = tracker = RunTracker()
-        tracker.attach(pg)
-        yield pg
-        TRACKERS.pop(id(pg), None)
+        yield browser
         browser.close()
+
+
+def browser_page(browser, height: int = 1400):
+    """Generator for a module fixture: a page of `browser`, 1500 × `height`, in its own context (no
+    cookies or storage from another module), with long timeouts and a RunTracker on its websocket."""
+    context = browser.new_context(viewport={"width": 1500, "height": height})
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    TRACKERS[id(pg)] = tracker = RunTracker()
+    tracker.attach(pg)
+    yield pg
+    TRACKERS.pop(id(pg), None)
+    context.close()
 
 
 def settled(pg, quiet: float = 0.5, timeout: float = 120) -> None:

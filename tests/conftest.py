@@ -32,3 +32,22 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1].startswith("test_browser"):
             item.add_marker(pytest.mark.browser)
+
+
+# --- real-browser tests (tests/test_browser*.py) ------------------------------------------------------
+# One app server on the default settings and one Chromium per test process, shared by the browser test
+# modules that need nothing else (each module opens its own page): a module-scoped server per module
+# started up to eight of each under `-n 2`, since xdist spreads a module's tests over both workers.
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    from tests.browser_support import streamlit_server
+
+    yield from streamlit_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    from tests.browser_support import chromium
+
+    yield from chromium()

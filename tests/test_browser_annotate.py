@@ -11,7 +11,7 @@ from PIL import Image
 
 from rhf_core import annotation as A
 from rhf_core.data import open_dataset
-from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_server
+from tests.browser_support import ARTIFACTS, browser_page, settled
 
 W, H = 120, 80  # stored size; the page shows it 512 px wide (×4.27)
 SHOWN_W = 512
@@ -31,13 +31,14 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    yield from streamlit_server(tmp_path_factory, requires=("streamlit_image_coordinates",))
+def server(app_server):
+    pytest.importorskip("streamlit_image_coordinates", reason="streamlit_image_coordinates is not installed (requirements.txt)")
+    return app_server
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    yield from browser_page(height=1300)
+def page(server, chromium_browser):
+    yield from browser_page(chromium_browser, height=1300)
 
 
 def _image(page):

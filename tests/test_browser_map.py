@@ -5,19 +5,19 @@ import re
 
 import pytest
 
-from tests.browser_support import ARTIFACTS, browser_page, settled, streamlit_server
+from tests.browser_support import ARTIFACTS, browser_page, settled
 
 SPEC = "shapes:n=300,seed=1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    yield from streamlit_server(tmp_path_factory)
+def server(app_server):
+    return app_server
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    yield from browser_page(height=1400)
+def page(server, chromium_browser):
+    yield from browser_page(chromium_browser, height=1400)
 
 
 def _count(pg) -> int:

@@ -32,8 +32,8 @@ def server(tree, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    yield from browser_page(height=1100)
+def page(server, chromium_browser):
+    yield from browser_page(chromium_browser, height=1100)
 
 
 def _type(pg, label: str, text: str) -> None:
