@@ -652,7 +652,7 @@ def thumbnails(ds: Dataset, positions: np.ndarray, sims: np.ndarray, key: str, p
             with col, st.container(key=f"gcell_{key}_{pos}"):
                 rec_id = str(ds.frame["id"].iat[int(pos)])
                 try:
-                    rec = ds[int(pos)]
+                    rec = ds.preview(int(pos))  # image and prompt only
                     img = rec.image if rec.image is not None else placeholder(96, "no image")
                 except RHFError as e:
                     st.caption(f"{rec_id}: {error_text(e)}")
