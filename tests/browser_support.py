@@ -137,9 +137,10 @@ def browser_page(browser, height: int = 1400):
 
 def settled(pg, quiet: float = 0.5, timeout: float = 120) -> None:
     """Wait until the last run the browser asked for has finished (RunTracker), nothing on the page is
-    stale or still loading, and no websocket frame has moved for `quiet` seconds since this call: a widget that sends its
-    value a moment after the action (a debounced slider, a component in an iframe) is still waited for.
-    Without a tracker (a page not made by browser_page) only the page is watched."""
+    stale or still loading, and no websocket frame has moved for `quiet` seconds since this call: a
+    widget that sends its value a moment after the action (a debounced slider, a component in an
+    iframe) is still waited for. Without a tracker (a page not made by browser_page) only the page is
+    watched."""
     pg.wait_for_selector("[data-testid='stApp']")
     tracker = TRACKERS.get(id(pg))
     # stSkeleton: an element whose code (a lazily loaded chunk) has not arrived yet, so, for one, a

@@ -127,9 +127,8 @@ def gallery_cell(ds: Dataset, pos: int, overlay: str, side: int = 160) -> Galler
     # fewer pixels to encode than the 192 px it used to be sent as (the browser enlarges it, crisply),
     # and a 1024 px photograph is not sent whole for a 160 px cell.
     if max(img.size) > 2 * side:
-        k = 2 * side / max(img.size)
-        img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.LANCZOS,
-                         reducing_gap=2.0)
+        img = img.copy()  # thumbnail() shrinks in place (never enlarges), and the record keeps its image
+        img.thumbnail((2 * side, 2 * side), Image.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=1)  # 2.4x faster than the default level 6, 23% larger
     cell = GalleryCell(buf.getvalue(), rec.id, rec.prompt, dict(rec.scores),
