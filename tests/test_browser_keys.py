@@ -80,6 +80,8 @@ def test_j_and_k_turn_the_gallery_pages_and_a_thumbnail_click_opens_its_record(s
     assert page.get_by_role("textbox", name="Tag the 0 ticked records").input_value() == "jj"
     # The third thumbnail of page 2 is record 15 of the (unsorted) 300.
     third = page.locator("[class*='st-key-gcell_'] [data-testid='stImage'] img").nth(2)
+    # Sent at its own 64 px, shown enlarged with crisp pixels (ui/explorer_parts.py gallery_cell).
+    assert third.evaluate("i => [i.naturalWidth, getComputedStyle(i).imageRendering]") == [64, "pixelated"]
     cell_key = third.locator("xpath=ancestor::div[contains(@class, 'st-key-gcell_')]").first.get_attribute("class")
     position = int(re.search(r"st-key-gcell_(\d+)", cell_key).group(1))
     third.click()
